@@ -1,0 +1,22 @@
+# medseg: brain-tumour MRI segmentation, from raw scans to results/{dataset}_{model}.json
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/cohort.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/normalize.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_results(),
+    default_target: True

@@ -1,0 +1,1 @@
+"""Cohorts: the embedded demo cohort generator and the validated case sheet."""

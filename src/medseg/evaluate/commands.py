@@ -1,0 +1,122 @@
+"""``medseg evaluate``: score predicted label maps (files or folders) against references.
+
+Cases are matched by id: the file name without ``.nii.gz``/``.nii`` and without a trailing
+``_seg`` or ``-seg``. Folders are searched recursively, so the BraTS layout
+``<case>/<case>_seg.nii.gz`` works; when a folder holds any ``*_seg``/``*-seg`` file, only
+those are label maps (the scans beside them are ignored).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+
+from medseg.io import InputError
+
+log = logging.getLogger(__name__)
+
+_SEG_SUFFIX = re.compile(r"[_-]seg$")
+_NIFTI = (".nii.gz", ".nii")
+
+
+def _strip_ext(path: str | Path) -> str:
+    name = Path(path).name
+    return next((name[: -len(ext)] for ext in _NIFTI if name.endswith(ext)), name)
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """``BraTS-GLI-00001-000-seg.nii.gz`` -> ``BraTS-GLI-00001-000``; ``case_7.nii`` -> ``case_7``."""
+    return _SEG_SUFFIX.sub("", _strip_ext(path))
+
+
+def find_label_maps(path: str | Path) -> dict[str, Path]:
+    """Map case id -> label-map file for a file or a folder (see module doc).
+
+    Raises:
+        InputError: missing path, a folder without NIfTI files, or two files with one case id.
+    """
+    path = Path(path)
+    if path.is_file():
+        return {case_id_from_path(path): path}
+    if not path.is_dir():
+        raise InputError(f"{path} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_NIFTI))
+    if segs := [p for p in files if _SEG_SUFFIX.search(_strip_ext(p))]:
+        files = segs
+    if not files:
+        raise InputError(f"{path} holds no .nii.gz or .nii label maps")
+    found: dict[str, Path] = {}
+    for p in files:
+        cid = case_id_from_path(p)
+        if cid in found:
+            raise InputError(f"case {cid!r} has two label maps in {path}: {found[cid]} and {p}")
+        found[cid] = p
+    return found
+
+
+def match_cases(pred: str | Path, ref: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pair predictions with references by case id, as ``(case_id, pred_path, ref_path)`` sorted by id.
+
+    Two single files are paired whatever their names (the id comes from the reference).
+
+    Raises:
+        InputError: cases present on one side only, listed by name.
+    """
+    preds, refs = find_label_maps(pred), find_label_maps(ref)
+    if Path(pred).is_file() and Path(ref).is_file():
+        (cid, ref_path), = refs.items()
+        return [(cid, Path(pred), ref_path)]
+    no_pred, no_ref = sorted(set(refs) - set(preds)), sorted(set(preds) - set(refs))
+    if no_pred or no_ref:
+        parts = ([f"{len(no_pred)} reference cases have no prediction in {pred}: {no_pred}"] if no_pred else []) + \
+                ([f"{len(no_ref)} predicted cases have no reference in {ref}: {no_ref}"] if no_ref else [])
+        raise InputError("; ".join(parts))
+    return [(cid, preds[cid], refs[cid]) for cid in sorted(refs)]
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medseg import provenance
+    from medseg.evaluate.aggregate import aggregate, plot_boxplots, write_cases_csv
+    from medseg.evaluate.case import evaluate_case
+    from medseg.io import write_json
+
+    pairs = match_cases(args.pred, args.ref)
+    settings = {"convention": args.convention, "lesionwise": args.lesionwise, "edition": args.edition,
+                "hd_max_mm": args.hd_max_mm, "nsd_tolerance_mm": args.nsd_tolerance_mm, "hd95_method": args.hd95_method}
+    log.info("evaluating %d cases (%s)", len(pairs), settings)
+    results = []
+    for cid, pred_path, ref_path in pairs:
+        results.append(evaluate_case(pred_path, ref_path, case_id=cid, convention=args.convention, lesionwise=args.lesionwise,
+                                     edition=args.edition, hd_max_mm=args.hd_max_mm, nsd_tolerance_mm=args.nsd_tolerance_mm,
+                                     hd95_method=args.hd95_method))
+    inputs = [p for _, pp, rp in pairs for p in (pp, rp)]
+    summary = aggregate(results, provenance=provenance.collect(config=settings, inputs=inputs))
+    write_json(summary, args.json)
+    if args.csv:
+        write_cases_csv(results, args.csv)
+    if args.plot:
+        plot_boxplots(results, args.plot)
+    log.info("wrote %s", args.json)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand."""
+    from medseg.evaluate.edge_cases import DEFAULT_HD_MAX_MM
+    from medseg.evaluate.lesionwise import EDITIONS
+    from medseg.evaluate.metrics import DEFAULT_NSD_TOLERANCE_MM, HD95_METHODS
+
+    p = subparsers.add_parser("evaluate", help="score label maps against references (BraTS metrics)", description=__doc__)
+    p.add_argument("--pred", required=True, help="predicted label map or folder of them")
+    p.add_argument("--ref", required=True, help="reference label map or folder of them (BraTS layout works)")
+    p.add_argument("--json", required=True, help="results JSON to write (docs/results_schema.md)")
+    p.add_argument("--convention", choices=["2021", "2023"], default="2021", help="BraTS label convention (default 2021)")
+    p.add_argument("--lesionwise", action="store_true", help="also compute BraTS 2023 lesion-wise Dice and HD95")
+    p.add_argument("--edition", choices=sorted(EDITIONS), default="2023-glioma", help="lesion-wise parameters (default 2023-glioma)")
+    p.add_argument("--csv", help="also write one row per case to this CSV")
+    p.add_argument("--plot", help="also write metric box plots to this PNG")
+    p.add_argument("--hd-max-mm", type=float, default=DEFAULT_HD_MAX_MM, help="HD95/ASSD when one side is empty (mm)")
+    p.add_argument("--nsd-tolerance-mm", type=float, default=DEFAULT_NSD_TOLERANCE_MM, help="surface Dice tolerance (mm)")
+    p.add_argument("--hd95-method", choices=sorted(HD95_METHODS), default="pooled", help="HD95 definition (default pooled, official BraTS)")
+    p.set_defaults(func=run_evaluate)

@@ -1,0 +1,32 @@
+"""Write the results files of one dataset x model: JSON (with provenance), per-case CSV, box plots."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medseg import provenance
+from medseg.evaluate.aggregate import aggregate, write_cases_csv
+from medseg.evaluate.plots import plot_boxplots
+from medseg.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_csv: str | Path, out_png: str | Path, *,
+                  config: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None,
+                  inputs: Sequence[str | Path] = (), rule: str | None = None,
+                  wildcards: Mapping[str, str] | None = None) -> dict:
+    """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict."""
+    if not case_jsons:
+        raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
+    cases = [read_json(p) for p in case_jsons]
+    prov = provenance.collect(config, inputs=inputs, seeds=seeds, rule=rule, wildcards=wildcards)
+    results = aggregate(cases, provenance=prov)
+    write_json(results, out_json)
+    write_cases_csv(cases, out_csv)
+    plot_boxplots(cases, out_png)
+    means = {r: round(results["regions"][r]["dice"]["mean"], 4) for r in results["regions"]}
+    log.info("%d cases, mean Dice %s -> %s", len(cases), means, out_json)
+    return results

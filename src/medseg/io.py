@@ -1,0 +1,134 @@
+"""Image and file I/O that keeps geometry and never leaves a half-written output.
+
+Images are ``SimpleITK.Image`` objects, so origin, spacing and direction travel with the
+voxels. Arrays taken from them are in SimpleITK order ``(z, y, x)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """A user-supplied file or value is unusable; the message says which and what to do."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The temporary name keeps the final suffix (``.nii.gz``, ``.json`` ...) so writers that pick
+    the format from the extension still work. On any exception the temporary file is removed,
+    so no partial output is ever mistaken for a result.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+    """Read a 3-D image, failing with a message that names the case and file.
+
+    Args:
+        path: NIfTI (or any ITK-readable) file.
+        case: case id for the error message.
+        pixel_type: SimpleITK pixel type to cast to.
+
+    Raises:
+        InputError: unreadable/corrupt file, not 3-D, or non-finite voxels.
+    """
+    where = f"case {case!r}, file {path}" if case else f"file {path}"
+    if not Path(path).exists():
+        raise InputError(f"{where}: does not exist")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"{where}: cannot be read (corrupt or truncated?): {str(e).strip().splitlines()[-1]}") from e
+    if img.GetDimension() != 3:
+        raise InputError(f"{where}: expected a 3-D image, got {img.GetDimension()}-D with size {img.GetSize()}; "
+                         "extract the volume you want before running medseg")
+    img = sitk.Cast(img, pixel_type)
+    if pixel_type in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(img)
+        if not np.isfinite(arr).all():
+            n = int((~np.isfinite(arr)).sum())
+            raise InputError(f"{where}: {n} voxels are NaN or infinite; fix or re-export the scan")
+    return img
+
+
+def read_labels(path: str | Path, *, case: str | None = None) -> sitk.Image:
+    """Read a label map as UInt8 (see :func:`read_image` for errors)."""
+    img = read_image(path, case=case, pixel_type=sitk.sitkFloat32)
+    arr = sitk.GetArrayViewFromImage(img)
+    if not np.array_equal(arr, np.round(arr)) or arr.min() < 0 or arr.max() > 255:
+        raise InputError(f"case {case!r}, file {path}: label map must hold integers in [0, 255]")
+    return sitk.Cast(img, sitk.sitkUInt8)
+
+
+def write_image(img: sitk.Image, path: str | Path, compress: bool = True) -> None:
+    """Write ``img`` atomically (temp file then rename)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=compress)
+
+
+def array_to_image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Wrap a ``(z, y, x)`` array in an image with ``reference``'s geometry."""
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(reference)
+    return img
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically, sorted keys, two-space indent."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Save arrays to an uncompressed ``.npz`` atomically."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

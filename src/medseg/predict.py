@@ -1,0 +1,86 @@
+"""Inference for one case: ensemble the folds in atlas space, return to native space, write labels.
+
+Region probabilities (WT, TC, ET) are averaged over folds, resampled back to the case's native
+grid with the inverse of its atlas transform (linear interpolation of probabilities, then the
+threshold: smoother borders than nearest-neighbour on labels), nested (ET in TC in WT) and
+written in the case's own BraTS label convention with the native image's geometry.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from medseg.io import read_image, write_image
+from medseg.labels import regions_to_labels
+from medseg.volume_inference import InferenceConfig, predict_volume
+
+log = logging.getLogger(__name__)
+
+
+def to_native(probs: np.ndarray, atlas_grid: sitk.Image, atlas_to_native: sitk.Transform, native: sitk.Image) -> np.ndarray:
+    """Resample ``(K, z, y, x)`` atlas-space probabilities onto the ``native`` grid."""
+    inverse = atlas_to_native.GetInverse()  # native world -> atlas world
+    out = []
+    for k in range(probs.shape[0]):
+        img = sitk.GetImageFromArray(probs[k].astype(np.float32))
+        img.CopyInformation(atlas_grid)
+        out.append(sitk.GetArrayFromImage(sitk.Resample(img, native, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
+    return np.stack(out)
+
+
+def predict_case(case: str, norm_npzs: Sequence[str], model_paths: Sequence[str], atlas_grid: str, transform: str,
+                 native_image: str, convention: str, out_path: str, cfg: InferenceConfig,
+                 out_probs: str | None = None) -> dict:
+    """Predict ``case`` and write its native-space label map.
+
+    Args:
+        norm_npzs: the case normalised with each fold's normaliser (same order as ``model_paths``).
+        model_paths: one ``model.pt`` per fold.
+        atlas_grid: an image on the atlas grid (the registered reference modality).
+        transform: ``.tfm`` mapping atlas world -> native world (from registration).
+        native_image: the case's original reference image (grid of the output).
+        convention: BraTS label convention of the case (``2021`` or ``2023``).
+    """
+    from medseg.train import load_model
+
+    if len(norm_npzs) != len(model_paths):
+        raise ValueError(f"case {case}: {len(norm_npzs)} normalised volumes for {len(model_paths)} models")
+    probs = None
+    for npz, mpath in zip(norm_npzs, model_paths):
+        model, meta = load_model(mpath)
+        p = predict_volume([model], np.load(npz)["image"], meta["context"], cfg)
+        probs = p if probs is None else probs + p
+    probs /= len(model_paths)
+    grid = read_image(atlas_grid, case=case)
+    native = read_image(native_image, case=case)
+    native_probs = to_native(probs, grid, sitk.ReadTransform(transform), native)
+    labels = regions_to_labels(native_probs > cfg.threshold, convention)
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(native)
+    write_image(out, out_path)
+    if out_probs:
+        img = sitk.GetImageFromArray(np.moveaxis(native_probs, 0, -1).astype(np.float32), isVector=True)
+        img.CopyInformation(native)
+        write_image(img, out_probs)
+    vols = {r: float((native_probs[i] > cfg.threshold).sum() * np.prod(native.GetSpacing()) / 1000) for i, r in enumerate(("WT", "TC", "ET"))}
+    log.info("case %s: predicted volumes (mL) %s", case, {k: round(v, 1) for k, v in vols.items()})
+    return {"case": case, "volumes_ml": vols, "n_models": len(model_paths)}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment one preprocessed case with trained fold models")
+    p.add_argument("--norm", nargs="+", required=True, help="normalised case .npz per fold")
+    p.add_argument("--models", nargs="+", required=True, help="model.pt per fold (same order)")
+    p.add_argument("--atlas-grid", required=True, help="image on the atlas grid (e.g. reg_t1ce.nii.gz)")
+    p.add_argument("--transform", required=True, help="atlas -> native transform (.tfm)")
+    p.add_argument("--native", required=True, help="native reference image (output grid)")
+    p.add_argument("--convention", default="2021", choices=["2021", "2023"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--case", default="case")
+    p.add_argument("--tta", action="store_true")
+    p.set_defaults(func=lambda a: predict_case(a.case, a.norm, a.models, a.atlas_grid, a.transform, a.native,
+                                               a.convention, a.out, InferenceConfig(tta=a.tta)) and 0)

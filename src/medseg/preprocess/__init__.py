@@ -1,0 +1,1 @@
+"""MRI preprocessing: N4 bias correction, registration, skull stripping, intensity normalisation."""

@@ -1,0 +1,118 @@
+"""Intensity normalisation: Nyul-Udupa histogram standardisation, then z-score inside the brain.
+
+Landmarks are fitted on the training cases of one fold only (no leakage) and stored as JSON:
+``{"percentiles": [...], "modalities": {mod: {"standard": [...]}}}``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METHODS = ("nyul", "zscore", "none")
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    """Config key ``preprocessing.normalize``.
+
+    Attributes:
+        method: per-modality method name or one for all: ``nyul`` (then z-score), ``zscore``, ``none``.
+        percentiles: Nyul landmarks; the first and last are the min/max of the standard scale.
+        scale: (min, max) of the Nyul standard scale.
+        clip: percentiles (inside the brain) intensities are clipped to before z-scoring.
+    """
+
+    method: str | dict = "nyul"
+    percentiles: tuple[float, ...] = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
+    scale: tuple[float, float] = (0.0, 100.0)
+    clip: tuple[float, float] = (0.5, 99.5)
+
+    def method_for(self, modality: str) -> str:
+        m = self.method.get(modality, "nyul") if isinstance(self.method, dict) else self.method
+        if m not in METHODS:
+            raise ValueError(f"normalize.method for {modality} must be one of {METHODS}, got {m!r}")
+        return m
+
+    def __post_init__(self) -> None:
+        p = np.asarray(self.percentiles)
+        if p.ndim != 1 or len(p) < 3 or np.any(np.diff(p) <= 0) or p[0] < 0 or p[-1] > 100:
+            raise ValueError(f"normalize.percentiles must be >= 3 increasing values in [0, 100], got {self.percentiles}")
+
+
+def landmarks(values: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    return np.percentile(values, percentiles)
+
+
+def fit_nyul(samples: Sequence[np.ndarray], cfg: NormConfig = NormConfig()) -> list[float]:
+    """Standard-scale landmarks from brain intensities of the training images of one modality.
+
+    Each image's landmarks are mapped linearly so its first/last landmark hit ``cfg.scale``;
+    the standard landmarks are their mean (Nyul & Udupa 1999).
+    """
+    if not samples:
+        raise ValueError("fit_nyul needs at least one training image")
+    lo, hi = cfg.scale
+    mapped = []
+    for v in samples:
+        lm = landmarks(v, cfg.percentiles)
+        span = max(lm[-1] - lm[0], 1e-6)
+        mapped.append(lo + (lm - lm[0]) / span * (hi - lo))
+    std = np.mean(mapped, axis=0)
+    return np.maximum.accumulate(std).tolist()
+
+
+def apply_nyul(image: np.ndarray, brain: np.ndarray, standard: Sequence[float], cfg: NormConfig = NormConfig()) -> np.ndarray:
+    """Piecewise-linear map of ``image`` so its brain landmarks land on ``standard`` (extrapolating)."""
+    lm = landmarks(image[brain], cfg.percentiles)
+    lm = lm + np.arange(len(lm)) * 1e-6 * max(abs(lm[-1] - lm[0]), 1.0)  # strictly increasing
+    std = np.asarray(standard, dtype=float)
+    out = np.interp(image, lm, std)
+    lo_slope = (std[1] - std[0]) / (lm[1] - lm[0])
+    hi_slope = (std[-1] - std[-2]) / (lm[-1] - lm[-2])
+    out = np.where(image < lm[0], std[0] + (image - lm[0]) * lo_slope, out)
+    out = np.where(image > lm[-1], std[-1] + (image - lm[-1]) * hi_slope, out)
+    return out.astype(np.float32)
+
+
+def zscore(image: np.ndarray, brain: np.ndarray, clip: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Clip to brain percentiles, then zero mean / unit std inside ``brain``; 0 outside."""
+    vals = image[brain]
+    lo, hi = np.percentile(vals, clip)
+    img = np.clip(image, lo, hi)
+    vals = img[brain]
+    out = (img - vals.mean()) / max(float(vals.std()), 1e-6)
+    out[~brain] = 0.0
+    return out.astype(np.float32)
+
+
+def normalize(images: dict[str, np.ndarray], brain: np.ndarray, model: dict | None, cfg: NormConfig = NormConfig()) -> dict[str, np.ndarray]:
+    """Normalise each modality of one case with the fitted ``model`` (see :func:`fit_model`)."""
+    if not brain.any():
+        raise ValueError("brain mask is empty: cannot normalise (check the skull-stripping output)")
+    out = {}
+    for mod, img in images.items():
+        method = cfg.method_for(mod)
+        if method == "none":
+            out[mod] = img.astype(np.float32)
+            continue
+        if method == "nyul":
+            if model is None or mod not in model.get("modalities", {}):
+                raise ValueError(f"no Nyul landmarks for modality {mod!r}: fit the normaliser on the training cases first")
+            img = apply_nyul(img, brain, model["modalities"][mod]["standard"], cfg)
+        out[mod] = zscore(img, brain, cfg.clip)
+    return out
+
+
+def fit_model(cases: Sequence[tuple[dict[str, np.ndarray], np.ndarray]], cfg: NormConfig = NormConfig()) -> dict:
+    """Fit Nyul landmarks for every modality from ``(images, brain mask)`` of training cases."""
+    mods = list(cases[0][0]) if cases else []
+    model = {"percentiles": list(cfg.percentiles), "scale": list(cfg.scale), "n_cases": len(cases), "modalities": {}}
+    for mod in mods:
+        if cfg.method_for(mod) == "nyul":
+            model["modalities"][mod] = {"standard": fit_nyul([imgs[mod][brain] for imgs, brain in cases], cfg)}
+    return model

@@ -1,0 +1,134 @@
+"""Per-case preprocessing stages on files, as the workflow runs them (one call per job).
+
+Native space = the case's own grid (the reference modality's); atlas space = the ICBM152 grid
+of :mod:`medseg.preprocess.atlas`. A stage that is switched off for a dataset still writes its
+outputs (identity transform, unit bias field, copied image), so the DAG never changes shape.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medseg.io import InputError, read_image, read_labels, read_json, save_npz, write_image, write_json
+from medseg.preprocess.atlas import atlas_images
+from medseg.preprocess.n4 import N4Config, coefficient_of_variation, n4_correct, otsu_mask
+from medseg.preprocess.normalize import NormConfig, fit_model, normalize
+from medseg.preprocess.register import RegConfig, mutual_information, register
+from medseg.preprocess.skullstrip import SkullstripConfig, skullstrip
+
+log = logging.getLogger(__name__)
+
+
+def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_fields: dict[str, str],
+            cfg: N4Config | None) -> dict:
+    """N4-correct every modality of ``case`` (``cfg=None``: copy, unit field). Returns QC metrics."""
+    qc = {}
+    for mod, path in images.items():
+        img = read_image(path, case=case)
+        if cfg is None:
+            corrected, field = img, sitk.Image(img.GetSize(), sitk.sitkFloat32) + 1.0
+            field.CopyInformation(img)
+        else:
+            mask = otsu_mask(img)
+            corrected, field = n4_correct(img, mask, cfg)
+            qc[mod] = {"cv_before": coefficient_of_variation(img, mask), "cv_after": coefficient_of_variation(corrected, mask)}
+        write_image(sitk.Cast(corrected, sitk.sitkFloat32), out_images[mod])
+        write_image(sitk.Cast(field, sitk.sitkFloat32), out_fields[mod])
+    return qc
+
+
+def register_case(case: str, images: dict[str, str], seg: str | None, reference: str, out_images: dict[str, str],
+                  out_seg: str, out_transforms: dict[str, str], cfg: RegConfig | None, skull_stripped: bool) -> dict:
+    """Align modalities to ``reference`` (rigid), the reference to the atlas (affine), resample to atlas space.
+
+    ``out_transforms`` has one ``.tfm`` per modality (reference native -> modality native) and
+    ``atlas`` (atlas world -> reference native). ``cfg=None`` keeps native space (identity).
+
+    Raises:
+        InputError: QC gate -- normalised mutual information below ``cfg.min_nmi`` (unless
+            ``cfg.qc_action == "warn"``), naming the case and modality.
+    """
+    ref = read_image(images[reference], case=case)
+    qc: dict = {}
+    if cfg is None:
+        grid, to_ref = ref, sitk.Transform(3, sitk.sitkIdentity)
+        mod_tfms = {m: sitk.Transform(3, sitk.sitkIdentity) for m in images}
+    else:
+        atlas = atlas_images(cfg.atlas_spacing_mm)
+        fixed = atlas.fixed(skull_stripped)
+        grid = fixed
+        to_ref = register(fixed, ref, "affine", cfg)
+        qc["atlas_nmi"] = mutual_information(fixed, ref, to_ref)
+        _gate(case, reference + " -> atlas", qc["atlas_nmi"], cfg)
+        mod_tfms = {}
+        for mod, path in images.items():
+            if mod == reference:
+                mod_tfms[mod] = sitk.Transform(3, sitk.sitkIdentity)
+                continue
+            moving = read_image(path, case=case)
+            mod_tfms[mod] = register(ref, moving, "rigid", cfg)
+            qc[f"{mod}_nmi"] = mutual_information(ref, moving, mod_tfms[mod])
+            _gate(case, f"{mod} -> {reference}", qc[f"{mod}_nmi"], cfg)
+    for mod, path in images.items():
+        img = read_image(path, case=case)
+        chain = sitk.CompositeTransform([mod_tfms[mod], to_ref])  # atlas -> ref native -> mod native
+        write_image(sitk.Resample(img, grid, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32), out_images[mod])
+        sitk.WriteTransform(mod_tfms[mod], out_transforms[mod])
+    sitk.WriteTransform(to_ref, out_transforms["atlas"])
+    if seg is not None:
+        labels = read_labels(seg, case=case)
+        write_image(sitk.Resample(labels, grid, to_ref, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), out_seg)
+    return qc
+
+
+def _gate(case: str, what: str, value: float, cfg: RegConfig) -> None:
+    if value >= cfg.min_nmi:
+        return
+    msg = (f"case {case}: registration {what} failed QC: normalised mutual information {value:.3f} < "
+           f"preprocessing.register.min_nmi={cfg.min_nmi}; inspect the QC image or set register.qc_action: warn")
+    if cfg.qc_action == "error":
+        raise InputError(msg)
+    log.warning("%s", msg)
+
+
+def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig) -> dict:
+    mask = skullstrip(read_image(image, case=case), cfg)
+    write_image(mask, out_mask)
+    vol = float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing()) / 1000)
+    if vol == 0:
+        raise InputError(f"case {case}: skull stripping of {image} produced an empty brain mask")
+    return {"brain_volume_ml": vol}
+
+
+def _load(case: str, images: dict[str, str], mask: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    arrays = {m: sitk.GetArrayFromImage(read_image(p, case=case)) for m, p in images.items()}
+    brain = sitk.GetArrayFromImage(read_labels(mask, case=case)) > 0
+    return arrays, brain
+
+
+def fit_normalizer(cases: Sequence[str], images: Sequence[dict[str, str]], masks: Sequence[str], out_json: str,
+                   cfg: NormConfig) -> dict:
+    """Fit Nyul landmarks on the given (training) cases and write them as JSON."""
+    model = fit_model([_load(c, i, m) for c, i, m in zip(cases, images, masks)], cfg)
+    model["cases"] = list(cases)
+    write_json(model, out_json)
+    return model
+
+
+def normalize_case(case: str, images: dict[str, str], mask: str, model_json: str, out_npz: str, cfg: NormConfig,
+                   seg: str | None = None, convention: str = "2021") -> None:
+    """Write ``out_npz`` with ``image`` (C, z, y, x) float32 in modality order, ``brain`` and, if given, ``labels``."""
+    from medseg.labels import validate_labels
+
+    arrays, brain = _load(case, images, mask)
+    norm = normalize(arrays, brain, read_json(model_json), cfg)
+    out = {"image": np.stack([norm[m] for m in images]), "brain": brain.astype(np.uint8)}
+    if seg is not None and Path(seg).exists():
+        labels = sitk.GetArrayFromImage(read_labels(seg, case=case))
+        validate_labels(labels, convention, where=f"case {case}, file {seg}: ")
+        out["labels"] = labels
+    save_npz(out_npz, **out)

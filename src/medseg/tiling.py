@@ -1,0 +1,54 @@
+"""Tiling: turn a normalised atlas-space case into 2-D/2.5-D training slices.
+
+A tile file is one ``.npy`` array ``(C + 3, z, y, x)`` float16 (image channels, then WT/TC/ET
+region masks), memory-mappable so training never loads a whole cohort, plus a JSON slice table
+with the axial slices that hold brain and those that hold tumour (for foreground oversampling).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medseg.io import atomic_path, write_json
+from medseg.labels import labels_to_regions
+
+log = logging.getLogger(__name__)
+
+
+def tile_case(case: str, norm_npz: str | Path, convention: str, out_npy: str | Path, out_json: str | Path) -> dict:
+    """Write the tile array and slice table of one case (its npz must hold ``labels``)."""
+    data = np.load(norm_npz)
+    if "labels" not in data:
+        raise ValueError(f"case {case}: {norm_npz} has no labels; only cases with a segmentation can be tiled")
+    regions = labels_to_regions(data["labels"], convention)
+    arr = np.concatenate([data["image"], regions]).astype(np.float16)
+    with atomic_path(out_npy, suffix=".npy") as tmp:
+        np.save(tmp, arr)
+    brain_slices = np.flatnonzero(data["brain"].any(axis=(1, 2)))
+    fg_slices = np.flatnonzero(regions[0].any(axis=(1, 2)))
+    table = {"case": case, "shape": list(arr.shape), "n_image_channels": int(data["image"].shape[0]),
+             "brain_slices": brain_slices.tolist(), "fg_slices": fg_slices.tolist()}
+    write_json(table, out_json)
+    log.info("tiled %s: %d brain slices, %d with tumour", case, len(brain_slices), len(fg_slices))
+    return table
+
+
+def context_stack(volume: np.ndarray, z: int, context: int) -> np.ndarray:
+    """2.5-D input for slice ``z``: channels of slices ``z-context .. z+context`` (edge-clamped).
+
+    Args:
+        volume: ``(C, Z, Y, X)``.
+    Returns:
+        ``(C * (2 * context + 1), Y, X)``, slice-major (all channels of z-context first).
+    """
+    idx = np.clip(np.arange(z - context, z + context + 1), 0, volume.shape[1] - 1)
+    return volume[:, idx].transpose(1, 0, 2, 3).reshape(-1, *volume.shape[2:])
+
+
+def context_volume(volume: np.ndarray, context: int) -> np.ndarray:
+    """The 2.5-D stack for every slice at once: ``(C * (2c+1), Z, Y, X)`` matching :func:`context_stack`."""
+    z = volume.shape[1]
+    parts = [volume[:, np.clip(np.arange(z) + off, 0, z - 1)] for off in range(-context, context + 1)]
+    return np.concatenate(parts, axis=0)

@@ -1,0 +1,97 @@
+# Validation, dataset plans (case ids, splits), wildcard constraints, generic input functions.
+import os
+import re
+import sys
+
+from snakemake.utils import validate
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))  # the package, also without `pip install`
+
+from medseg.cohort.plan import dataset_plan
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = "results"
+PLANS = {name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()}
+ALL_CASES = sorted({c for p in PLANS.values() for c in p.cases})
+ALL_MODS = list(next(iter(PLANS.values())).modalities)
+if any(list(p.modalities) != ALL_MODS for p in PLANS.values()):
+    raise ValueError("all datasets of one config must use the same datasets.<name>.modalities; split the config")
+
+
+def _alternatives(values):
+    return "|".join(re.escape(v) for v in values) or "NO_MATCH"
+
+
+wildcard_constraints:
+    dataset=_alternatives(PLANS),
+    model=_alternatives(config["models"]),
+    case=_alternatives(ALL_CASES),
+    mod=_alternatives(ALL_MODS),
+    fold=r"\d+",
+
+
+def plan(wildcards):
+    return PLANS[wildcards.dataset]
+
+
+def all_results():
+    return expand(f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=config["models"])
+
+
+def dataset_cfg(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def step_on(wildcards, step):
+    return dataset_cfg(wildcards).get("steps", {}).get(step, True)
+
+
+def experiment(wildcards):
+    return config.get("tracking", {}).get("experiment_prefix", "medseg-") + wildcards.dataset
+
+
+def case_dir(wildcards):
+    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}"
+
+
+def sheet(wildcards):
+    return f"{RESULTS}/{wildcards.dataset}/cases.tsv"
+
+
+def raw_inputs(wildcards):
+    """The case's source files (real data) so edits re-trigger its jobs; the demo is generated."""
+    p = plan(wildcards)
+    if p.is_demo:
+        return []
+    return [p.raw(wildcards.case, m) for m in p.modalities]
+
+
+def cfg_section(*keys):
+    node = config
+    for k in keys:
+        node = node.get(k, {}) if isinstance(node, dict) else {}
+    return node
+
+
+onstart:
+    if config.get("tracking", {}).get("enabled", True):
+        from medseg import tracking
+
+        for name in PLANS:
+            tracking.start_parent(config.get("tracking", {}).get("experiment_prefix", "medseg-") + name, "snakemake")
+
+
+onsuccess:
+    if config.get("tracking", {}).get("enabled", True):
+        from medseg import tracking
+
+        tracking.end_parents("FINISHED")
+
+
+onerror:
+    if config.get("tracking", {}).get("enabled", True):
+        from medseg import tracking
+
+        tracking.end_parents("FAILED")

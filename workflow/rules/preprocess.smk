@@ -1,0 +1,85 @@
+# Per-case MRI preprocessing: N4 -> registration (modalities to reference, reference to atlas) -> skull stripping.
+
+
+def mods(wildcards):
+    return plan(wildcards).modalities
+
+
+rule n4_correct:
+    input:
+        raw_inputs,
+        sheet=sheet,
+    output:
+        images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz" for m in ALL_MODS],
+        fields=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/bias_{m}.nii.gz" for m in ALL_MODS],
+        qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_qc.json",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/n4_correct/{{case}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/n4_correct/{{case}}.tsv"
+    params:
+        modalities=mods,
+        enabled=lambda w: step_on(w, "n4"),
+        n4=cfg_section("preprocessing", "n4"),
+        experiment=experiment,
+    conda:
+        "../../envs/preprocess.yaml"
+    script:
+        "../scripts/n4_correct.py"
+
+
+rule register_atlas:
+    input:
+        sheet=sheet,
+        images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz" for m in ALL_MODS],
+    output:
+        images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz" for m in ALL_MODS],
+        seg=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_seg.nii.gz",
+        transforms=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_{m}.tfm" for m in ALL_MODS],
+        atlas_transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
+        qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/register_qc.json",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/register_atlas/{{case}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/register_atlas/{{case}}.tsv"
+    params:
+        modalities=mods,
+        reference=lambda w: plan(w).reference,
+        enabled=lambda w: step_on(w, "register"),
+        skull_stripped=lambda w: not step_on(w, "skullstrip"),
+        register=cfg_section("preprocessing", "register"),
+        experiment=experiment,
+    conda:
+        "../../envs/preprocess.yaml"
+    script:
+        "../scripts/register_atlas.py"
+
+
+def skullstrip_input(wildcards):
+    mod = cfg_section("preprocessing", "skullstrip").get("modality", "t1")
+    if mod not in plan(wildcards).modalities:
+        mod = plan(wildcards).reference
+    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/reg_{mod}.nii.gz"
+
+
+rule skullstrip_brain:
+    input:
+        image=skullstrip_input,
+    output:
+        mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
+        qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/skullstrip_qc.json",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/skullstrip_brain/{{case}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/skullstrip_brain/{{case}}.tsv"
+    params:
+        skullstrip=lambda w: (
+            cfg_section("preprocessing", "skullstrip")
+            if step_on(w, "skullstrip")
+            else {"method": "nonzero"}
+        ),
+        experiment=experiment,
+    conda:
+        "../../envs/preprocess.yaml"
+    script:
+        "../scripts/skullstrip_brain.py"

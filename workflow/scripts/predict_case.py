@@ -1,0 +1,14 @@
+import torch
+
+from medseg.cohort.sheet import case_row
+from medseg.config import from_mapping
+from medseg.jobs import job
+from medseg.predict import predict_case
+from medseg.volume_inference import InferenceConfig
+
+with job(snakemake) as p:
+    torch.set_num_threads(snakemake.threads)
+    inp, case = snakemake.input, snakemake.wildcards.case
+    row = case_row(inp.sheet, case)
+    predict_case(case, inp.norm, inp.models, inp.atlas_grid, inp.transform, row[p["reference"]], row["convention"],
+                 snakemake.output.labels, from_mapping(InferenceConfig, p["inference"], "inference."))

@@ -1,0 +1,12 @@
+from medseg import tracking
+from medseg.config import from_mapping
+from medseg.io import write_json
+from medseg.jobs import job
+from medseg.preprocess.skullstrip import SkullstripConfig
+from medseg.preprocess.stages import skullstrip_case
+
+with job(snakemake) as p:
+    cfg = from_mapping(SkullstripConfig, p["skullstrip"], "preprocessing.skullstrip.")
+    qc = skullstrip_case(snakemake.wildcards.case, snakemake.input.image, snakemake.output.mask, cfg)
+    write_json(qc, snakemake.output.qc)
+    tracking.log_metrics(qc)
