@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "medseg.predict",
     "medseg.evaluate.commands",
     "medseg.wsi.commands",
+    "medseg.tracking_sync",
 )
 
 log = logging.getLogger("medseg")

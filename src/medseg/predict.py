@@ -1,6 +1,7 @@
 """Inference for one case: ensemble the folds in atlas space, return to native space, write labels.
 
-Region probabilities (WT, TC, ET) are averaged over folds, resampled back to the case's native
+Region probabilities (WT, TC, ET) are averaged over folds, zeroed outside the (dilated) brain
+mask, resampled back to the case's native
 grid with the inverse of its atlas transform (linear interpolation of probabilities, then the
 threshold: smoother borders than nearest-neighbour on labels), nested (ET in TC in WT) and
 written in the case's own BraTS label convention with the native image's geometry.
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from medseg.io import read_image, write_image
 from medseg.labels import regions_to_labels
@@ -52,9 +54,12 @@ def predict_case(case: str, norm_npzs: Sequence[str], model_paths: Sequence[str]
     probs = None
     for npz, mpath in zip(norm_npzs, model_paths):
         model, meta = load_model(mpath)
-        p = predict_volume([model], np.load(npz)["image"], meta["context"], cfg)
+        data = np.load(npz)
+        p = predict_volume([model], data["image"], meta["context"], cfg)
         probs = p if probs is None else probs + p
-    probs /= len(model_paths)
+    # tumour lies inside the brain: drop predictions outside the (slightly dilated) brain mask
+    brain = ndi.binary_dilation(data["brain"] > 0, iterations=2)
+    probs = probs / len(model_paths) * brain[None]
     grid = read_image(atlas_grid, case=case)
     native = read_image(native_image, case=case)
     native_probs = to_native(probs, grid, sitk.ReadTransform(transform), native)

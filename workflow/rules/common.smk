@@ -5,7 +5,10 @@ import sys
 
 from snakemake.utils import validate
 
-sys.path.insert(0, os.path.join(workflow.basedir, "src"))  # the package, also without `pip install`
+# the package, importable here and in every job (also in conda envs and on cluster nodes)
+SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 
 from medseg.cohort.plan import dataset_plan
 
@@ -30,6 +33,7 @@ wildcard_constraints:
     case=_alternatives(ALL_CASES),
     mod=_alternatives(ALL_MODS),
     fold=r"\d+",
+    spacing=r"[0-9.]+",
 
 
 def plan(wildcards):
@@ -75,23 +79,30 @@ def cfg_section(*keys):
     return node
 
 
+def tracking_on():
+    return config.get("tracking", {}).get("enabled", True)
+
+
 onstart:
-    if config.get("tracking", {}).get("enabled", True):
+    if not tracking_on():
+        os.environ["MEDSEG_TRACKING"] = "0"
+    else:
         from medseg import tracking
 
-        for name in PLANS:
-            tracking.start_parent(config.get("tracking", {}).get("experiment_prefix", "medseg-") + name, "snakemake")
+        tracking.start_invocation("snakemake")
 
 
 onsuccess:
-    if config.get("tracking", {}).get("enabled", True):
-        from medseg import tracking
+    if tracking_on():
+        from medseg import tracking, tracking_sync
 
-        tracking.end_parents("FINISHED")
+        tracking.end_invocation("FINISHED")
+        tracking_sync.sync()
 
 
 onerror:
-    if config.get("tracking", {}).get("enabled", True):
-        from medseg import tracking
+    if tracking_on():
+        from medseg import tracking, tracking_sync
 
-        tracking.end_parents("FAILED")
+        tracking.end_invocation("FAILED")
+        tracking_sync.sync()

@@ -5,6 +5,24 @@ def mods(wildcards):
     return plan(wildcards).modalities
 
 
+def atlas_dir(wildcards=None):
+    spacing = cfg_section("preprocessing", "register").get("atlas_spacing_mm", 2.0)
+    return f"{RESULTS}/atlas/icbm152_{float(spacing):g}mm"
+
+
+rule prepare_atlas:
+    output:
+        [f"{RESULTS}/atlas/icbm152_{{spacing}}mm/{n}.nii.gz" for n in ("head", "brain", "mask")],
+    log:
+        f"{RESULTS}/atlas/icbm152_{{spacing}}mm.log",
+    params:
+        experiment="medseg-atlas",
+    conda:
+        "../../envs/preprocess.yaml"
+    script:
+        "../scripts/prepare_atlas.py"
+
+
 rule n4_correct:
     input:
         raw_inputs,
@@ -32,6 +50,7 @@ rule register_atlas:
     input:
         sheet=sheet,
         images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz" for m in ALL_MODS],
+        atlas=lambda w: f"{atlas_dir()}/head.nii.gz",
     output:
         images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz" for m in ALL_MODS],
         seg=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_seg.nii.gz",
@@ -65,6 +84,7 @@ def skullstrip_input(wildcards):
 rule skullstrip_brain:
     input:
         image=skullstrip_input,
+        atlas=lambda w: f"{atlas_dir()}/head.nii.gz",
     output:
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/skullstrip_qc.json",
@@ -74,7 +94,7 @@ rule skullstrip_brain:
         f"{RESULTS}/{{dataset}}/benchmarks/skullstrip_brain/{{case}}.tsv"
     params:
         skullstrip=lambda w: (
-            cfg_section("preprocessing", "skullstrip")
+            {**cfg_section("preprocessing", "skullstrip"), "atlas_dir": atlas_dir()}
             if step_on(w, "skullstrip")
             else {"method": "nonzero"}
         ),

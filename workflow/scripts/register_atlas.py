@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from medseg import tracking
 from medseg.cohort.sheet import case_row
 from medseg.config import from_mapping
@@ -12,6 +14,6 @@ with job(snakemake) as p:
     cfg = from_mapping(RegConfig, p["register"], "preprocessing.register.") if p["enabled"] else None
     qc = register_case(snakemake.wildcards.case, dict(zip(mods, snakemake.input.images)), row["seg"], p["reference"],
                        dict(zip(mods, out.images)), out.seg, {**dict(zip(mods, out.transforms)), "atlas": out.atlas_transform},
-                       cfg, p["skull_stripped"])
+                       cfg, p["skull_stripped"], atlas_dir=str(Path(snakemake.input.atlas).parent))
     write_json(qc, out.qc)
     tracking.log_metrics(qc)

@@ -40,7 +40,7 @@ def head_atlas_paths() -> tuple[Path, Path]:
     return robex_dir() / "atlas.nii.gz", robex_dir() / "atlas_mask.nii.gz"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HeadModel:
     """Canonical anatomy on one grid; arrays in SimpleITK order (z, y, x), values in [0, 1]."""
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.cohort.layout import case_file, detect_layout, list_cases
-from medseg.cohort.splits import assign_splits, fold_cases, test_cases
+from medseg.cohort.splits import assign_splits, fold_cases, held_out_cases
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class DatasetPlan:
         return sorted(self.train_cases(fold) + self.val_cases(fold))
 
     def test_cases(self) -> list[str]:
-        return test_cases(self.splits)
+        return held_out_cases(self.splits)
 
     def raw(self, case: str, key: str) -> str:
         return str(case_file(self.root, case, key, self.layout))

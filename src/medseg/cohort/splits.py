@@ -47,5 +47,5 @@ def fold_cases(splits: dict[str, dict], fold: int, n_folds: int) -> tuple[list[s
     return train, val
 
 
-def test_cases(splits: dict[str, dict]) -> list[str]:
+def held_out_cases(splits: dict[str, dict]) -> list[str]:
     return sorted(c for c, s in splits.items() if s["split"] == "test")

@@ -9,6 +9,7 @@ what was applied (bias fields, transforms, true brain mask) so every stage can b
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
@@ -100,8 +101,10 @@ def _affine(matrix: np.ndarray, translation: np.ndarray, centre: np.ndarray) -> 
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], ctrl: int = 5) -> np.ndarray:
-    coarse = rng.standard_normal((ctrl,) * 3)
-    field = ndi.zoom(coarse, [s / ctrl for s in shape], order=3)[: shape[0], : shape[1], : shape[2]]
+    """Smooth random field in [-1, 1]: separable low-frequency cosine basis, ``ctrl`` terms per axis."""
+    coef = rng.standard_normal((ctrl,) * 3) / (1.0 + np.add.outer(np.add.outer(np.arange(ctrl), np.arange(ctrl)), np.arange(ctrl)))
+    bases = [np.cos(np.pi * np.outer(np.linspace(0, 1, n), np.arange(ctrl))) for n in shape]
+    field = np.einsum("ijk,zi,yj,xk->zyx", coef, *bases, optimize=True)
     field = field - field.mean()
     return field / max(np.abs(field).max(), 1e-6)
 
@@ -144,13 +147,18 @@ def _render(model: HeadModel, wm, gm, csf, labels: np.ndarray, rng: np.random.Ge
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _brain_depth(model: HeadModel) -> np.ndarray:
+    return ndi.distance_transform_edt(model.brain)
+
+
 def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Path) -> dict:
     """Generate case ``index`` and write its files; return its truth summary."""
     case = cfg.case_ids()[index]
     rng = np.random.default_rng([cfg.seed, index])
     model = load_head_model(float(max(1.0, 0.75 * min(cfg.spacing_mm))))
     wm, gm, csf = model.wm.copy(), model.gm.copy(), model.csf.copy()
-    depth = ndi.distance_transform_edt(model.brain)
+    depth = _brain_depth(model)
     canon_spacing = model.reference.GetSpacing()[0]
     labels = None
     for _ in range(1 + int(rng.random() < 0.2)):  # one in five cases is multi-focal

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from medseg.cohort.anatomy import load_head_model
+from medseg.io import write_image
 
 T1_CONTRAST = {"wm": 1.0, "gm": 0.75, "csf": 0.3}
 
@@ -25,6 +27,18 @@ class Atlas:
 
     def fixed(self, skull_stripped: bool) -> sitk.Image:
         return self.brain if skull_stripped else self.head
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``head``, ``brain`` and ``mask`` ``.nii.gz`` files into ``folder`` (atomically)."""
+        for name in ("head", "brain", "mask"):
+            write_image(getattr(self, name), Path(folder) / f"{name}.nii.gz")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Atlas:
+        """Read an atlas written by :meth:`save`."""
+        f = Path(folder)
+        return cls(sitk.ReadImage(str(f / "head.nii.gz"), sitk.sitkFloat32), sitk.ReadImage(str(f / "brain.nii.gz"), sitk.sitkFloat32),
+                   sitk.ReadImage(str(f / "mask.nii.gz"), sitk.sitkUInt8))
 
 
 @functools.lru_cache(maxsize=4)

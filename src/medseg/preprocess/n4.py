@@ -74,8 +74,8 @@ def n4_correct(image: sitk.Image, mask: sitk.Image | None = None, cfg: N4Config 
     filt.SetNumberOfControlPoints([max(4, int(np.ceil(e / cfg.spline_distance_mm)) + 3) for e in extent])
     filt.Execute(small + shift, small_mask)
     log_field = filt.GetLogBiasFieldAsImage(image)
-    field = sitk.Exp(log_field)
-    corrected = image / field
+    field = sitk.Cast(sitk.Exp(log_field), sitk.sitkFloat32)
+    corrected = sitk.Cast(image / field, sitk.sitkFloat32)  # "/" is DivideReal (float64)
     log.info("N4: %d levels, field range [%.3f, %.3f]", len(cfg.iterations),
              *np.percentile(sitk.GetArrayViewFromImage(field)[sitk.GetArrayViewFromImage(mask) > 0], [1, 99]))
     return corrected, field

@@ -38,8 +38,8 @@ class RegConfig:
 
     backend: str = "sitk"
     iterations: int = 200
-    levels: int = 3
-    sampling: float = 0.1
+    levels: int = 2
+    sampling: float = 0.05
     bins: int = 32
     seed: int = 1
     atlas_spacing_mm: float = 2.0

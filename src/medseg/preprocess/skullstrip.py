@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from medseg.preprocess.atlas import atlas_images
+from medseg.preprocess.atlas import Atlas, atlas_images
 from medseg.preprocess.register import RegConfig, register
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class SkullstripConfig:
         refine: intensity + morphology refinement of the warped atlas mask.
         band_mm: width of the boundary band the refinement may change.
         register: registration settings for the atlas method.
+        atlas_dir: folder of a saved :class:`~medseg.preprocess.atlas.Atlas` (default: built in memory).
     """
 
     method: str = "atlas"
@@ -36,6 +37,7 @@ class SkullstripConfig:
     refine: bool = True
     band_mm: float = 4.0
     register: RegConfig = field(default_factory=RegConfig)
+    atlas_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -74,7 +76,7 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, spacing_zyx: tuple[float, f
 
 
 def _atlas_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
-    atlas = atlas_images(float(max(min(image.GetSpacing()), 1.0)))
+    atlas = Atlas.load(cfg.atlas_dir) if cfg.atlas_dir else atlas_images(float(max(min(image.GetSpacing()), 1.0)))
     tfm = register(image, atlas.head, "affine", cfg.register)
     warped = sitk.Resample(sitk.Cast(atlas.mask, sitk.sitkFloat32), image, tfm, sitk.sitkLinear, 0.0)
     mask = sitk.GetArrayFromImage(warped) > 0.5

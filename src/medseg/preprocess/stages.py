@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medseg.io import InputError, read_image, read_labels, read_json, save_npz, write_image, write_json
-from medseg.preprocess.atlas import atlas_images
+from medseg.preprocess.atlas import Atlas, atlas_images
 from medseg.preprocess.n4 import N4Config, coefficient_of_variation, n4_correct, otsu_mask
 from medseg.preprocess.normalize import NormConfig, fit_model, normalize
 from medseg.preprocess.register import RegConfig, mutual_information, register
@@ -42,7 +42,8 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
 
 
 def register_case(case: str, images: dict[str, str], seg: str | None, reference: str, out_images: dict[str, str],
-                  out_seg: str, out_transforms: dict[str, str], cfg: RegConfig | None, skull_stripped: bool) -> dict:
+                  out_seg: str, out_transforms: dict[str, str], cfg: RegConfig | None, skull_stripped: bool,
+                  atlas_dir: str | None = None) -> dict:
     """Align modalities to ``reference`` (rigid), the reference to the atlas (affine), resample to atlas space.
 
     ``out_transforms`` has one ``.tfm`` per modality (reference native -> modality native) and
@@ -58,7 +59,7 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
         grid, to_ref = ref, sitk.Transform(3, sitk.sitkIdentity)
         mod_tfms = {m: sitk.Transform(3, sitk.sitkIdentity) for m in images}
     else:
-        atlas = atlas_images(cfg.atlas_spacing_mm)
+        atlas = Atlas.load(atlas_dir) if atlas_dir else atlas_images(cfg.atlas_spacing_mm)
         fixed = atlas.fixed(skull_stripped)
         grid = fixed
         to_ref = register(fixed, ref, "affine", cfg)

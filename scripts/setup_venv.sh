@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv with medseg and its stack.
+# Usage: bash scripts/setup_venv.sh [extra]   e.g. "test" installs the test dependencies too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+extra=${1:-}
+stamp=".venv/.medseg-installed${extra:+-$extra}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".${extra:+[$extra]}"
+  touch "$stamp"
+fi
