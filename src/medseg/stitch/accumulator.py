@@ -127,9 +127,9 @@ class StitchAccumulator:
         Raises:
             ValueError: shapes do not match, or a window holds NaN/inf (the error names it).
         """
-        locs = [tuple(int(v) for v in loc) for loc in np.asarray(locations).reshape(len(logits), -1)]
         if logits.ndim != 2 + len(self.patch_size) or tuple(logits.shape[2:]) != self.patch_size:
             raise ValueError(f"logits must have shape (B, K, *{self.patch_size}), got {tuple(logits.shape)}")
+        locs = [tuple(int(v) for v in loc) for loc in np.asarray(locations).reshape(len(logits), -1)]
         for loc in locs:
             if len(loc) != len(self.patch_size) or min(loc) < 0 or any(
                     s + p > n for s, p, n in zip(loc, self.patch_size, self.spatial_shape)):

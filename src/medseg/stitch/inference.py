@@ -109,14 +109,13 @@ def sliding_window_inference(image: torch.Tensor, predictor: Predictor, patch_si
         acc = StitchAccumulator(padded, patch, mode=mode, sigma_scale=sigma_scale, backend=backend,
                                 device=out_device, memory_limit_bytes=memory_limit_bytes, zarr_path=f"{tmp}/acc.zarr",
                                 margin=margin)
-        bar = tqdm(total=len(windows), desc="windows", unit="win", disable=not progress)
-        with torch.inference_mode():
+        # no_grad, not inference_mode: callers may modify the returned tensor in place
+        with torch.no_grad(), tqdm(total=len(windows), desc="windows", unit="win", disable=not progress) as bar:
             for locs in batched(windows, batch_size):
                 batch = torch.stack([image[(slice(None), *window_slices(loc, patch))] for loc in locs])
                 logits = predict_batch(predictor, batch.to(device, non_blocking=True), tta)
                 acc.add_batch(logits, locs)
                 bar.update(len(locs))
-            bar.close()
             out = acc.finalize()
             if acc.backend == "zarr":
                 out = torch.from_numpy(out[...]).to(out_device)

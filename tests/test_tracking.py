@@ -1,0 +1,86 @@
+"""Tracking: jobs spool run records; sync logs them nested under the invocation; failures lose nothing."""
+import json
+import multiprocessing as mp
+import os
+
+import pytest
+
+from medseg import tracking, tracking_sync
+
+
+@pytest.fixture
+def spool(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEG_TRACKING", "1")
+    monkeypatch.setenv(tracking.SPOOL_ENV, str(tmp_path / "spool"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    return tmp_path
+
+
+def _job(i: int) -> None:
+    with tracking.job_run("medseg-test", f"job{i}", {"i": str(i)}):
+        tracking.log_params({"a": {"b": i}, "lr": 0.1})
+        for step in range(20):
+            tracking.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+
+
+def _runs(uri):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("medseg-test")
+    return c, c.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_eight_concurrent_jobs_lose_nothing(spool):
+    tracking.start_invocation("snakemake")
+    with mp.get_context("spawn").Pool(8) as pool:
+        pool.map(_job, range(8))
+    tracking.end_invocation("FINISHED")
+    assert tracking_sync.sync() == {"runs": 8, "failed": 0}
+    client, runs = _runs(os.environ["MLFLOW_TRACKING_URI"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert parents[0].info.status == "FINISHED"
+    for r in children:
+        assert r.data.params["a.b"] == r.data.tags["i"] and r.data.params["lr"] == "0.1"
+        assert len(client.get_metric_history(r.info.run_id, "loss")) == 20
+        assert r.info.status == "FINISHED"
+    assert not list((spool / "spool").glob("run-*.json"))
+
+
+def test_failed_job_is_recorded_failed(spool):
+    with pytest.raises(RuntimeError):
+        with tracking.job_run("medseg-test", "boom"):
+            raise RuntimeError("boom")
+    tracking_sync.sync()
+    _, runs = _runs(os.environ["MLFLOW_TRACKING_URI"])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_unreachable_store_keeps_records(spool, monkeypatch, caplog):
+    readonly = spool / "ro"
+    readonly.mkdir()
+    (readonly / "mlruns").write_text("not a folder")  # the store path is a file: every write fails
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (readonly / "mlruns").as_uri())
+    _job(0)
+    result = tracking_sync.sync()
+    assert result == {"runs": 0, "failed": 1}
+    assert "tracking failed" in caplog.text
+    assert len(list((spool / "spool").glob("run-*.json"))) == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (spool / "mlruns").as_uri())  # store back: the retry logs it
+    assert tracking_sync.sync() == {"runs": 1, "failed": 0}
+
+
+def test_disabled_tracking_writes_nothing(spool, monkeypatch):
+    monkeypatch.setenv("MEDSEG_TRACKING", "0")
+    _job(0)
+    assert not (spool / "spool").exists() or not list((spool / "spool").iterdir())
+
+
+def test_record_is_plain_json(spool):
+    _job(3)
+    rec = json.loads(next((spool / "spool").glob("run-*.json")).read_text())
+    assert rec["name"] == "job3" and rec["status"] == "FINISHED" and len(rec["metrics"]) == 20
