@@ -17,6 +17,6 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_results(),
-    default_target: True

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from medseg import tracking
@@ -23,10 +26,31 @@ from medseg.provenance import git_state
 log = logging.getLogger(__name__)
 
 
+def export_package_path() -> None:
+    """Put this package's source folder on ``PYTHONPATH`` so every job imports the same medseg
+    (also inside conda envs and on cluster nodes, where Snakemake re-reads the workflow)."""
+    src = str(Path(__file__).resolve().parents[1])
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if src not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([src, *parts])
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in SimpleITK and torch (the rule's ``threads``): no oversubscription when
+    Snakemake runs several jobs side by side."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(n)))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, int(n)))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, int(n)))
+
+
 @contextlib.contextmanager
 def job(smk: Any) -> Iterator[dict]:
     """Set up logging and tracking for a Snakemake script job; yield its params as a dict."""
     setup_logging(smk.log[0] if smk.log else None)
+    set_threads(smk.threads)
     params = dict(smk.params.items())
     experiment = params.pop("experiment", "medseg")
     wildcards = dict(smk.wildcards.items())

@@ -87,5 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--case", default="case")
     p.add_argument("--tta", action="store_true")
-    p.set_defaults(func=lambda a: predict_case(a.case, a.norm, a.models, a.atlas_grid, a.transform, a.native,
-                                               a.convention, a.out, InferenceConfig(tta=a.tta)) and 0)
+    p.set_defaults(func=_cli)
+
+
+def _cli(a: argparse.Namespace) -> int:
+    predict_case(a.case, a.norm, a.models, a.atlas_grid, a.transform, a.native, a.convention, a.out, InferenceConfig(tta=a.tta))
+    return 0

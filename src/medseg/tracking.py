@@ -43,6 +43,11 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
 
 
+def disable() -> None:
+    """Switch tracking off for this process and the jobs it starts."""
+    os.environ[DISABLE_ENV] = "0"
+
+
 def enabled() -> bool:
     return os.environ.get(DISABLE_ENV, "1") != "0"
 

@@ -8,19 +8,14 @@ rule synth_cohort:
         f"{RESULTS}/{{dataset}}/logs/synth_cohort.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/synth_cohort.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 2
     params:
         demo=lambda w: dataset_cfg(w).get("demo", {}),
         experiment=experiment,
-    threads: 2
-    conda:
-        "../../envs/preprocess.yaml"
     script:
         "../scripts/synth_cohort.py"
-
-
-def sheet_inputs(wildcards):
-    p = plan(wildcards)
-    return [f"{RESULTS}/{wildcards.dataset}/demo/cohort.json"] if p.is_demo else []
 
 
 rule case_sheet:
@@ -30,6 +25,8 @@ rule case_sheet:
         tsv=f"{RESULTS}/{{dataset}}/cases.tsv",
     log:
         f"{RESULTS}/{{dataset}}/logs/case_sheet.log",
+    conda:
+        "../../envs/preprocess.yaml"
     params:
         root=lambda w: plan(w).root,
         layout=lambda w: plan(w).layout,
@@ -38,7 +35,5 @@ rule case_sheet:
         modalities=lambda w: list(plan(w).modalities),
         convention=lambda w: str(dataset_cfg(w).get("convention", "auto")),
         experiment=experiment,
-    conda:
-        "../../envs/preprocess.yaml"
     script:
         "../scripts/case_sheet.py"

@@ -6,21 +6,26 @@ import sys
 from snakemake.utils import validate
 
 # the package, importable here and in every job (also in conda envs and on cluster nodes)
-SRC = os.path.join(workflow.basedir, "src")
-sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+from medseg.jobs import export_package_path
+
+export_package_path()
 
 from medseg.cohort.plan import dataset_plan
-
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = "results"
-PLANS = {name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()}
+PLANS = {
+    name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()
+}
 ALL_CASES = sorted({c for p in PLANS.values() for c in p.cases})
 ALL_MODS = list(next(iter(PLANS.values())).modalities)
 if any(list(p.modalities) != ALL_MODS for p in PLANS.values()):
-    raise ValueError("all datasets of one config must use the same datasets.<name>.modalities; split the config")
+    raise ValueError(
+        "all datasets of one config must use the same datasets.<name>.modalities; split the config"
+    )
 
 
 def _alternatives(values):
@@ -41,7 +46,9 @@ def plan(wildcards):
 
 
 def all_results():
-    return expand(f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=config["models"])
+    return expand(
+        f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=config["models"]
+    )
 
 
 def dataset_cfg(wildcards):
@@ -53,11 +60,10 @@ def step_on(wildcards, step):
 
 
 def experiment(wildcards):
-    return config.get("tracking", {}).get("experiment_prefix", "medseg-") + wildcards.dataset
-
-
-def case_dir(wildcards):
-    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}"
+    return (
+        config.get("tracking", {}).get("experiment_prefix", "medseg-")
+        + wildcards.dataset
+    )
 
 
 def sheet(wildcards):
@@ -79,13 +85,49 @@ def cfg_section(*keys):
     return node
 
 
+def sheet_inputs(wildcards):
+    p = plan(wildcards)
+    return [f"{RESULTS}/{wildcards.dataset}/demo/cohort.json"] if p.is_demo else []
+
+
+def mods(wildcards):
+    return plan(wildcards).modalities
+
+
+def atlas_dir(wildcards=None):
+    spacing = cfg_section("preprocessing", "register").get("atlas_spacing_mm", 2.0)
+    return f"{RESULTS}/atlas/icbm152_{float(spacing):g}mm"
+
+
+def skullstrip_input(wildcards):
+    mod = cfg_section("preprocessing", "skullstrip").get("modality", "t1")
+    if mod not in plan(wildcards).modalities:
+        mod = plan(wildcards).reference
+    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/reg_{mod}.nii.gz"
+
+
+def case_files(dataset, cases, pattern):
+    return [f"{RESULTS}/{dataset}/preprocess/{c}/{pattern}" for c in cases]
+
+
+def tiles(wildcards, cases):
+    base = f"{RESULTS}/{wildcards.dataset}/tiles/fold_{wildcards.fold}"
+    return [f"{base}/{c}.npy" for c in cases], [f"{base}/{c}.json" for c in cases]
+
+
+def ref_mod(wildcards):
+    return plan(wildcards).reference
+
+
 def tracking_on():
     return config.get("tracking", {}).get("enabled", True)
 
 
 onstart:
     if not tracking_on():
-        os.environ["MEDSEG_TRACKING"] = "0"
+        from medseg import tracking
+
+        tracking.disable()
     else:
         from medseg import tracking
 

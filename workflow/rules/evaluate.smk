@@ -9,11 +9,11 @@ rule evaluate_case:
         json=f"{RESULTS}/{{dataset}}/metrics/{{model}}/{{case}}.json",
     log:
         f"{RESULTS}/{{dataset}}/logs/evaluate_case/{{model}}_{{case}}.log",
+    conda:
+        "../../envs/evaluate.yaml"
     params:
         evaluation=cfg_section("evaluation"),
         experiment=experiment,
-    conda:
-        "../../envs/evaluate.yaml"
     script:
         "../scripts/evaluate_case.py"
 
@@ -21,18 +21,24 @@ rule evaluate_case:
 rule aggregate_results:
     input:
         metrics=lambda w: expand(
-            f"{RESULTS}/{w.dataset}/metrics/{w.model}/{{case}}.json", case=plan(w).test_cases()
+            f"{RESULTS}/{w.dataset}/metrics/{w.model}/{{case}}.json",
+            case=plan(w).test_cases(),
         ),
         models=lambda w: [
-            f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt" for k in plan(w).folds()
+            f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
+            for k in plan(w).folds()
         ],
         sheet=sheet,
     output:
         json=report(f"{RESULTS}/{{dataset}}_{{model}}.json", category="Results"),
         csv=f"{RESULTS}/{{dataset}}_{{model}}_cases.csv",
-        boxplots=report(f"{RESULTS}/{{dataset}}_{{model}}_boxplots.png", category="Results"),
+        boxplots=report(
+            f"{RESULTS}/{{dataset}}_{{model}}_boxplots.png", category="Results"
+        ),
     log:
         f"{RESULTS}/{{dataset}}/logs/aggregate_results/{{model}}.log",
+    conda:
+        "../../envs/evaluate.yaml"
     params:
         config=config,
         seeds=lambda w: {
@@ -41,7 +47,5 @@ rule aggregate_results:
             "training": cfg_section("training").get("seed", 0),
         },
         experiment=experiment,
-    conda:
-        "../../envs/evaluate.yaml"
     script:
         "../scripts/aggregate_results.py"

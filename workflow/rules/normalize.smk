@@ -1,10 +1,6 @@
 # Intensity normalisation (fitted per fold on training cases only) and tiling for training.
 
 
-def case_files(dataset, cases, pattern):
-    return [f"{RESULTS}/{dataset}/preprocess/{c}/{pattern}" for c in cases]
-
-
 rule fit_normalizer:
     input:
         images=lambda w: [  # case-major: all modalities of case 1, then case 2 ...
@@ -12,25 +8,30 @@ rule fit_normalizer:
             for c in plan(w).train_cases(int(w.fold))
             for m in ALL_MODS
         ],
-        masks=lambda w: case_files(w.dataset, plan(w).train_cases(int(w.fold)), "brain_mask.nii.gz"),
+        masks=lambda w: case_files(
+            w.dataset, plan(w).train_cases(int(w.fold)), "brain_mask.nii.gz"
+        ),
     output:
         model=f"{RESULTS}/{{dataset}}/normalizer_{{fold}}.json",
     log:
         f"{RESULTS}/{{dataset}}/logs/fit_normalizer/{{fold}}.log",
+    conda:
+        "../../envs/preprocess.yaml"
     params:
         cases=lambda w: plan(w).train_cases(int(w.fold)),
         modalities=mods,
         normalize=cfg_section("preprocessing", "normalize"),
         experiment=experiment,
-    conda:
-        "../../envs/preprocess.yaml"
     script:
         "../scripts/fit_normalizer.py"
 
 
 rule normalize_case:
     input:
-        images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz" for m in ALL_MODS],
+        images=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
+            for m in ALL_MODS
+        ],
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
         seg=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_seg.nii.gz",
         model=f"{RESULTS}/{{dataset}}/normalizer_{{fold}}.json",
@@ -39,13 +40,13 @@ rule normalize_case:
         npz=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm_{{fold}}.npz",
     log:
         f"{RESULTS}/{{dataset}}/logs/normalize_case/{{case}}_{{fold}}.log",
+    conda:
+        "../../envs/preprocess.yaml"
     params:
         modalities=mods,
         with_labels=lambda w: w.case in plan(w).fold_cases(int(w.fold)),
         normalize=cfg_section("preprocessing", "normalize"),
         experiment=experiment,
-    conda:
-        "../../envs/preprocess.yaml"
     script:
         "../scripts/normalize_case.py"
 
@@ -59,9 +60,9 @@ rule tile_case:
         table=f"{RESULTS}/{{dataset}}/tiles/fold_{{fold}}/{{case}}.json",
     log:
         f"{RESULTS}/{{dataset}}/logs/tile_case/{{case}}_{{fold}}.log",
-    params:
-        experiment=experiment,
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        experiment=experiment,
     script:
         "../scripts/tile_case.py"

@@ -1,17 +1,15 @@
 # Inference on held-out cases: fold ensemble in atlas space, labels back on the native grid.
 
 
-def ref_mod(wildcards):
-    return plan(wildcards).reference
-
-
 rule predict_case:
     input:
         norm=lambda w: [
-            f"{RESULTS}/{w.dataset}/preprocess/{w.case}/norm_{k}.npz" for k in plan(w).folds()
+            f"{RESULTS}/{w.dataset}/preprocess/{w.case}/norm_{k}.npz"
+            for k in plan(w).folds()
         ],
         models=lambda w: [
-            f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt" for k in plan(w).folds()
+            f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
+            for k in plan(w).folds()
         ],
         atlas_grid=lambda w: f"{RESULTS}/{w.dataset}/preprocess/{w.case}/reg_{ref_mod(w)}.nii.gz",
         transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
@@ -22,14 +20,14 @@ rule predict_case:
         f"{RESULTS}/{{dataset}}/logs/predict_case/{{model}}_{{case}}.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/predict_case/{{model}}_{{case}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=cfg_section("resources").get("gpu", 0),
     params:
         reference=ref_mod,
         inference=cfg_section("inference"),
         experiment=experiment,
-    threads: 2
-    resources:
-        gpu=cfg_section("resources").get("gpu", 0),
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/predict_case.py"

@@ -1,24 +1,18 @@
 # Per-case MRI preprocessing: N4 -> registration (modalities to reference, reference to atlas) -> skull stripping.
 
 
-def mods(wildcards):
-    return plan(wildcards).modalities
-
-
-def atlas_dir(wildcards=None):
-    spacing = cfg_section("preprocessing", "register").get("atlas_spacing_mm", 2.0)
-    return f"{RESULTS}/atlas/icbm152_{float(spacing):g}mm"
-
-
 rule prepare_atlas:
     output:
-        [f"{RESULTS}/atlas/icbm152_{{spacing}}mm/{n}.nii.gz" for n in ("head", "brain", "mask")],
+        [
+            f"{RESULTS}/atlas/icbm152_{{spacing}}mm/{n}.nii.gz"
+            for n in ("head", "brain", "mask")
+        ],
     log:
         f"{RESULTS}/atlas/icbm152_{{spacing}}mm.log",
-    params:
-        experiment="medseg-atlas",
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        experiment="medseg-atlas",
     script:
         "../scripts/prepare_atlas.py"
 
@@ -28,20 +22,26 @@ rule n4_correct:
         raw_inputs,
         sheet=sheet,
     output:
-        images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz" for m in ALL_MODS],
-        fields=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/bias_{m}.nii.gz" for m in ALL_MODS],
+        images=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz"
+            for m in ALL_MODS
+        ],
+        fields=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/bias_{m}.nii.gz"
+            for m in ALL_MODS
+        ],
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_qc.json",
     log:
         f"{RESULTS}/{{dataset}}/logs/n4_correct/{{case}}.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/n4_correct/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     params:
         modalities=mods,
         enabled=lambda w: step_on(w, "n4"),
         n4=cfg_section("preprocessing", "n4"),
         experiment=experiment,
-    conda:
-        "../../envs/preprocess.yaml"
     script:
         "../scripts/n4_correct.py"
 
@@ -49,18 +49,28 @@ rule n4_correct:
 rule register_atlas:
     input:
         sheet=sheet,
-        images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz" for m in ALL_MODS],
+        images=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz"
+            for m in ALL_MODS
+        ],
         atlas=lambda w: f"{atlas_dir()}/head.nii.gz",
     output:
-        images=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz" for m in ALL_MODS],
+        images=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
+            for m in ALL_MODS
+        ],
         seg=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_seg.nii.gz",
-        transforms=[f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_{m}.tfm" for m in ALL_MODS],
+        transforms=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_{m}.tfm" for m in ALL_MODS
+        ],
         atlas_transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/register_qc.json",
     log:
         f"{RESULTS}/{{dataset}}/logs/register_atlas/{{case}}.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/register_atlas/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     params:
         modalities=mods,
         reference=lambda w: plan(w).reference,
@@ -68,17 +78,8 @@ rule register_atlas:
         skull_stripped=lambda w: not step_on(w, "skullstrip"),
         register=cfg_section("preprocessing", "register"),
         experiment=experiment,
-    conda:
-        "../../envs/preprocess.yaml"
     script:
         "../scripts/register_atlas.py"
-
-
-def skullstrip_input(wildcards):
-    mod = cfg_section("preprocessing", "skullstrip").get("modality", "t1")
-    if mod not in plan(wildcards).modalities:
-        mod = plan(wildcards).reference
-    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/reg_{mod}.nii.gz"
 
 
 rule skullstrip_brain:
@@ -92,6 +93,8 @@ rule skullstrip_brain:
         f"{RESULTS}/{{dataset}}/logs/skullstrip_brain/{{case}}.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/skullstrip_brain/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     params:
         skullstrip=lambda w: (
             {**cfg_section("preprocessing", "skullstrip"), "atlas_dir": atlas_dir()}
@@ -99,7 +102,5 @@ rule skullstrip_brain:
             else {"method": "nonzero"}
         ),
         experiment=experiment,
-    conda:
-        "../../envs/preprocess.yaml"
     script:
         "../scripts/skullstrip_brain.py"

@@ -1,11 +1,6 @@
 # Training one model per fold (resumable: a restarted job continues from fold_K/checkpoint.pt).
 
 
-def tiles(wildcards, cases):
-    base = f"{RESULTS}/{wildcards.dataset}/tiles/fold_{wildcards.fold}"
-    return [f"{base}/{c}.npy" for c in cases], [f"{base}/{c}.json" for c in cases]
-
-
 rule train_model:
     input:
         train_npy=lambda w: tiles(w, plan(w).train_cases(int(w.fold)))[0],
@@ -21,18 +16,18 @@ rule train_model:
         f"{RESULTS}/{{dataset}}/logs/train_model/{{model}}_{{fold}}.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/train_model/{{model}}_{{fold}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=cfg_section("resources").get("gpu", 0),
+        mem_mb=cfg_section("resources").get("train_mem_mb", 8000),
+        runtime=cfg_section("resources").get("train_runtime_min", 240),
     params:
         model=lambda w: config["models"][w.model],
         training=cfg_section("training"),
         inference=cfg_section("inference"),
         modalities=mods,
         experiment=experiment,
-    threads: 2
-    resources:
-        gpu=cfg_section("resources").get("gpu", 0),
-        mem_mb=cfg_section("resources").get("train_mem_mb", 8000),
-        runtime=cfg_section("resources").get("train_runtime_min", 240),
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/train_model.py"

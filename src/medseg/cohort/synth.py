@@ -231,7 +231,7 @@ def generate_cohort(cfg: SynthConfig, out_dir: str | Path, workers: int = 1) -> 
     images, truth = out / "images", out / "truth"
     args = [(cfg, i, images, truth) for i in range(cfg.n_cases)]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=_single_threaded) as pool:
             summaries = list(pool.map(_generate_star, args))
     else:
         summaries = [generate_case(*a) for a in args]
@@ -239,6 +239,10 @@ def generate_cohort(cfg: SynthConfig, out_dir: str | Path, workers: int = 1) -> 
                 "modalities": list(MODALITIES), "layout": "brats2021"}
     write_json(manifest, out / "cohort.json")
     return out
+
+
+def _single_threaded() -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _generate_star(a: tuple) -> dict:

@@ -23,9 +23,9 @@ class N4Config:
         bins: histogram bins used for sharpening.
     """
 
-    shrink_factor: int = 2
-    iterations: tuple[int, ...] = (50, 50, 30)
-    convergence: float = 1e-3
+    shrink_factor: int = 4
+    iterations: tuple[int, ...] = (20, 20)
+    convergence: float = 5e-3
     spline_distance_mm: float = 80.0
     bins: int = 200
 

@@ -27,7 +27,9 @@ class RegConfig:
     Attributes:
         backend: ``elastix`` (itk-elastix) or ``sitk`` (SimpleITK's registration framework).
         iterations: optimiser iterations per resolution level.
-        levels: number of multi-resolution levels (shrink 2**(levels-1) ... 1).
+        levels: number of multi-resolution levels (shrink 2**(levels-1) ... 1, times the finest shrink).
+        finest_shrink_log2: the finest level is shrunk by 2**this (1: stop at half resolution,
+            ample for rigid/affine alignment of 1-2 mm images and 4x cheaper).
         sampling: fraction of voxels sampled for the metric (fixed seed, deterministic).
         bins: histogram bins of Mattes mutual information.
         seed: sampling seed.
@@ -39,6 +41,7 @@ class RegConfig:
     backend: str = "sitk"
     iterations: int = 200
     levels: int = 2
+    finest_shrink_log2: int = 1
     sampling: float = 0.05
     bins: int = 32
     seed: int = 1
@@ -76,7 +79,7 @@ def _register_sitk(fixed: sitk.Image, moving: sitk.Image, kind: str, cfg: RegCon
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=cfg.iterations,
                                                  relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
     reg.SetOptimizerScalesFromPhysicalShift()
-    shrink = [2**i for i in reversed(range(cfg.levels))]
+    shrink = [2 ** (i + cfg.finest_shrink_log2) for i in reversed(range(cfg.levels))]
     reg.SetShrinkFactorsPerLevel(shrink)
     reg.SetSmoothingSigmasPerLevel([max(s - 1, 0) for s in shrink])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()

@@ -1,0 +1,77 @@
+"""The Snakemake workflow: lint, dry runs, and the tiny config end to end (results, MLflow nesting)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def smk(workdir: Path, *args: str, configs: tuple[str, ...] = (), timeout: int = 900, env: dict | None = None):
+    cfg = ["--configfile", str(REPO / "config.yaml"), *[str(REPO / c) for c in configs]]
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *cfg, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_lint_has_no_errors(tmp_path):
+    r = smk(tmp_path, "--lint")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("configs", [(), ("tests/configs/tiny.yaml",)])
+def test_dry_run_builds_full_dag(tmp_path, configs):
+    r = smk(tmp_path, "-n", "--cores", "2", "results/brats_timm.json", configs=configs)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rule in ("synth_cohort", "case_sheet", "n4_correct", "register_atlas", "skullstrip_brain", "fit_normalizer",
+                 "normalize_case", "tile_case", "train_model", "predict_case", "evaluate_case", "aggregate_results"):
+        assert rule in r.stdout, rule
+
+
+def test_invalid_config_is_rejected_with_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  steps: -3\n")
+    r = smk(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), str(bad))
+    assert r.returncode != 0 and "steps" in (r.stdout + r.stderr)
+
+
+@pytest.mark.slow
+def test_tiny_config_end_to_end(tmp_path):
+    r = smk(tmp_path, "--cores", "2", "--show-failed-logs", "results/brats_timm.json", configs=("tests/configs/tiny.yaml",))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    res = json.loads((tmp_path / "results/brats_timm.json").read_text())
+    assert res["n_cases"] == 2
+    for region in ("WT", "TC", "ET"):
+        for metric in ("dice", "hd95"):
+            summary = res["regions"][region][metric]
+            assert math.isfinite(summary["mean"]) and len(summary["values"]) == 2
+    prov = res["provenance"]
+    assert prov["config_hash"] and prov["inputs"] and prov["seeds"]["training"] == 0
+    assert (tmp_path / "results/brats_timm_cases.csv").exists()
+    assert (tmp_path / "results/brats_timm_boxplots.png").exists()
+    # predictions are on the native grid of the input
+    import SimpleITK as sitk
+
+    case = res["cases"][0]
+    pred = sitk.ReadImage(str(tmp_path / f"results/brats/predictions/timm/{case}.nii.gz"))
+    ref = sitk.ReadImage(str(tmp_path / f"results/brats/demo/images/{case}/{case}_t1ce.nii.gz"))
+    assert pred.GetSize() == ref.GetSize() and pred.GetDirection() == ref.GetDirection()
+    # normaliser fitted on training cases only
+    norm = json.loads((tmp_path / "results/brats/normalizer_0.json").read_text())
+    assert not set(norm["cases"]) & set(res["cases"])
+    # one MLflow run per job, nested under the invocation's run
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("medseg-brats").experiment_id], max_results=500)
+    children = [x for x in runs if "mlflow.parentRunId" in x.data.tags]
+    n_jobs = sum(1 for _ in (tmp_path / "results/brats/logs").rglob("*.log"))
+    assert len(runs) - len(children) == 1 and len(children) == n_jobs
+    assert not list((tmp_path / ".medseg/tracking").glob("run-*.json"))
