@@ -46,3 +46,15 @@ def test_losses_zero_for_perfect_and_positive_otherwise():
     logits = torch.nn.functional.one_hot(cls, 3).movedim(-1, 1).float() * 50
     assert LOSSES["multiclass_iou"](logits, cls) < 1e-3
     assert LOSSES["weighted_ce"](logits, cls) < 1e-3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_preflight_and_fallback_on_cpu_machine(monkeypatch):
+    from medseg.volume_inference import check_cuda, resolve_device
+
+    with pytest.raises(RuntimeError, match="set training.device: auto"):
+        check_cuda()
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a GPU allocated by SLURM that CUDA cannot use
+    assert resolve_device("auto").type == "cpu"

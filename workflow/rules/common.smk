@@ -119,6 +119,15 @@ def ref_mod(wildcards):
     return plan(wildcards).reference
 
 
+def preflight_inputs():
+    """Training asked explicitly for CUDA: check it first, in a small job that fails fast."""
+    return (
+        [f"{RESULTS}/preflight/cuda_ok"]
+        if cfg_section("training").get("device") == "cuda"
+        else []
+    )
+
+
 def tracking_on():
     return config.get("tracking", {}).get("enabled", True)
 

@@ -7,6 +7,7 @@ rule train_model:
         train_json=lambda w: tiles(w, plan(w).train_cases(int(w.fold)))[1],
         val_npy=lambda w: tiles(w, plan(w).val_cases(int(w.fold)))[0],
         val_json=lambda w: tiles(w, plan(w).val_cases(int(w.fold)))[1],
+        preflight=lambda w: preflight_inputs(),
     output:
         model=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/model.pt",
         metrics=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/metrics.csv",
@@ -31,3 +32,18 @@ rule train_model:
         experiment=experiment,
     script:
         "../scripts/train_model.py"
+
+
+rule preflight_gpu:
+    output:
+        touch(f"{RESULTS}/preflight/cuda_ok"),
+    log:
+        f"{RESULTS}/preflight/cuda.log",
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        gpu=1,
+    params:
+        experiment="medseg-preflight",
+    script:
+        "../scripts/preflight_gpu.py"
