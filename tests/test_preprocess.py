@@ -123,3 +123,11 @@ def test_normalize_requires_fitted_landmarks():
     assert model["n_cases"] == 1 and "t1" in model["modalities"]
     with pytest.raises(ValueError, match="brain mask is empty"):
         normalize(image, np.zeros((4, 4, 4), bool), model)
+
+
+@pytest.mark.slow
+def test_skullstrip_robex_method(demo_case):
+    truth = sitk.ReadImage(str(demo_case["truth"] / "brain_mask.nii.gz"))
+    mask = skullstrip(img(demo_case["t1"]), SkullstripConfig(method="robex"))
+    assert mask.GetSize() == truth.GetSize()
+    assert _dice(sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(truth) > 0) > 0.85
