@@ -41,10 +41,33 @@ def test_invalid_config_is_rejected_with_the_key(tmp_path):
     assert r.returncode != 0 and "steps" in (r.stdout + r.stderr)
 
 
-@pytest.mark.slow
-def test_tiny_config_end_to_end(tmp_path):
-    r = smk(tmp_path, "--cores", "2", "--show-failed-logs", "results/brats_timm.json", configs=("tests/configs/tiny.yaml",))
+def run_tiny(workdir: Path) -> Path:
+    r = smk(workdir, "--cores", "2", "--show-failed-logs", "results/brats_timm.json", configs=("tests/configs/tiny.yaml",))
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return run_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_results(tiny_run, tmp_path):
+    """Two runs from scratch: byte-identical results apart from the provenance's volatile block."""
+    second = run_tiny(tmp_path)
+    a = json.loads((tiny_run / "results/brats_timm.json").read_text())
+    b = json.loads((second / "results/brats_timm.json").read_text())
+    for res in (a, b):
+        res["provenance"].pop("volatile")
+        res["provenance"]["inputs"] = {Path(k).name: v for k, v in res["provenance"]["inputs"].items()}
+    assert a == b
+    assert (tiny_run / "results/brats_timm_cases.csv").read_bytes() == (second / "results/brats_timm_cases.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_tiny_config_end_to_end(tiny_run):
+    tmp_path = tiny_run
     res = json.loads((tmp_path / "results/brats_timm.json").read_text())
     assert res["n_cases"] == 2
     for region in ("WT", "TC", "ET"):

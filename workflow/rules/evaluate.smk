@@ -24,6 +24,10 @@ rule aggregate_results:
             f"{RESULTS}/{w.dataset}/metrics/{w.model}/{{case}}.json",
             case=plan(w).test_cases(),
         ),
+        predictions=lambda w: expand(
+            f"{RESULTS}/{w.dataset}/predictions/{w.model}/{{case}}.nii.gz",
+            case=plan(w).test_cases(),
+        ),
         models=lambda w: [
             f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
             for k in plan(w).folds()
@@ -46,6 +50,8 @@ rule aggregate_results:
             "demo": dataset_cfg(w).get("demo", {}).get("seed"),
             "training": cfg_section("training").get("seed", 0),
         },
+        cases=lambda w: plan(w).test_cases(),
+        reference=lambda w: plan(w).reference,
         experiment=experiment,
     script:
         "../scripts/aggregate_results.py"

@@ -31,6 +31,11 @@ rule n4_correct:
             for m in ALL_MODS
         ],
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_qc.json",
+        qc_png=report(
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/qc_n4.png",
+            category="QC",
+            subcategory="N4",
+        ),
     log:
         f"{RESULTS}/{{dataset}}/logs/n4_correct/{{case}}.log",
     benchmark:
@@ -65,6 +70,11 @@ rule register_atlas:
         ],
         atlas_transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/register_qc.json",
+        qc_png=report(
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/qc_register.png",
+            category="QC",
+            subcategory="registration",
+        ),
     log:
         f"{RESULTS}/{{dataset}}/logs/register_atlas/{{case}}.log",
     benchmark:
@@ -89,6 +99,11 @@ rule skullstrip_brain:
     output:
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/skullstrip_qc.json",
+        qc_png=report(
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/qc_mask.png",
+            category="QC",
+            subcategory="brain mask",
+        ),
     log:
         f"{RESULTS}/{{dataset}}/logs/skullstrip_brain/{{case}}.log",
     benchmark:

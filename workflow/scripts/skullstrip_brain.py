@@ -7,6 +7,8 @@ from medseg.preprocess.stages import skullstrip_case
 
 with job(snakemake) as p:
     cfg = from_mapping(SkullstripConfig, p["skullstrip"], "preprocessing.skullstrip.")
-    qc = skullstrip_case(snakemake.wildcards.case, snakemake.input.image, snakemake.output.mask, cfg)
+    qc = skullstrip_case(snakemake.wildcards.case, snakemake.input.image, snakemake.output.mask, cfg,
+                         qc_png=snakemake.output.qc_png)
     write_json(qc, snakemake.output.qc)
     tracking.log_metrics(qc)
+    tracking.log_artifact(snakemake.output.qc_png, "qc")

@@ -8,7 +8,7 @@ from typing import Any
 
 from medseg import provenance
 from medseg.evaluate.aggregate import aggregate, write_cases_csv
-from medseg.evaluate.plots import plot_boxplots
+from medseg.evaluate.plots import overlay_montage, plot_boxplots, select_montage_cases
 from medseg.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -17,8 +17,13 @@ log = logging.getLogger(__name__)
 def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_csv: str | Path, out_png: str | Path, *,
                   config: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None,
                   inputs: Sequence[str | Path] = (), rule: str | None = None,
-                  wildcards: Mapping[str, str] | None = None) -> dict:
-    """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict."""
+                  wildcards: Mapping[str, str] | None = None, montage_png: str | Path | None = None,
+                  case_files: Mapping[str, tuple[str, str, str]] | None = None) -> dict:
+    """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict.
+
+    ``montage_png`` + ``case_files`` (case -> (image, reference, prediction) paths): overlay montage
+    of the best, median and worst cases by whole-tumour Dice.
+    """
     if not case_jsons:
         raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
     cases = [read_json(p) for p in case_jsons]
@@ -27,6 +32,9 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
     write_json(results, out_json)
     write_cases_csv(cases, out_csv)
     plot_boxplots(cases, out_png)
+    if montage_png is not None and case_files:
+        picks = select_montage_cases(cases)
+        overlay_montage([(f"{tag}: {c}", *case_files[c], v) for tag, c, v in picks], montage_png)
     means = {r: round(results["regions"][r]["dice"]["mean"], 4) for r in results["regions"]}
     log.info("%d cases, mean Dice %s -> %s", len(cases), means, out_json)
     return results

@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_fields: dict[str, str],
-            cfg: N4Config | None) -> dict:
-    """N4-correct every modality of ``case`` (``cfg=None``: copy, unit field). Returns QC metrics."""
+            cfg: N4Config | None, qc_png: str | None = None) -> dict:
+    """N4-correct every modality of ``case`` (``cfg=None``: copy, unit field). Returns QC metrics.
+
+    ``qc_png``: before / field / after figure of the first modality.
+    """
     qc = {}
     for mod, path in images.items():
         img = read_image(path, case=case)
@@ -38,16 +41,23 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
             qc[mod] = {"cv_before": coefficient_of_variation(img, mask), "cv_after": coefficient_of_variation(corrected, mask)}
         write_image(sitk.Cast(corrected, sitk.sitkFloat32), out_images[mod])
         write_image(sitk.Cast(field, sitk.sitkFloat32), out_fields[mod])
+        if qc_png and mod == next(iter(images)):
+            from medseg.preprocess.qc import n4_qc
+
+            cv = qc.get(mod, {})
+            n4_qc(img, corrected, field, qc_png, title=f"{case} {mod} N4" + (
+                f"  CV {cv['cv_before']:.3f} -> {cv['cv_after']:.3f}" if cv else " (off)"))
     return qc
 
 
 def register_case(case: str, images: dict[str, str], seg: str | None, reference: str, out_images: dict[str, str],
                   out_seg: str, out_transforms: dict[str, str], cfg: RegConfig | None, skull_stripped: bool,
-                  atlas_dir: str | None = None) -> dict:
+                  atlas_dir: str | None = None, qc_png: str | None = None) -> dict:
     """Align modalities to ``reference`` (rigid), the reference to the atlas (affine), resample to atlas space.
 
     ``out_transforms`` has one ``.tfm`` per modality (reference native -> modality native) and
     ``atlas`` (atlas world -> reference native). ``cfg=None`` keeps native space (identity).
+    ``qc_png``: checkerboard of the atlas (or native reference) and the registered reference.
 
     Raises:
         InputError: QC gate -- normalised mutual information below ``cfg.min_nmi`` (unless
@@ -77,8 +87,13 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
     for mod, path in images.items():
         img = read_image(path, case=case)
         chain = sitk.CompositeTransform([mod_tfms[mod], to_ref])  # atlas -> ref native -> mod native
-        write_image(sitk.Resample(img, grid, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32), out_images[mod])
+        warped = sitk.Resample(img, grid, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        write_image(warped, out_images[mod])
         sitk.WriteTransform(mod_tfms[mod], out_transforms[mod])
+        if qc_png and mod == reference:
+            from medseg.preprocess.qc import registration_qc
+
+            registration_qc(grid, warped, qc_png, title=f"{case} {reference} -> atlas  NMI {qc.get('atlas_nmi', float('nan')):.3f}")
     sitk.WriteTransform(to_ref, out_transforms["atlas"])
     if seg is not None:
         labels = read_labels(seg, case=case)
@@ -96,9 +111,15 @@ def _gate(case: str, what: str, value: float, cfg: RegConfig) -> None:
     log.warning("%s", msg)
 
 
-def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig) -> dict:
-    mask = skullstrip(read_image(image, case=case), cfg)
+def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig, qc_png: str | None = None) -> dict:
+    """Brain mask of ``image`` (``qc_png``: mask outline on three planes)."""
+    img = read_image(image, case=case)
+    mask = skullstrip(img, cfg)
     write_image(mask, out_mask)
+    if qc_png:
+        from medseg.preprocess.qc import mask_qc
+
+        mask_qc(img, mask, qc_png, title=f"{case} brain mask ({cfg.method})")
     vol = float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing()) / 1000)
     if vol == 0:
         raise InputError(f"case {case}: skull stripping of {image} produced an empty brain mask")
