@@ -39,6 +39,9 @@ rule aggregate_results:
         boxplots=report(
             f"{RESULTS}/{{dataset}}_{{model}}_boxplots.png", category="Results"
         ),
+        montage=report(
+            f"{RESULTS}/{{dataset}}_{{model}}_montage.png", category="Results"
+        ),
     log:
         f"{RESULTS}/{{dataset}}/logs/aggregate_results/{{model}}.log",
     conda:

@@ -1,0 +1,135 @@
+"""How long Snakemake takes to build the DAG of a 1,000-case BraTS dataset (target: <= 15 s).
+
+Builds fake BraTS folders (empty placeholder files: building the DAG must never read an image)
+in the 2021 and 2023 layouts, writes a config pointing ``datasets.brats.source`` at each
+(register/skullstrip off, 5 folds), and times ``snakemake -n results/brats_timm.json``.
+
+    python benchmarks/bench_dag.py                 # both layouts, 1,000 cases
+    python benchmarks/bench_dag.py --profile       # + cProfile: where the time goes
+    python benchmarks/bench_dag.py --cases 200 --layout 2021
+
+Output: one line per layout (seconds, jobs in the DAG) and benchmarks/out/dag/bench_dag.json.
+Exit status 1 if a dry run fails or takes longer than --target seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SUFFIXES = {
+    "2021": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
+    "2023": {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"},
+}
+CASE_PREFIX = {"2021": "BraTS2021_", "2023": "BraTS-GLI-"}
+
+
+def snakemake_cmd() -> list[str]:
+    """The snakemake next to this Python (the venv's), else the one on PATH."""
+    exe = Path(sys.executable).with_name("snakemake")
+    return [str(exe)] if exe.exists() else ["snakemake"]
+
+
+def fake_dataset(root: Path, layout: str, n_cases: int) -> Path:
+    """``n_cases`` case folders of empty files in the BraTS ``layout`` ("2021" or "2023")."""
+    data = root / f"BraTS{layout}_fake"
+    for i in range(n_cases):
+        case = f"{CASE_PREFIX[layout]}{i:05d}" + ("-000" if layout == "2023" else "")
+        d = data / case
+        d.mkdir(parents=True, exist_ok=True)
+        for suffix in SUFFIXES[layout].values():
+            (d / f"{case}{suffix}.nii.gz").touch()
+    return data
+
+
+def write_config(path: Path, source: Path, n_folds: int) -> Path:
+    cfg = {
+        "datasets": {
+            "brats": {
+                "source": str(source),
+                "convention": "auto",
+                "steps": {"n4": True, "register": False, "skullstrip": False},
+                "split": {"n_folds": n_folds, "test_fraction": 0.2, "val_fraction": 0.15, "seed": 0},
+            }
+        }
+    }
+    path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
+    return path
+
+
+def dry_run(config: Path, workdir: Path, profile_to: Path | None = None) -> tuple[float, int, str]:
+    """Seconds for ``snakemake -n results/brats_timm.json``, jobs in the DAG, and the output."""
+    args = ["results/brats_timm.json", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(REPO / "config.yaml"), str(config), "-n", "--quiet", "rules"]
+    if profile_to is not None:
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "snakemake", *args]
+    else:
+        cmd = [*snakemake_cmd(), *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"dry run failed ({' '.join(cmd)}):\n{out[-3000:]}")
+    m = re.search(r"^total\s+(\d+)", out, re.M)
+    return seconds, int(m.group(1)) if m else -1, out
+
+
+def report_profile(prof: Path, top: int = 25) -> None:
+    """Print the slowest functions, then those of the workflow's own code (common.smk, medseg)."""
+    stats = pstats.Stats(str(prof))
+    stats.sort_stats("cumulative")
+    print(f"\n--- cProfile {prof}: top {top} by cumulative time")
+    stats.print_stats(top)
+    print("--- workflow code only (workflow/rules/*.smk, src/medseg)")
+    stats.print_stats(r"(\.smk|medseg)", top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=1000)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--layout", choices=["2021", "2023", "both"], default="both")
+    ap.add_argument("--target", type=float, default=15.0, help="seconds; slower is a failure")
+    ap.add_argument("--profile", action="store_true", help="also run each dry run under cProfile")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "dag")
+    a = ap.parse_args(argv)
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    layouts = ["2021", "2023"] if a.layout == "both" else [a.layout]
+    results, ok = [], True
+    with tempfile.TemporaryDirectory(prefix="medseg-bench-dag-") as tmp:
+        tmp = Path(tmp)
+        for layout in layouts:
+            t0 = time.perf_counter()
+            data = fake_dataset(tmp, layout, a.cases)
+            make_s = time.perf_counter() - t0
+            work = tmp / f"work_{layout}"
+            work.mkdir()
+            cfg = write_config(tmp / f"bench_{layout}.yaml", data, a.folds)
+            seconds, n_jobs, _ = dry_run(cfg, work)
+            fast = seconds <= a.target
+            ok &= fast
+            print(f"BraTS {layout} layout, {a.cases} cases, {a.folds} folds: snakemake -n results/brats_timm.json "
+                  f"{seconds:.1f} s, {n_jobs} jobs ({'OK' if fast else 'SLOWER THAN'} target {a.target:g} s; "
+                  f"fake folder {make_s:.1f} s)")
+            results.append({"layout": layout, "cases": a.cases, "folds": a.folds, "seconds": round(seconds, 2),
+                            "jobs": n_jobs, "target_s": a.target})
+            if a.profile:
+                prof = a.out / f"bench_dag_{layout}.prof"
+                _, _, _ = dry_run(cfg, work, profile_to=prof)
+                report_profile(prof)
+    (a.out / "bench_dag.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
