@@ -48,7 +48,9 @@ def predict_case(case: str, norm_npzs: Sequence[str], model_paths: Sequence[str]
         convention: BraTS label convention of the case (``2021`` or ``2023``).
     """
     from medseg.train import load_model
+    from medseg.volume_inference import resolve_device
 
+    log.info("case %s: predicting on %s", case, resolve_device(cfg.device))
     if len(norm_npzs) != len(model_paths):
         raise ValueError(f"case {case}: {len(norm_npzs)} normalised volumes for {len(model_paths)} models")
     probs = None

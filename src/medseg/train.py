@@ -130,6 +130,7 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(cfg.device)
+    log.info("training on %s (%d CPU threads)", device, torch.get_num_threads())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     tiles = TileSet(*train_tiles)
