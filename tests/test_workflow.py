@@ -25,6 +25,12 @@ def test_lint_has_no_errors(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_snakefmt_clean():
+    files = [str(REPO / "Snakefile"), *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
+    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("configs", [(), ("tests/configs/tiny.yaml",)])
 def test_dry_run_builds_full_dag(tmp_path, configs):
     r = smk(tmp_path, "-n", "--cores", "2", "results/brats_timm.json", configs=configs)
