@@ -86,10 +86,11 @@ def read_labels(path: str | Path, *, case: str | None = None) -> sitk.Image:
     return sitk.Cast(img, sitk.sitkUInt8)
 
 
-def write_image(img: sitk.Image, path: str | Path, compress: bool = True) -> None:
-    """Write ``img`` atomically (temp file then rename)."""
+def write_image(img: sitk.Image, path: str | Path, compress: bool = True, level: int = 1) -> None:
+    """Write ``img`` atomically (temp file then rename); gzip ``level`` 1 is ~2x faster than the
+    default and costs a few percent in size."""
     with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=compress)
+        sitk.WriteImage(img, str(tmp), compress, level if compress else -1)
 
 
 def array_to_image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
