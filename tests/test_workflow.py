@@ -17,7 +17,10 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def smk(workdir: Path, *args: str, configs: tuple[str, ...] = (), timeout: int = 900, env: dict | None = None):
     cfg = ["--configfile", str(REPO / "config.yaml"), *[str(REPO / c) for c in configs]]
     cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *cfg, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    env = {**os.environ, "MEDSEG_TRACKING": "1", **(env or {})}  # the unit tests switch tracking off
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MEDSEG_TRACKING_SPOOL", None)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_lint_has_no_errors(tmp_path):

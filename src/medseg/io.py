@@ -21,6 +21,10 @@ import SimpleITK as sitk
 log = logging.getLogger(__name__)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class InputError(ValueError):
     """A user-supplied file or value is unusable; the message says which and what to do."""
 
@@ -41,6 +45,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are for everyone to read
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

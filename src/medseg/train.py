@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import math
 import time
@@ -89,8 +90,12 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def _save(obj: dict, path: Path) -> None:
+    """Atomic ``torch.save``; through a buffer because torch names the archive after the file,
+    and a random temporary name would make identical weights give different bytes."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray) -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
@@ -123,12 +124,13 @@ def _new_figure(nrows: int, ncols: int, panel_in: float = 2.6) -> tuple[Figure, 
     return fig, axes
 
 
-def _decorate(ax, plane: str, label: str | None = None) -> None:
-    """Orientation letters on the panel edges (and an optional column/row label)."""
-    t, b, l, r = _LETTERS[plane]
-    style = {"color": "yellow", "fontsize": 7, "transform": ax.transAxes, "ha": "center", "va": "center"}
-    for s, (x, y) in zip((t, b, l, r), ((0.5, 0.96), (0.5, 0.04), (0.03, 0.5), (0.97, 0.5))):
-        ax.text(x, y, s, **style)
+def _decorate(ax: Axes, plane: str, shape: tuple[int, ...], label: str | None = None) -> None:
+    """Orientation letters just inside the edges of a displayed ``shape`` plane, optional label."""
+    h, w = shape[0], shape[1]
+    style = {"color": "yellow", "fontsize": 7, "ha": "center", "va": "center"}
+    spots = ((w / 2, 0.04 * h), (w / 2, 0.96 * h), (0.04 * w, h / 2), (0.96 * w, h / 2))
+    for letter, (x, y) in zip(_LETTERS[plane], spots):
+        ax.text(x - 0.5, y - 0.5, letter, **style)
     if label:
         ax.set_title(label, color="white", fontsize=9)
 
@@ -157,13 +159,12 @@ def n4_qc(before: sitk.Image, after: sitk.Image, field: sitk.Image, out_png: str
     _check_same_grid(before, after, "after")
     _check_same_grid(before, field, "field")
     arrs = [sitk.GetArrayFromImage(to_canonical(sitk.Cast(i, sitk.sitkFloat32))) for i in (before, after, field)]
-    canon = to_canonical(before)
     head = _foreground(arrs[0])
     window = _window(np.concatenate([arrs[0][head], arrs[1][head]]))
     f = arrs[2][head]
     half = max(float(np.abs(np.percentile(f, [1, 99]) - 1.0).max()), 0.02)
     cvs = [float(a[head].std() / max(abs(a[head].mean()), 1e-12)) for a in arrs[:2]]
-    idx, aspects = _index(canon, None), plane_aspects(before)
+    idx, aspects = tuple(n // 2 for n in arrs[0].shape[::-1]), plane_aspects(before)
     fig, axes = _new_figure(3, 3)
     for row, (plane, aspect) in enumerate(zip(PLANES, aspects)):
         b, a, fld = (_planes(x, idx)[row] for x in arrs)
@@ -173,8 +174,29 @@ def n4_qc(before: sitk.Image, after: sitk.Image, field: sitk.Image, out_png: str
         cb = fig.colorbar(im, ax=axes[row, 1], shrink=0.8)
         cb.ax.tick_params(colors="white", labelsize=7)
         for col, name in enumerate(("before", "bias field (x)", "after")):
-            _decorate(axes[row, col], plane, name if row == 0 else None)
+            _decorate(axes[row, col], plane, b.shape, name if row == 0 else None)
     _save(fig, out_png, f"{title}  CV in head {cvs[0]:.3f} -> {cvs[1]:.3f}".strip())
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, spacing_zyx: tuple[float, float, float], squares: int = 8) -> np.ndarray:
+    """3-D checkerboard of two volumes on one grid: ``a`` in even squares (the corner one), ``b`` in odd.
+
+    Args:
+        a, b: arrays ``(z, y, x)`` of the same shape.
+        spacing_zyx: voxel size in mm in array order; squares are cubes in mm, not in voxels.
+        squares: number of squares across the largest extent (mm) of the volume.
+
+    Raises:
+        ValueError: ``squares < 1`` or shapes differ.
+    """
+    if squares < 1:
+        raise ValueError(f"squares must be >= 1, got {squares}")
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"a and b must be 3-D arrays of one shape, got {a.shape} and {b.shape}")
+    tile = float((np.asarray(a.shape) * np.asarray(spacing_zyx)).max()) / squares
+    zz, yy, xx = (np.floor(np.arange(n) * s / tile).astype(int) for n, s in zip(a.shape, spacing_zyx))
+    even = (zz[:, None, None] + yy[None, :, None] + xx[None, None, :]) % 2 == 0
+    return np.where(even, a, b)
 
 
 def registration_qc(fixed: sitk.Image, moving_resampled: sitk.Image, out_png: str | Path, title: str = "",
@@ -192,21 +214,16 @@ def registration_qc(fixed: sitk.Image, moving_resampled: sitk.Image, out_png: st
     Raises:
         ValueError: ``squares < 1`` or ``moving_resampled`` not on ``fixed``'s grid.
     """
-    if squares < 1:
-        raise ValueError(f"squares must be >= 1, got {squares}")
     _check_same_grid(fixed, moving_resampled, "moving_resampled")
     cf, cm = (to_canonical(sitk.Cast(i, sitk.sitkFloat32)) for i in (fixed, moving_resampled))
     f, m = _rescale(sitk.GetArrayFromImage(cf)), _rescale(sitk.GetArrayFromImage(cm))
     spacing = np.asarray(cf.GetSpacing())[::-1]  # (z, y, x) mm
-    tile = float((np.asarray(f.shape) * spacing).max()) / squares
-    zz, yy, xx = (np.floor(np.arange(n) * s / tile).astype(int) for n, s in zip(f.shape, spacing))
-    board = (zz[:, None, None] + yy[None, :, None] + xx[None, None, :]) % 2 == 0
-    checker = np.where(board, f, m)
+    checker = checkerboard(f, m, tuple(spacing), squares)
     m_img = sitk.GetImageFromArray(m)
     m_img.CopyInformation(cf)
-    grad = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(m_img, float(spacing.max())))
+    grad = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(m_img, float(spacing.min())))
     nonzero = grad[grad > 1e-6]
-    lo, hi = np.percentile(nonzero, [80, 97]) if nonzero.size else (0.0, 0.0)
+    lo, hi = np.percentile(nonzero, [85, 98]) if nonzero.size else (0.0, 0.0)
     edges = np.clip((grad - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(grad)
     idx, aspects = _index(cf, None), plane_aspects(fixed)
     fig, axes = _new_figure(2, 3)
@@ -214,12 +231,13 @@ def registration_qc(fixed: sitk.Image, moving_resampled: sitk.Image, out_png: st
         axes[0, col].imshow(_planes(checker, idx)[col], cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
         axes[1, col].imshow(_planes(f, idx)[col], cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
         axes[1, col].imshow(_planes(edges, idx)[col], cmap=_EDGE_CMAP, norm=Normalize(0, 1), aspect=aspect, interpolation="nearest")
-        _decorate(axes[0, col], plane, f"checkerboard ({plane})")
-        _decorate(axes[1, col], plane, "fixed + moving edges")
+        shape = _planes(f, idx)[col].shape
+        _decorate(axes[0, col], plane, shape, f"checkerboard ({plane})")
+        _decorate(axes[1, col], plane, shape, "fixed + moving edges")
     _save(fig, out_png, title)
 
 
-def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str = "") -> None:
+def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str = "") -> float:
     """Mask outline over the image on three planes through the mask's centre of mass.
 
     Args:
@@ -227,6 +245,9 @@ def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str
         mask: binary mask (nonzero = inside) on ``image``'s grid.
         out_png: PNG to write.
         title: figure title; the mask volume in mL (or "empty mask") is appended.
+
+    Returns:
+        The mask volume in mL (0.0 for an empty mask).
 
     Raises:
         ValueError: ``mask`` not on ``image``'s grid.
@@ -239,10 +260,11 @@ def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str
     if n:
         com_zyx = np.argwhere(inside).mean(axis=0)
         center = ci.TransformContinuousIndexToPhysicalPoint([float(c) for c in com_zyx[::-1]])
-        volume = f"brain {n * float(np.prod(ci.GetSpacing())) / 1000:.0f} mL"
+        ml = n * float(np.prod(ci.GetSpacing())) / 1000.0
+        volume = f"brain {ml:.0f} mL" if ml >= 10 else f"brain {ml:.3g} mL"
         window = _window(arr[inside])
     else:
-        center, volume, window = None, "empty mask", _window(arr[_foreground(arr)])
+        ml, center, volume, window = 0.0, None, "empty mask", _window(arr[_foreground(arr)])
     idx, aspects = _index(ci, center), plane_aspects(image)
     fig, axes = _new_figure(1, 3)
     for col, (plane, aspect) in enumerate(zip(PLANES, aspects)):
@@ -251,8 +273,9 @@ def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str
         m2 = _planes(inside, idx)[col]
         if m2.any() and not m2.all():
             ax.contour(m2.astype(np.float32), levels=[0.5], colors=["#ff3030"], linewidths=1.0)
-        _decorate(ax, plane, plane)
+        _decorate(ax, plane, m2.shape, plane)
     _save(fig, out_png, f"{title}  {volume}".strip())
+    return ml
 
 
 def montage_qc(images: Mapping[str, sitk.Image], out_png: str | Path, title: str = "") -> None:
@@ -279,7 +302,7 @@ def montage_qc(images: Mapping[str, sitk.Image], out_png: str | Path, title: str
         canon = to_canonical(sitk.Cast(img, sitk.sitkFloat32))
         arr = sitk.GetArrayFromImage(canon)
         lo, hi = _window(arr[_foreground(arr)])
-        ax.imshow(_planes(arr, _index(canon, center))[0], cmap="gray", vmin=lo, vmax=hi,
-                  aspect=plane_aspects(img)[0], interpolation="nearest")
-        _decorate(ax, "axial", name)
+        axial = _planes(arr, _index(canon, center))[0]
+        ax.imshow(axial, cmap="gray", vmin=lo, vmax=hi, aspect=plane_aspects(img)[0], interpolation="nearest")
+        _decorate(ax, "axial", axial.shape, name)
     _save(fig, out_png, f"{title}  axial z = {center[2]:.0f} mm".strip())
