@@ -36,14 +36,15 @@ def make_tiles(folder: Path, n: int = 6, shape=(80, 100, 82)) -> tuple[list[str]
     return npys, jsons
 
 
-def run(tiles: TileSet, steps: int, encoder: str, prefetch: bool, batch: int) -> tuple[float, float]:
+def run(tiles: TileSet, steps: int, encoder: str, prefetch: bool, batch: int,
+        patch: tuple[int, int] | None = None) -> tuple[float, float]:
     from medseg.data import Prefetcher
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(encoder=encoder, in_channels=12))
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     loss_fn = get_loss("dice_bce")
-    make = lambda s: make_batch(tiles, s, 0, batch, 1, 0.6, None, AugmentConfig())  # noqa: E731
+    make = lambda s: make_batch(tiles, s, 0, batch, 1, 0.6, patch, AugmentConfig())  # noqa: E731
     it = iter(Prefetcher(make, 0, steps)) if prefetch else ((s, make(s)) for s in range(steps))
     wait = compute = 0.0
     for _ in range(steps):
@@ -65,13 +66,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--patch", type=int, nargs=2, default=(64, 64), help="training crop (the demo default); 0 0 = whole slices")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tiles = TileSet(*make_tiles(Path(d)))
-        run(tiles, 3, args.encoder, True, args.batch)  # warm-up
-        f_pre, t_pre = run(tiles, args.steps, args.encoder, True, args.batch)
-        f_inl, t_inl = run(tiles, args.steps, args.encoder, False, args.batch)
-    print(f"steps={args.steps} batch={args.batch} encoder={args.encoder} threads={torch.get_num_threads()}")
+        patch = tuple(args.patch) if min(args.patch) > 0 else None
+        run(tiles, 3, args.encoder, True, args.batch, patch)  # warm-up
+        f_pre, t_pre = run(tiles, args.steps, args.encoder, True, args.batch, patch)
+        f_inl, t_inl = run(tiles, args.steps, args.encoder, False, args.batch, patch)
+    print(f"steps={args.steps} batch={args.batch} patch={patch} encoder={args.encoder} threads={torch.get_num_threads()}")
     print(f"medseg (prefetch thread): data wait {100 * f_pre:5.1f}% of step time, {t_pre / args.steps:.3f} s/step  (target <= 10%)")
     print(f"inline batches (peer)   : data wait {100 * f_inl:5.1f}% of step time, {t_inl / args.steps:.3f} s/step")
     print(f"speed ratio inline/medseg: {t_inl / t_pre:.2f}")
