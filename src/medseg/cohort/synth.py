@@ -10,7 +10,6 @@ what was applied (bias fields, transforms, true brain mask) so every stage can b
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -248,6 +247,3 @@ def _single_threaded() -> None:
 def _generate_star(a: tuple) -> dict:
     return generate_case(*a)
 
-
-def manifest_text(cfg: SynthConfig) -> str:
-    return json.dumps(asdict(cfg), sort_keys=True)
