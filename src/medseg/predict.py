@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from medseg.io import read_image, write_image
+from medseg.io import array_to_image, read_image, write_image
 from medseg.labels import regions_to_labels
 from medseg.volume_inference import InferenceConfig, predict_volume
 
@@ -28,8 +28,7 @@ def to_native(probs: np.ndarray, atlas_grid: sitk.Image, atlas_to_native: sitk.T
     inverse = atlas_to_native.GetInverse()  # native world -> atlas world
     out = []
     for k in range(probs.shape[0]):
-        img = sitk.GetImageFromArray(probs[k].astype(np.float32))
-        img.CopyInformation(atlas_grid)
+        img = array_to_image(probs[k].astype(np.float32), atlas_grid)
         out.append(sitk.GetArrayFromImage(sitk.Resample(img, native, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
     return np.stack(out)
 
@@ -66,9 +65,7 @@ def predict_case(case: str, norm_npzs: Sequence[str], model_paths: Sequence[str]
     native = read_image(native_image, case=case)
     native_probs = to_native(probs, grid, sitk.ReadTransform(transform), native)
     labels = regions_to_labels(native_probs > cfg.threshold, convention)
-    out = sitk.GetImageFromArray(labels)
-    out.CopyInformation(native)
-    write_image(out, out_path)
+    write_image(array_to_image(labels, native), out_path)
     if out_probs:
         img = sitk.GetImageFromArray(np.moveaxis(native_probs, 0, -1).astype(np.float32), isVector=True)
         img.CopyInformation(native)

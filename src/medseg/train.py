@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from medseg import tracking
 from medseg.data import AugmentConfig, Prefetcher, TileSet, make_batch
+from medseg.evaluate.metrics import dice
 from medseg.io import atomic_path, write_json
 from medseg.losses import get_loss
 from medseg.models import ModelConfig, build_model
@@ -98,18 +99,13 @@ def _save(obj: dict, path: Path) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    s = pred.sum() + ref.sum()
-    return 1.0 if s == 0 else float(2 * (pred & ref).sum() / s)
-
-
 def validate(model: torch.nn.Module, cases: Sequence[tuple[np.ndarray, np.ndarray]], context: int,
              icfg: InferenceConfig) -> dict[str, float]:
     """Mean Dice per region on whole validation volumes, stitched like at inference."""
     scores = []
     for image, regions in cases:
         probs = predict_volume([model], image, context, icfg)
-        scores.append([_dice(probs[k] > icfg.threshold, regions[k] > 0) for k in range(regions.shape[0])])
+        scores.append([dice(regions[k] > 0, probs[k] > icfg.threshold) for k in range(regions.shape[0])])
     model.train()
     s = np.mean(scores, axis=0)
     return {"dice_WT": float(s[0]), "dice_TC": float(s[1]), "dice_ET": float(s[2]), "dice_mean": float(s.mean())}

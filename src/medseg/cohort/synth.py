@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 
 from medseg.cohort.anatomy import HeadModel, load_head_model
 from medseg.cohort.tumour import LABELS, insert_tumour
-from medseg.io import write_image, write_json
+from medseg.io import array_to_image, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Pat
     elastic = _elastic(rng, ref, cfg.elastic_mm)
 
     def to_native(arr: np.ndarray, motion: sitk.Transform | None, interp) -> np.ndarray:
-        img = sitk.GetImageFromArray(arr)
-        img.CopyInformation(model.reference)
+        img = array_to_image(arr, model.reference)
         comp = sitk.CompositeTransform([affine, elastic] + ([motion] if motion else []))
         return sitk.GetArrayFromImage(sitk.Resample(img, ref, comp, interp, 0.0))
 
@@ -194,13 +193,13 @@ def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Pat
         sigma = rng.uniform(*cfg.noise)
         n1, n2 = rng.standard_normal((2, *clean.shape)).astype(np.float32) * sigma
         noisy = np.sqrt((clean * bias + n1) ** 2 + n2**2) * scale
-        write_image(_like(np.clip(np.round(noisy), 0, 32767).astype(np.int16), ref), case_dir / f"{case}_{mod}.nii.gz")
-        write_image(_like(bias, ref), tdir / f"bias_{mod}.nii.gz")
+        write_image(array_to_image(np.clip(np.round(noisy), 0, 32767).astype(np.int16), ref), case_dir / f"{case}_{mod}.nii.gz")
+        write_image(array_to_image(bias, ref), tdir / f"bias_{mod}.nii.gz")
         truth["bias_log_max"][mod] = float(np.abs(log_bias).max())
     seg = to_native(labels, None, sitk.sitkNearestNeighbor).astype(np.uint8)
-    write_image(_like(seg, ref), case_dir / f"{case}_seg.nii.gz")
+    write_image(array_to_image(seg, ref), case_dir / f"{case}_seg.nii.gz")
     brain = to_native(model.brain.astype(np.uint8), None, sitk.sitkNearestNeighbor)
-    write_image(_like(brain.astype(np.uint8), ref), tdir / "brain_mask.nii.gz")
+    write_image(array_to_image(brain.astype(np.uint8), ref), tdir / "brain_mask.nii.gz")
     sitk.WriteTransform(affine, str(tdir / "affine.tfm"))
     write_image(elastic.GetDisplacementField(), tdir / "elastic_displacement.nii.gz")
     truth["orientation"] = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ref.GetDirection())
@@ -208,12 +207,6 @@ def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Pat
     write_json(truth, tdir / "truth.json")
     log.info("generated %s (%s, WT %.1f mL)", case, truth["orientation"], truth["wt_volume_ml"])
     return truth
-
-
-def _like(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
-    img = sitk.GetImageFromArray(arr)
-    img.CopyInformation(ref)
-    return img
 
 
 def true_native_to_atlas(truth_case_dir: str | Path) -> sitk.Transform:

@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from medseg.io import array_to_image
 from medseg.preprocess.atlas import Atlas, atlas_images
 from medseg.preprocess.register import RegConfig, register
 
@@ -83,9 +84,7 @@ def _atlas_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
     mask = sitk.GetArrayFromImage(warped) > 0.5
     if cfg.refine:
         mask = refine_mask(sitk.GetArrayFromImage(image), mask, image.GetSpacing()[::-1], cfg.band_mm)
-    out = sitk.GetImageFromArray(mask.astype(np.uint8))
-    out.CopyInformation(image)
-    return out
+    return array_to_image(mask.astype(np.uint8), image)
 
 
 def _robex_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
@@ -103,9 +102,7 @@ def _robex_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
 
 def _nonzero_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
     arr = sitk.GetArrayFromImage(image) > 0
-    out = sitk.GetImageFromArray(ndi.binary_fill_holes(arr).astype(np.uint8))
-    out.CopyInformation(image)
-    return out
+    return array_to_image(ndi.binary_fill_holes(arr).astype(np.uint8), image)
 
 
 METHODS: dict[str, Callable[[sitk.Image, SkullstripConfig], sitk.Image]] = {
