@@ -197,7 +197,7 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
         compute += time.perf_counter() - t0
         t_last = time.perf_counter()
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)  # keep mininterval: logs stay short
     bar.close()
     if end < cfg.steps:
         return {"stopped_at": end}
