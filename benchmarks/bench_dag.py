@@ -18,6 +18,7 @@ import json
 import os
 import pstats
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -65,22 +66,29 @@ def write_config(path: Path, source: Path, n_folds: int) -> Path:
     return path
 
 
-def dry_run(config: Path, workdir: Path, profile_to: Path | None = None) -> tuple[float, int, str]:
-    """Seconds for ``snakemake -n results/brats_timm.json``, jobs in the DAG, and the output."""
+def dry_run(config: Path, workdir: Path, profile_to: Path | None = None) -> tuple[float, float, int, str]:
+    """Wall and CPU seconds of ``snakemake -n results/brats_timm.json``, jobs in the DAG, and the output.
+
+    CPU seconds (user + system of the snakemake process) equal the wall time of an idle machine
+    (building the DAG is single-threaded); on a busy machine the wall time is larger.
+    """
     args = ["results/brats_timm.json", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
             "--configfile", str(REPO / "config.yaml"), str(config), "-n", "--quiet", "rules"]
     if profile_to is not None:
         cmd = [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "snakemake", *args]
     else:
         cmd = [*snakemake_cmd(), *args]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"dry run failed ({' '.join(cmd)}):\n{out[-3000:]}")
     m = re.search(r"^total\s+(\d+)", out, re.M)
-    return seconds, int(m.group(1)) if m else -1, out
+    return seconds, cpu, int(m.group(1)) if m else -1, out
 
 
 def report_profile(prof: Path, top: int = 25) -> None:
@@ -115,17 +123,18 @@ def main(argv: list[str] | None = None) -> int:
             work = tmp / f"work_{layout}"
             work.mkdir()
             cfg = write_config(tmp / f"bench_{layout}.yaml", data, a.folds)
-            seconds, n_jobs, _ = dry_run(cfg, work)
+            seconds, cpu, n_jobs, _ = dry_run(cfg, work)
             fast = seconds <= a.target
             ok &= fast
             print(f"BraTS {layout} layout, {a.cases} cases, {a.folds} folds: snakemake -n results/brats_timm.json "
-                  f"{seconds:.1f} s, {n_jobs} jobs ({'OK' if fast else 'SLOWER THAN'} target {a.target:g} s; "
-                  f"fake folder {make_s:.1f} s)")
+                  f"{seconds:.1f} s wall ({cpu:.1f} s CPU), {n_jobs} jobs ({'OK' if fast else 'SLOWER THAN'} target "
+                  f"{a.target:g} s; fake folder {make_s:.1f} s; load average {os.getloadavg()[0]:.1f})")
             results.append({"layout": layout, "cases": a.cases, "folds": a.folds, "seconds": round(seconds, 2),
-                            "jobs": n_jobs, "target_s": a.target})
+                            "cpu_seconds": round(cpu, 2), "jobs": n_jobs, "target_s": a.target,
+                            "load_average": round(os.getloadavg()[0], 2)})
             if a.profile:
                 prof = a.out / f"bench_dag_{layout}.prof"
-                _, _, _ = dry_run(cfg, work, profile_to=prof)
+                dry_run(cfg, work, profile_to=prof)
                 report_profile(prof)
     (a.out / "bench_dag.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0 if ok else 1

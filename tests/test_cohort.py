@@ -96,3 +96,17 @@ def test_splits_deterministic_disjoint_and_test_held_out():
     assert assign_splits(cases, 0.25, 5, seed=4) != s1
     with pytest.raises(ValueError, match="test_fraction"):
         assign_splits(cases, 1.5)
+
+
+def test_excluded_cases_leave_every_other_split_alone():
+    from medseg.cohort.plan import dataset_plan
+
+    ds = {"source": "demo", "demo": {"n_cases": 12, "seed": 1}, "split": {"test_fraction": 0.25, "seed": 0}}
+    full = dataset_plan("brats", ds)
+    bad = full.train_cases(0)[0]
+    less = dataset_plan("brats", {**ds, "exclude": [bad]})
+    assert bad not in less.cases and less.excluded == (bad,)
+    assert {c: s for c, s in full.splits.items() if c != bad} == less.splits
+    assert bad not in less.train_cases(0) + less.val_cases(0) + less.test_cases()
+    with pytest.raises(ValueError, match="exclude.*nope"):
+        dataset_plan("brats", {**ds, "exclude": ["nope"]})

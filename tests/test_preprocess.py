@@ -131,3 +131,17 @@ def test_skullstrip_robex_method(demo_case):
     mask = skullstrip(img(demo_case["t1"]), SkullstripConfig(method="robex"))
     assert mask.GetSize() == truth.GetSize()
     assert _dice(sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(truth) > 0) > 0.85
+
+
+def test_fold_normaliser_from_case_landmarks_equals_fit_on_images():
+    from medseg.preprocess.normalize import brain_landmarks, fit_model_from_landmarks
+
+    rng = np.random.default_rng(3)
+    cases = [({"t1": rng.gamma(2 + i, 10, (8, 8, 8)), "flair": rng.normal(50 + i, 5, (8, 8, 8))}, rng.random((8, 8, 8)) > 0.3)
+             for i in range(3)]
+    direct = {m: fit_nyul([imgs[m][brain] for imgs, brain in cases]) for m in ("t1", "flair")}
+    model = fit_model_from_landmarks([brain_landmarks(imgs, brain) for imgs, brain in cases])
+    for m in ("t1", "flair"):
+        np.testing.assert_allclose(model["modalities"][m]["standard"], direct[m])
+    with pytest.raises(ValueError, match="percentiles"):
+        fit_model_from_landmarks([brain_landmarks(*cases[0])], NormConfig(percentiles=(2, 50, 98)))

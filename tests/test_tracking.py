@@ -84,3 +84,46 @@ def test_record_is_plain_json(spool):
     _job(3)
     rec = json.loads(next((spool / "spool").glob("run-*.json")).read_text())
     assert rec["name"] == "job3" and rec["status"] == "FINISHED" and len(rec["metrics"]) == 20
+
+
+class _FakeSnakemake:
+    """What a Snakemake script job sees: rule, wildcards, input, params, log, threads, config."""
+
+    def __init__(self, tmp_path, config):
+        from snakemake.io import InputFiles, Log, Params, Wildcards
+
+        self.rule = "n4_correct"
+        self.wildcards = Wildcards(fromdict={"dataset": "brats", "case": "BraTS2021_00001"})
+        a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+        a.write_bytes(b"first input")
+        b.write_bytes(b"second input")
+        self.input = InputFiles([str(a), str(b)])
+        self.params = Params(fromdict={"experiment": "medseg-test", "n4": {"shrink_factor": 4}})
+        self.log = Log([str(tmp_path / "job.log")])
+        self.threads = 1
+        self.config = config
+
+
+def test_job_run_records_provenance(spool):
+    """Every job's MLflow run: config hash, git state, package versions, seeds, input checksums, rule, wildcards."""
+    from medseg.io import sha256
+    from medseg.jobs import job
+    from medseg.provenance import config_hash, digest
+
+    config = {"training": {"seed": 7}, "datasets": {"brats": {"source": "demo", "demo": {"seed": 42}, "split": {"seed": 3}}}}
+    smk = _FakeSnakemake(spool, config)
+    with job(smk) as p:
+        assert p == {"n4": {"shrink_factor": 4}}
+    assert tracking_sync.sync() == {"runs": 1, "failed": 0}
+    client, runs = _runs(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = runs
+    tags = run.data.tags
+    assert tags["medseg.rule"] == "n4_correct" and tags["wildcard.case"] == "BraTS2021_00001"
+    assert tags["config.hash"] == config_hash(config)
+    assert tags["seed.training"] == "7" and tags["seed.brats.split"] == "3" and tags["seed.brats.demo"] == "42"
+    assert tags["git.commit"] and tags["git.dirty"] in ("True", "False") and tags["package.numpy"] not in ("", "None")
+    sums = {f: sha256(f) for f in smk.input}
+    assert tags["inputs.sha256"] == digest(sums) and tags["inputs.count"] == "2"
+    prov = json.loads(open(client.download_artifacts(run.info.run_id, "provenance.json")).read())
+    assert prov["inputs"] == sums and prov["rule"] == "n4_correct" and prov["config_hash"] == config_hash(config)
+    assert run.data.params["n4.shrink_factor"] == "4"

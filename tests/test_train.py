@@ -80,3 +80,21 @@ def test_bad_training_settings():
         TrainConfig(schedule="step")
     with pytest.raises(ValueError, match="fg_prob"):
         TrainConfig(fg_prob=2)
+
+
+def test_one_tile_file_serves_every_fold(tmp_path):
+    from medseg.tiling import tile_case
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 1, (2, 4, 6, 24, 20)).astype(np.float32)  # (folds, C, z, y, x)
+    labels = np.zeros((6, 24, 20), np.uint8)
+    labels[2:4, 5:9, 5:9] = 4
+    table = tile_case("c0", {"image": image, "brain": np.ones((6, 24, 20), np.uint8), "labels": labels}, "2021",
+                      tmp_path / "c0.npy", tmp_path / "c0.json")
+    assert table["n_folds"] == 2 and table["n_image_channels"] == 4 and table["fg_slices"] == [2, 3]
+    for fold in (0, 1):
+        tiles = TileSet([str(tmp_path / "c0.npy")], [str(tmp_path / "c0.json")], fold=fold)
+        np.testing.assert_allclose(tiles.image(0), image[fold], atol=1e-2)  # float16 tiles
+        assert tiles.target(0).shape == (3, 6, 24, 20) and tiles.target(0)[0, 2:4, 5:9, 5:9].all()
+    with pytest.raises(ValueError, match="fold 2"):
+        TileSet([str(tmp_path / "c0.npy")], [str(tmp_path / "c0.json")], fold=2)

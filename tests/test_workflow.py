@@ -38,9 +38,33 @@ def test_snakefmt_clean():
 def test_dry_run_builds_full_dag(tmp_path, configs):
     r = smk(tmp_path, "-n", "--cores", "2", "results/brats_timm.json", configs=configs)
     assert r.returncode == 0, r.stderr[-3000:]
-    for rule in ("synth_cohort", "case_sheet", "n4_correct", "register_atlas", "skullstrip_brain", "fit_normalizer",
-                 "normalize_case", "tile_case", "train_model", "predict_case", "evaluate_case", "aggregate_results"):
+    for rule in ("synth_cohort", "case_sheet", "n4_correct", "register_atlas", "skullstrip_brain", "brain_landmarks",
+                 "collect_landmarks", "fit_normalizer", "normalize_case", "tile_case", "train_model", "predict_case",
+                 "evaluate_case", "aggregate_results"):
         assert rule in r.stdout, rule
+
+
+def _job_counts(out: str) -> dict[str, int]:
+    import re
+
+    table = out[out.index("job "):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_folds_do_not_multiply_per_case_jobs(tmp_path):
+    """3 folds: still one tile job per training case and one normalisation per held-out case."""
+    folds = tmp_path / "folds.yaml"
+    folds.write_text("datasets:\n  brats:\n    split:\n      n_folds: 3\n      test_fraction: 0.2\n")
+    r = smk(tmp_path, "-n", "results/brats_timm.json", "--quiet", "rules", configs=("tests/configs/tiny.yaml",))
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = _job_counts(r.stdout)
+    r = smk(tmp_path, "-n", "results/brats_timm.json", "--quiet", "rules", configs=("tests/configs/tiny.yaml", str(folds)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    three = _job_counts(r.stdout)
+    n_cases = one["n4_correct"]
+    assert three["train_model"] == 3 and three["fit_normalizer"] == 3
+    assert three["tile_case"] + three["normalize_case"] == n_cases == three["n4_correct"]
+    assert three["brain_landmarks"] == three["tile_case"] and three["collect_landmarks"] == 1
 
 
 def test_invalid_config_is_rejected_with_the_key(tmp_path):

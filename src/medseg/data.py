@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 
 from medseg.io import read_json
@@ -39,19 +41,41 @@ class AugmentConfig:
     bias: float = 0.1
 
 
-class TileSet:
-    """The training (or validation) cases: memory-mapped tile arrays + slice tables."""
+def tile_pairs(npys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(npy paths, slice-table paths)``: each tile array's table is the ``.json`` beside it."""
+    npys = [str(p) for p in npys]
+    return npys, [str(Path(p).with_suffix(".json")) for p in npys]
 
-    def __init__(self, npys: Sequence[str], jsons: Sequence[str]) -> None:
+
+class TileSet:
+    """The training (or validation) cases of one fold: memory-mapped tile arrays + slice tables.
+
+    A tile array holds every fold's normalisation of the case (``n_folds * n_image`` channels,
+    fold-major) then the 3 region masks (see :func:`medseg.tiling.tile_case`); ``fold`` picks one.
+    """
+
+    def __init__(self, npys: Sequence[str], jsons: Sequence[str], fold: int = 0) -> None:
         if not npys:
             raise ValueError("no training tiles: the fold has no training cases")
         self.arrays = [np.load(p, mmap_mode="r") for p in npys]
         self.tables = [read_json(j) for j in jsons]
         self.n_image = self.tables[0]["n_image_channels"]
+        for path, table in zip(jsons, self.tables):
+            if not 0 <= fold < table.get("n_folds", 1):
+                raise ValueError(f"{path} holds {table.get('n_folds', 1)} fold(s); fold {fold} was asked for: re-run tile_case")
+        self.fold = fold
         shapes = {a.shape[2:] for a in self.arrays}
         if len(shapes) != 1:
             raise ValueError(f"tiles have different in-plane shapes {sorted(shapes)}; all cases must share the atlas grid")
         self.plane = shapes.pop()
+
+    def image(self, i: int) -> np.ndarray:
+        """Case ``i``'s image channels for this fold, ``(C, z, y, x)`` (a memory-mapped view)."""
+        return self.arrays[i][self.fold * self.n_image: (self.fold + 1) * self.n_image]
+
+    def target(self, i: int) -> np.ndarray:
+        """Case ``i``'s WT/TC/ET masks, ``(3, z, y, x)``."""
+        return self.arrays[i][-3:]
 
 
 def _crop_or_pad(x: np.ndarray, size: tuple[int, int], centre: tuple[int, int] | None, rng: np.random.Generator) -> np.ndarray:
@@ -78,12 +102,12 @@ def make_batch(tiles: TileSet, step: int, seed: int, batch_size: int, context: i
     xs, ys = [], []
     for _ in range(batch_size):
         i = int(rng.integers(len(tiles.arrays)))
-        arr, table = tiles.arrays[i], tiles.tables[i]
+        table = tiles.tables[i]
         fg = table["fg_slices"]
         use_fg = bool(fg) and rng.random() < fg_prob
         z = int(rng.choice(fg if use_fg else table["brain_slices"]))
-        img = context_stack(arr[: tiles.n_image], z, context)
-        tgt = np.asarray(arr[tiles.n_image:, z])
+        img = context_stack(tiles.image(i), z, context)
+        tgt = np.asarray(tiles.target(i)[:, z])
         centre = None
         if use_fg and patch is not None:
             pts = np.argwhere(tgt[0] > 0)

@@ -21,7 +21,7 @@ from typing import Any
 
 from medseg import tracking
 from medseg.logs import setup_logging
-from medseg.provenance import git_state
+from medseg.provenance import collect, digest
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,24 @@ def set_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(max(1, int(n)))
 
 
+def config_seeds(config: dict) -> dict[str, Any]:
+    """The seeds a workflow config sets (training, per-dataset split and demo seeds)."""
+    seeds: dict[str, Any] = {"training": (config.get("training") or {}).get("seed", 0)}
+    for name, ds in (config.get("datasets") or {}).items():
+        seeds[f"{name}.split"] = (ds.get("split") or {}).get("seed", 0)
+        if ds.get("source", "demo") == "demo":
+            seeds[f"{name}.demo"] = (ds.get("demo") or {}).get("seed")
+    return seeds
+
+
+def job_provenance(smk: Any, wildcards: dict) -> dict:
+    """What the job's MLflow run records: config hash, git state, package versions, seeds, the
+    checksums of its input files, rule and wildcards (see :func:`medseg.provenance.collect`)."""
+    config = dict(getattr(smk, "config", {}) or {})
+    inputs = [f for f in smk.input if Path(f).is_file()]
+    return collect(config, inputs, config_seeds(config), smk.rule, wildcards)
+
+
 @contextlib.contextmanager
 def job(smk: Any) -> Iterator[dict]:
     """Set up logging and tracking for a Snakemake script job; yield its params as a dict."""
@@ -55,12 +73,19 @@ def job(smk: Any) -> Iterator[dict]:
     experiment = params.pop("experiment", "medseg")
     wildcards = dict(smk.wildcards.items())
     name = smk.rule + "".join(f":{v}" for v in wildcards.values())
-    git = git_state()
-    tags = {"medseg.rule": smk.rule, "git.commit": str(git["commit"]), "git.dirty": str(git["dirty"]),
-            **{f"wildcard.{k}": str(v) for k, v in wildcards.items()}}
+    prov = job_provenance(smk, wildcards) if tracking.enabled() else {}
+    tags = {"medseg.rule": smk.rule, **{f"wildcard.{k}": str(v) for k, v in wildcards.items()}}
+    if prov:
+        tags.update({"git.commit": str(prov["git"]["commit"]), "git.dirty": str(prov["git"]["dirty"]),
+                     "config.hash": prov["config_hash"], "inputs.sha256": digest(prov["inputs"]),
+                     "inputs.count": str(len(prov["inputs"])),
+                     **{f"seed.{k}": str(v) for k, v in prov["seeds"].items()},
+                     **{f"package.{k}": str(v) for k, v in prov["packages"].items()}})
     log.info("job %s starting", name)
     with tracking.job_run(experiment, name, tags):
         tracking.log_params(params)
+        if prov:
+            tracking.log_dict(prov, "provenance.json")
         try:
             yield params
         except Exception:

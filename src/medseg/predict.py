@@ -33,13 +33,14 @@ def to_native(probs: np.ndarray, atlas_grid: sitk.Image, atlas_to_native: sitk.T
     return np.stack(out)
 
 
-def predict_case(case: str, norm_npzs: Sequence[str], model_paths: Sequence[str], atlas_grid: str, transform: str,
+def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_grid: str, transform: str,
                  native_image: str, convention: str, out_path: str, cfg: InferenceConfig,
                  out_probs: str | None = None) -> dict:
     """Predict ``case`` and write its native-space label map.
 
     Args:
-        norm_npzs: the case normalised with each fold's normaliser (same order as ``model_paths``).
+        norm_npz: the case normalised with each fold's normaliser (``image`` is ``(F, C, z, y, x)``,
+            fold k for ``model_paths[k]``).
         model_paths: one ``model.pt`` per fold.
         atlas_grid: an image on the atlas grid (the registered reference modality).
         transform: ``.tfm`` mapping atlas world -> native world (from registration).
@@ -50,13 +51,15 @@ def predict_case(case: str, norm_npzs: Sequence[str], model_paths: Sequence[str]
     from medseg.volume_inference import resolve_device
 
     log.info("case %s: predicting on %s", case, resolve_device(cfg.device))
-    if len(norm_npzs) != len(model_paths):
-        raise ValueError(f"case {case}: {len(norm_npzs)} normalised volumes for {len(model_paths)} models")
+    data = np.load(norm_npz)
+    image = data["image"]
+    if image.ndim != 5 or len(image) != len(model_paths):
+        raise ValueError(f"case {case}: {norm_npz} holds image {image.shape}, expected (folds, C, z, y, x) "
+                         f"with one fold per model ({len(model_paths)})")
     probs = None
-    for npz, mpath in zip(norm_npzs, model_paths):
+    for fold_image, mpath in zip(image, model_paths):
         model, meta = load_model(mpath)
-        data = np.load(npz)
-        p = predict_volume([model], data["image"], meta["context"], cfg)
+        p = predict_volume([model], fold_image, meta["context"], cfg)
         probs = p if probs is None else probs + p
     # tumour lies inside the brain: drop predictions outside the (slightly dilated) brain mask
     brain = ndi.binary_dilation(data["brain"] > 0, iterations=2)
@@ -77,7 +80,7 @@ def predict_case(case: str, norm_npzs: Sequence[str], model_paths: Sequence[str]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment one preprocessed case with trained fold models")
-    p.add_argument("--norm", nargs="+", required=True, help="normalised case .npz per fold")
+    p.add_argument("--norm", required=True, help="normalised case .npz (every fold's normalisation)")
     p.add_argument("--models", nargs="+", required=True, help="model.pt per fold (same order)")
     p.add_argument("--atlas-grid", required=True, help="image on the atlas grid (e.g. reg_t1ce.nii.gz)")
     p.add_argument("--transform", required=True, help="atlas -> native transform (.tfm)")

@@ -49,6 +49,12 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     return out
 
 
+def digest(checksums: Mapping[str, str]) -> str:
+    """One SHA-256 (16 hex digits) over ``{path: sha256}``: equal iff the same files had the same bytes."""
+    blob = json.dumps(sorted(checksums.items())).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def checksums(paths: Iterable[str | Path]) -> dict[str, str]:
     return {str(p): sha256(p) for p in sorted(map(str, paths))}
 

@@ -1,12 +1,15 @@
 """Tiling: turn a normalised atlas-space case into 2-D/2.5-D training slices.
 
-A tile file is one ``.npy`` array ``(C + 3, z, y, x)`` float16 (image channels, then WT/TC/ET
-region masks), memory-mappable so training never loads a whole cohort, plus a JSON slice table
-with the axial slices that hold brain and those that hold tumour (for foreground oversampling).
+A tile file is one ``.npy`` array ``(F * C + 3, z, y, x)`` float16 -- the case's C image channels
+as normalised for each of the F folds (fold-major), then the WT/TC/ET region masks -- memory-
+mappable so training never loads a whole cohort, plus a JSON slice table with the axial slices
+that hold brain and those that hold tumour (for foreground oversampling). One file per case
+serves every fold (:class:`medseg.data.TileSet` picks the fold's channels).
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +20,25 @@ from medseg.labels import labels_to_regions
 log = logging.getLogger(__name__)
 
 
-def tile_case(case: str, norm_npz: str | Path, convention: str, out_npy: str | Path, out_json: str | Path) -> dict:
-    """Write the tile array and slice table of one case (its npz must hold ``labels``)."""
-    data = np.load(norm_npz)
+def tile_case(case: str, data: Mapping[str, np.ndarray], convention: str, out_npy: str | Path,
+              out_json: str | Path) -> dict:
+    """Write the tile array and slice table of one case.
+
+    ``data`` is :func:`medseg.preprocess.stages.normalized_arrays`' result (or a loaded
+    ``norm.npz``): ``image`` ``(F, C, z, y, x)`` (one normalisation per fold), ``brain`` and
+    ``labels`` (required: only segmented cases are tiled).
+    """
     if "labels" not in data:
-        raise ValueError(f"case {case}: {norm_npz} has no labels; only cases with a segmentation can be tiled")
+        raise ValueError(f"case {case}: no labels; only cases with a segmentation can be tiled")
     regions = labels_to_regions(data["labels"], convention)
-    arr = np.concatenate([data["image"], regions]).astype(np.float16)
+    image = data["image"]
+    n_folds, n_channels = image.shape[:2]
+    arr = np.concatenate([image.reshape(n_folds * n_channels, *image.shape[2:]), regions]).astype(np.float16)
     with atomic_path(out_npy, suffix=".npy") as tmp:
         np.save(tmp, arr)
     brain_slices = np.flatnonzero(data["brain"].any(axis=(1, 2)))
     fg_slices = np.flatnonzero(regions[0].any(axis=(1, 2)))
-    table = {"case": case, "shape": list(arr.shape), "n_image_channels": int(data["image"].shape[0]),
+    table = {"case": case, "shape": list(arr.shape), "n_image_channels": int(n_channels), "n_folds": int(n_folds),
              "brain_slices": brain_slices.tolist(), "fg_slices": fg_slices.tolist()}
     write_json(table, out_json)
     log.info("tiled %s: %d brain slices, %d with tumour", case, len(brain_slices), len(fg_slices))

@@ -100,7 +100,7 @@ def job_run(experiment: str, name: str, tags: Mapping[str, str] | None = None) -
         return
     rid = uuid.uuid4().hex
     _current = {"id": rid, "experiment": experiment, "name": name, "tags": dict(tags or {}), "params": {},
-                "metrics": [], "artifacts": [], "start": _now(), "end": None, "status": "RUNNING",
+                "metrics": [], "artifacts": [], "dicts": {}, "start": _now(), "end": None, "status": "RUNNING",
                 "invocation": _invocation_id()}
     path = spool_dir() / f"run-{rid}.json"
     try:
@@ -157,3 +157,9 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Attach a file to the run (copied into MLflow at sync; must still exist then)."""
     if _current is not None and Path(path).exists():
         _current["artifacts"].append([str(Path(path).resolve()), artifact_path])
+
+
+def log_dict(obj: Mapping[str, Any], name: str) -> None:
+    """Attach ``obj`` to the run as the JSON artifact ``name`` (kept in the run record until sync)."""
+    if _current is not None:
+        _current["dicts"][name] = json.loads(json.dumps(obj, default=str))

@@ -51,7 +51,7 @@ def sync(spool: str | Path | None = None) -> dict[str, int]:
         return {"runs": 0, "failed": 0}
     try:
         client = _client()
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
     except Exception as e:  # noqa: BLE001
         log.warning("tracking failed (MLflow unavailable: %s); %d run records kept in %s", e, len(records), spool)
         return {"runs": 0, "failed": len(records)}
@@ -89,6 +89,8 @@ def sync(spool: str | Path | None = None) -> dict[str, int]:
             for src, sub in rec["artifacts"]:
                 if Path(src).exists():
                     client.log_artifact(rid, src, sub)
+            for name, obj in rec.get("dicts", {}).items():
+                client.log_dict(rid, obj, name)
             client.set_terminated(rid, status=rec["status"], end_time=rec["end"])
             path.unlink()
             done += 1

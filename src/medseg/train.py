@@ -113,12 +113,13 @@ def validate(model: torch.nn.Module, cases: Sequence[tuple[np.ndarray, np.ndarra
 
 def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Sequence[str], Sequence[str]],
           out_dir: str | Path, mcfg: ModelConfig, cfg: TrainConfig, icfg: InferenceConfig,
-          modalities: Sequence[str], stop_after: int | None = None) -> dict:
+          modalities: Sequence[str], stop_after: int | None = None, fold: int = 0) -> dict:
     """Train one fold; write ``model.pt``, ``checkpoint.pt``, ``metrics.csv``, ``curves.png``.
 
     Args:
         train_tiles, val_tiles: ``(npy paths, json paths)`` of tiled cases.
         out_dir: fold folder.
+        fold: which of the tiles' per-fold normalisations to train on.
         stop_after: stop (as if killed) after this many steps; for tests of resuming.
 
     Returns:
@@ -134,7 +135,7 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
     log.info("training on %s (%d CPU threads)", device, torch.get_num_threads())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    tiles = TileSet(*train_tiles)
+    tiles = TileSet(*train_tiles, fold=fold)
     mcfg = dataclasses.replace(mcfg, in_channels=tiles.n_image * (2 * cfg.context + 1), out_channels=3)
     model = build_model(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -153,8 +154,8 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
         log.info("resuming from %s at step %d", ckpt_path, start)
     val_cases = []
     if val_tiles[0]:
-        v = TileSet(*val_tiles)
-        val_cases = [(np.asarray(a[: v.n_image], np.float32), np.asarray(a[v.n_image:])) for a in v.arrays]
+        v = TileSet(*val_tiles, fold=fold)
+        val_cases = [(np.asarray(v.image(i), np.float32), np.asarray(v.target(i))) for i in range(len(v.arrays))]
     make = lambda s: make_batch(tiles, s, cfg.seed, cfg.batch_size, cfg.context, cfg.fg_prob, cfg.patch_size, cfg.augment)  # noqa: E731
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     model.train()

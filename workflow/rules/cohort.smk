@@ -13,7 +13,7 @@ rule synth_cohort:
     threads: 2
     params:
         demo=lambda w: dataset_cfg(w).get("demo", {}),
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/synth_cohort.py"
 
@@ -34,6 +34,6 @@ rule case_sheet:
         splits=lambda w: plan(w).splits,
         modalities=lambda w: list(plan(w).modalities),
         convention=lambda w: str(dataset_cfg(w).get("convention", "auto")),
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/case_sheet.py"

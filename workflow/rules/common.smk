@@ -20,7 +20,6 @@ RESULTS = "results"
 PLANS = {
     name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()
 }
-ALL_CASES = sorted({c for p in PLANS.values() for c in p.cases})
 ALL_MODS = list(next(iter(PLANS.values())).modalities)
 if any(list(p.modalities) != ALL_MODS for p in PLANS.values()):
     raise ValueError(
@@ -35,7 +34,7 @@ def _alternatives(values):
 wildcard_constraints:
     dataset=_alternatives(PLANS),
     model=_alternatives(config["models"]),
-    case=_alternatives(ALL_CASES),
+    case=r"[^/]+",  # case ids are validated (no separators); an alternation of 1,000 ids slows every match
     mod=_alternatives(ALL_MODS),
     fold=r"\d+",
     spacing=r"[0-9.]+",
@@ -59,15 +58,18 @@ def step_on(wildcards, step):
     return dataset_cfg(wildcards).get("steps", {}).get(step, True)
 
 
-def experiment(wildcards):
-    return (
-        config.get("tracking", {}).get("experiment_prefix", "medseg-")
-        + wildcards.dataset
-    )
+# the MLflow experiment of a dataset's jobs; a string template (not a function) because Snakemake
+# inspects every callable param of every job: that is seconds in a 1,000-case DAG
+EXPERIMENT = (
+    config.get("tracking", {})
+    .get("experiment_prefix", "medseg-")
+    .replace("{", "{{")
+    .replace("}", "}}")
+    + "{dataset}"
+)
 
 
-def sheet(wildcards):
-    return f"{RESULTS}/{wildcards.dataset}/cases.tsv"
+SHEET = f"{RESULTS}/{{dataset}}/cases.tsv"
 
 
 def raw_inputs(wildcards):
@@ -90,13 +92,12 @@ def sheet_inputs(wildcards):
     return [f"{RESULTS}/{wildcards.dataset}/demo/cohort.json"] if p.is_demo else []
 
 
-def mods(wildcards):
-    return plan(wildcards).modalities
-
-
-def atlas_dir(wildcards=None):
-    spacing = cfg_section("preprocessing", "register").get("atlas_spacing_mm", 2.0)
-    return f"{RESULTS}/atlas/icbm152_{float(spacing):g}mm"
+ATLAS_DIR = "{}/atlas/icbm152_{:g}mm".format(
+    RESULTS,
+    float(
+        config.get("preprocessing", {}).get("register", {}).get("atlas_spacing_mm", 2.0)
+    ),
+)
 
 
 def skullstrip_input(wildcards):
@@ -111,8 +112,16 @@ def case_files(dataset, cases, pattern):
 
 
 def tiles(wildcards, cases):
-    base = f"{RESULTS}/{wildcards.dataset}/tiles/fold_{wildcards.fold}"
-    return [f"{base}/{c}.npy" for c in cases], [f"{base}/{c}.json" for c in cases]
+    """Tile arrays of ``cases``; each one's slice table (.json) comes from the same job and is
+    read beside it: declaring it too would double the largest fan-in of the DAG."""
+    return [f"{RESULTS}/{wildcards.dataset}/tiles/{c}.npy" for c in cases]
+
+
+def fold_normalizers(wildcards):
+    return [
+        f"{RESULTS}/{wildcards.dataset}/normalizer_{k}.json"
+        for k in plan(wildcards).folds()
+    ]
 
 
 def ref_mod(wildcards):

@@ -4,7 +4,7 @@
 rule evaluate_case:
     input:
         pred=f"{RESULTS}/{{dataset}}/predictions/{{model}}/{{case}}.nii.gz",
-        sheet=sheet,
+        sheet=SHEET,
     output:
         json=f"{RESULTS}/{{dataset}}/metrics/{{model}}/{{case}}.json",
     log:
@@ -13,7 +13,7 @@ rule evaluate_case:
         "../../envs/evaluate.yaml"
     params:
         evaluation=cfg_section("evaluation"),
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/evaluate_case.py"
 
@@ -32,7 +32,7 @@ rule aggregate_results:
             f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
             for k in plan(w).folds()
         ],
-        sheet=sheet,
+        sheet=SHEET,
     output:
         json=report(f"{RESULTS}/{{dataset}}_{{model}}.json", category="Results"),
         csv=f"{RESULTS}/{{dataset}}_{{model}}_cases.csv",
@@ -54,7 +54,8 @@ rule aggregate_results:
             "training": cfg_section("training").get("seed", 0),
         },
         cases=lambda w: plan(w).test_cases(),
+        excluded=lambda w: list(plan(w).excluded),
         reference=lambda w: plan(w).reference,
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/aggregate_results.py"

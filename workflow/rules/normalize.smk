@@ -1,16 +1,53 @@
 # Intensity normalisation (fitted per fold on training cases only) and tiling for training.
+# Per case, not per case and fold: a case's landmarks, then either its normalisation (held-out
+# cases, every fold's in one file) or its tiles (training cases, every fold's channels in one
+# file), so a 1,000-case, 5-fold DAG has as many jobs as a 1-fold one.
+
+
+rule brain_landmarks:
+    input:
+        images=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
+            for m in ALL_MODS
+        ],
+        mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
+    output:
+        landmarks=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/landmarks.json",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/brain_landmarks/{{case}}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        modalities=ALL_MODS,
+        normalize=cfg_section("preprocessing", "normalize"),
+        experiment=EXPERIMENT,
+    script:
+        "../scripts/brain_landmarks.py"
+
+
+rule collect_landmarks:
+    input:
+        landmarks=lambda w: case_files(
+            w.dataset, plan(w).trained_cases(), "landmarks.json"
+        ),
+    output:
+        table=f"{RESULTS}/{{dataset}}/landmarks.json",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/collect_landmarks.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        experiment=EXPERIMENT,
+    script:
+        "../scripts/collect_landmarks.py"
 
 
 rule fit_normalizer:
     input:
-        images=lambda w: [  # case-major: all modalities of case 1, then case 2 ...
-            f"{RESULTS}/{w.dataset}/preprocess/{c}/reg_{m}.nii.gz"
-            for c in plan(w).train_cases(int(w.fold))
-            for m in ALL_MODS
-        ],
-        masks=lambda w: case_files(
-            w.dataset, plan(w).train_cases(int(w.fold)), "brain_mask.nii.gz"
-        ),
+        # one table of every training case's landmarks, not ~1,000 files: each fold's
+        # normaliser is an input of every case's normalisation, and Snakemake scans a
+        # producer's inputs for each such edge
+        table=f"{RESULTS}/{{dataset}}/landmarks.json",
     output:
         model=f"{RESULTS}/{{dataset}}/normalizer_{{fold}}.json",
     log:
@@ -19,14 +56,37 @@ rule fit_normalizer:
         "../../envs/preprocess.yaml"
     params:
         cases=lambda w: plan(w).train_cases(int(w.fold)),
-        modalities=mods,
         normalize=cfg_section("preprocessing", "normalize"),
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/fit_normalizer.py"
 
 
 rule normalize_case:
+    # held-out cases: every fold's normalisation, read by predict_case
+    input:
+        images=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
+            for m in ALL_MODS
+        ],
+        mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
+        models=fold_normalizers,
+    output:
+        npz=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm.npz",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/normalize_case/{{case}}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        modalities=ALL_MODS,
+        normalize=cfg_section("preprocessing", "normalize"),
+        experiment=EXPERIMENT,
+    script:
+        "../scripts/normalize_case.py"
+
+
+rule tile_case:
+    # training and validation cases: normalised for every fold and tiled in one job
     input:
         images=[
             f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
@@ -34,35 +94,18 @@ rule normalize_case:
         ],
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
         seg=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_seg.nii.gz",
-        model=f"{RESULTS}/{{dataset}}/normalizer_{{fold}}.json",
-        sheet=sheet,
+        models=fold_normalizers,
+        sheet=SHEET,
     output:
-        npz=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm_{{fold}}.npz",
+        npy=f"{RESULTS}/{{dataset}}/tiles/{{case}}.npy",
+        table=f"{RESULTS}/{{dataset}}/tiles/{{case}}.json",
     log:
-        f"{RESULTS}/{{dataset}}/logs/normalize_case/{{case}}_{{fold}}.log",
+        f"{RESULTS}/{{dataset}}/logs/tile_case/{{case}}.log",
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=mods,
-        with_labels=lambda w: w.case in plan(w).fold_cases(int(w.fold)),
+        modalities=ALL_MODS,
         normalize=cfg_section("preprocessing", "normalize"),
-        experiment=experiment,
-    script:
-        "../scripts/normalize_case.py"
-
-
-rule tile_case:
-    input:
-        npz=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm_{{fold}}.npz",
-        sheet=sheet,
-    output:
-        npy=f"{RESULTS}/{{dataset}}/tiles/fold_{{fold}}/{{case}}.npy",
-        table=f"{RESULTS}/{{dataset}}/tiles/fold_{{fold}}/{{case}}.json",
-    log:
-        f"{RESULTS}/{{dataset}}/logs/tile_case/{{case}}_{{fold}}.log",
-    conda:
-        "../../envs/preprocess.yaml"
-    params:
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/tile_case.py"

@@ -3,17 +3,14 @@
 
 rule predict_case:
     input:
-        norm=lambda w: [
-            f"{RESULTS}/{w.dataset}/preprocess/{w.case}/norm_{k}.npz"
-            for k in plan(w).folds()
-        ],
+        norm=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm.npz",
         models=lambda w: [
             f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
             for k in plan(w).folds()
         ],
         atlas_grid=lambda w: f"{RESULTS}/{w.dataset}/preprocess/{w.case}/reg_{ref_mod(w)}.nii.gz",
         transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
-        sheet=sheet,
+        sheet=SHEET,
     output:
         labels=f"{RESULTS}/{{dataset}}/predictions/{{model}}/{{case}}.nii.gz",
     log:
@@ -28,6 +25,6 @@ rule predict_case:
     params:
         reference=ref_mod,
         inference=cfg_section("inference"),
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/predict_case.py"

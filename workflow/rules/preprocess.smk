@@ -20,7 +20,7 @@ rule prepare_atlas:
 rule n4_correct:
     input:
         raw_inputs,
-        sheet=sheet,
+        sheet=SHEET,
     output:
         images=[
             f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz"
@@ -43,22 +43,22 @@ rule n4_correct:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=mods,
+        modalities=ALL_MODS,
         enabled=lambda w: step_on(w, "n4"),
         n4=cfg_section("preprocessing", "n4"),
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/n4_correct.py"
 
 
 rule register_atlas:
     input:
-        sheet=sheet,
+        sheet=SHEET,
         images=[
             f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz"
             for m in ALL_MODS
         ],
-        atlas=lambda w: f"{atlas_dir()}/head.nii.gz",
+        atlas=f"{ATLAS_DIR}/head.nii.gz",
     output:
         images=[
             f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
@@ -82,12 +82,12 @@ rule register_atlas:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=mods,
+        modalities=ALL_MODS,
         reference=lambda w: plan(w).reference,
         enabled=lambda w: step_on(w, "register"),
         skull_stripped=lambda w: not step_on(w, "skullstrip"),
         register=cfg_section("preprocessing", "register"),
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/register_atlas.py"
 
@@ -95,7 +95,7 @@ rule register_atlas:
 rule skullstrip_brain:
     input:
         image=skullstrip_input,
-        atlas=lambda w: f"{atlas_dir()}/head.nii.gz",
+        atlas=f"{ATLAS_DIR}/head.nii.gz",
     output:
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/skullstrip_qc.json",
@@ -112,10 +112,10 @@ rule skullstrip_brain:
         "../../envs/preprocess.yaml"
     params:
         skullstrip=lambda w: (
-            {**cfg_section("preprocessing", "skullstrip"), "atlas_dir": atlas_dir()}
+            {**cfg_section("preprocessing", "skullstrip"), "atlas_dir": ATLAS_DIR}
             if step_on(w, "skullstrip")
             else {"method": "nonzero"}
         ),
-        experiment=experiment,
+        experiment=EXPERIMENT,
     script:
         "../scripts/skullstrip_brain.py"

@@ -3,10 +3,8 @@
 
 rule train_model:
     input:
-        train_npy=lambda w: tiles(w, plan(w).train_cases(int(w.fold)))[0],
-        train_json=lambda w: tiles(w, plan(w).train_cases(int(w.fold)))[1],
-        val_npy=lambda w: tiles(w, plan(w).val_cases(int(w.fold)))[0],
-        val_json=lambda w: tiles(w, plan(w).val_cases(int(w.fold)))[1],
+        train=lambda w: tiles(w, plan(w).train_cases(int(w.fold))),
+        val=lambda w: tiles(w, plan(w).val_cases(int(w.fold))),
         preflight=lambda w: preflight_inputs(),
     output:
         model=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/model.pt",
@@ -28,8 +26,8 @@ rule train_model:
         model=lambda w: config["models"][w.model],
         training=cfg_section("training"),
         inference=cfg_section("inference"),
-        modalities=mods,
-        experiment=experiment,
+        modalities=ALL_MODS,
+        experiment=EXPERIMENT,
     script:
         "../scripts/train_model.py"
 

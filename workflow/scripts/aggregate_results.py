@@ -9,6 +9,6 @@ with job(snakemake) as p:
     files = {c: (sheet[c][p["reference"]], sheet[c]["seg"], pred) for c, pred in zip(p["cases"], inp.predictions)}
     write_results(inp.metrics, out.json, out.csv, out.boxplots, config=p["config"], seeds=p["seeds"],
                   inputs=[*inp.models, *inp.metrics], rule=snakemake.rule, wildcards=dict(snakemake.wildcards.items()),
-                  montage_png=out.montage, case_files=files)
+                  montage_png=out.montage, case_files=files, excluded=p["excluded"])
     for f in (out.json, out.csv, out.boxplots, out.montage):
         tracking.log_artifact(f)

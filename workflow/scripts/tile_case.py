@@ -1,7 +1,12 @@
 from medseg.cohort.sheet import case_row
+from medseg.config import from_mapping
 from medseg.jobs import job
-from medseg.tiling import tile_case
+from medseg.preprocess.normalize import NormConfig
+from medseg.preprocess.stages import tile_training_case
 
-with job(snakemake):
-    row = case_row(snakemake.input.sheet, snakemake.wildcards.case)
-    tile_case(snakemake.wildcards.case, snakemake.input.npz, row["convention"], snakemake.output.npy, snakemake.output.table)
+with job(snakemake) as p:
+    inp, case = snakemake.input, snakemake.wildcards.case
+    row = case_row(inp.sheet, case)
+    tile_training_case(case, dict(zip(p["modalities"], inp.images)), inp.mask, inp.seg, inp.models,
+                       snakemake.output.npy, snakemake.output.table,
+                       from_mapping(NormConfig, p["normalize"], "preprocessing.normalize."), row["convention"])

@@ -2,6 +2,7 @@ from pathlib import Path
 
 from medseg import tracking
 from medseg.config import from_mapping
+from medseg.data import tile_pairs
 from medseg.jobs import job
 from medseg.models import ModelConfig
 from medseg.train import TrainConfig, train
@@ -10,9 +11,10 @@ from medseg.volume_inference import InferenceConfig
 with job(snakemake) as p:
     inp = snakemake.input
     tcfg = from_mapping(TrainConfig, {"threads": snakemake.threads, **p["training"]}, "training.")
-    summary = train((inp.train_npy, inp.train_json), (inp.val_npy, inp.val_json), Path(snakemake.output.model).parent,
+    summary = train(tile_pairs(inp.train), tile_pairs(inp.val), Path(snakemake.output.model).parent,
                     from_mapping(ModelConfig, p["model"], f"models.{snakemake.wildcards.model}."), tcfg,
-                    from_mapping(InferenceConfig, p["inference"], "inference."), p["modalities"])
+                    from_mapping(InferenceConfig, p["inference"], "inference."), p["modalities"],
+                    fold=int(snakemake.wildcards.fold))
     tracking.log_metrics({"best_val_dice": summary["best"]["dice_mean"], "data_wait_fraction": summary["data_wait_fraction"]})
     for f in (snakemake.output.curves, snakemake.output.metrics, snakemake.output.model):
         tracking.log_artifact(f)

@@ -23,21 +23,39 @@ class DatasetPlan:
     n_folds: int
     modalities: tuple[str, ...]
     reference: str
+    excluded: tuple[str, ...] = ()
 
     def folds(self) -> list[int]:
         return list(range(self.n_folds))
 
+    @functools.cached_property
+    def _fold_lists(self) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
+        # computed once: input functions ask for these for every job of a 1,000-case DAG
+        return {k: tuple(tuple(x) for x in fold_cases(self.splits, k, self.n_folds)) for k in range(self.n_folds)}
+
+    @functools.cached_property
+    def _test_cases(self) -> tuple[str, ...]:
+        return tuple(held_out_cases(self.splits))
+
+    @functools.cached_property
+    def _trained_cases(self) -> tuple[str, ...]:
+        return tuple(sorted(c for c, s in self.splits.items() if s["split"] == "train"))
+
     def train_cases(self, fold: int) -> list[str]:
-        return fold_cases(self.splits, fold, self.n_folds)[0]
+        return list(self._fold_lists[fold][0])
 
     def val_cases(self, fold: int) -> list[str]:
-        return fold_cases(self.splits, fold, self.n_folds)[1]
+        return list(self._fold_lists[fold][1])
 
-    def fold_cases(self, fold: int) -> list[str]:
-        return sorted(self.train_cases(fold) + self.val_cases(fold))
+    def trained_cases(self) -> list[str]:
+        """Cases that train or validate some fold (every case but the held-out test cases)."""
+        return list(self._trained_cases)
 
     def test_cases(self) -> list[str]:
-        return held_out_cases(self.splits)
+        return list(self._test_cases)
+
+    def is_test(self, case: str) -> bool:
+        return self.splits[case]["split"] == "test"
 
     def raw(self, case: str, key: str) -> str:
         return str(case_file(self.root, case, key, self.layout))
@@ -45,7 +63,7 @@ class DatasetPlan:
 
 @functools.lru_cache(maxsize=16)
 def _plan(name: str, source: str, demo_json: str, split_json: str, modalities: tuple[str, ...], reference: str,
-          results: str) -> DatasetPlan:
+          results: str, exclude: tuple[str, ...] = ()) -> DatasetPlan:
     import json
 
     split = json.loads(split_json)
@@ -58,12 +76,19 @@ def _plan(name: str, source: str, demo_json: str, split_json: str, modalities: t
         root = str(Path(source).expanduser())
         layout = detect_layout(root)
         cases = list_cases(root, layout)
+    unknown = sorted(set(exclude) - set(cases))
+    if unknown:
+        raise ValueError(f"datasets.{name}.exclude lists case(s) that are not in {root}: {unknown}")
     n_folds = int(split.get("n_folds", 1))
     splits = assign_splits(cases, split.get("test_fraction", 0.25), n_folds, split.get("val_fraction", 0.15),
                            split.get("seed", 0))
+    # excluded cases are dropped after splitting: every other case keeps its split and fold
+    cases = [c for c in cases if c not in set(exclude)]
+    splits = {c: s for c, s in splits.items() if c not in set(exclude)}
     if reference not in modalities:
         raise ValueError(f"datasets.{name}.reference {reference!r} is not one of its modalities {list(modalities)}")
-    return DatasetPlan(name, source == "demo", root, layout, tuple(cases), splits, n_folds, modalities, reference)
+    return DatasetPlan(name, source == "demo", root, layout, tuple(cases), splits, n_folds, modalities, reference,
+                       tuple(sorted(exclude)))
 
 
 def dataset_plan(name: str, ds: dict, results: str = "results") -> DatasetPlan:
@@ -72,4 +97,4 @@ def dataset_plan(name: str, ds: dict, results: str = "results") -> DatasetPlan:
 
     return _plan(name, ds.get("source", "demo"), json.dumps(ds.get("demo", {}), sort_keys=True),
                  json.dumps(ds.get("split", {}), sort_keys=True), tuple(ds.get("modalities", ("t1", "t1ce", "t2", "flair"))),
-                 ds.get("reference", "t1ce"), results)
+                 ds.get("reference", "t1ce"), results, tuple(ds.get("exclude") or ()))

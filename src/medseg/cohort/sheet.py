@@ -83,6 +83,11 @@ def build_case_sheet(root: str | Path, layout: str, cases: Sequence[str], splits
         w.writerows(rows)
     n_bad = sum(bool(r["problem"]) for r in rows)
     log.info("case sheet: %d cases, %d with problems -> %s", len(rows), n_bad, out_tsv)
+    training = [r["case_id"] for r in rows if r["problem"] and r["split"] == "train"]
+    if training:
+        log.error("training case(s) %s have problems: every fold they are in cannot train until their files are "
+                  "fixed or they are listed under datasets.<name>.exclude (the other cases' preprocessing goes on "
+                  "with --keep-going)", training)
     return rows
 
 
@@ -97,5 +102,6 @@ def case_row(sheet_tsv: str | Path, case: str) -> dict:
     if case not in rows:
         raise InputError(f"case {case!r} is not in the case sheet {sheet_tsv}")
     if rows[case]["problem"]:
-        raise InputError(rows[case]["problem"])
+        raise InputError(f"{rows[case]['problem']} -- fix the file(s), or leave the case out with "
+                         "datasets.<name>.exclude in the config")
     return rows[case]

@@ -49,17 +49,22 @@ def landmarks(values: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
 
 
 def fit_nyul(samples: Sequence[np.ndarray], cfg: NormConfig = NormConfig()) -> list[float]:
-    """Standard-scale landmarks from brain intensities of the training images of one modality.
+    """Standard-scale landmarks from brain intensities of the training images of one modality."""
+    return standard_scale([landmarks(v, cfg.percentiles) for v in samples], cfg)
+
+
+def standard_scale(case_landmarks: Sequence[Sequence[float]], cfg: NormConfig = NormConfig()) -> list[float]:
+    """Nyul standard scale from each training image's landmarks (Nyul & Udupa 1999).
 
     Each image's landmarks are mapped linearly so its first/last landmark hit ``cfg.scale``;
-    the standard landmarks are their mean (Nyul & Udupa 1999).
+    the standard landmarks are their mean.
     """
-    if not samples:
-        raise ValueError("fit_nyul needs at least one training image")
+    if not case_landmarks:
+        raise ValueError("the Nyul standard scale needs at least one training image")
     lo, hi = cfg.scale
     mapped = []
-    for v in samples:
-        lm = landmarks(v, cfg.percentiles)
+    for lm in case_landmarks:
+        lm = np.asarray(lm, dtype=float)
         span = max(lm[-1] - lm[0], 1e-6)
         mapped.append(lo + (lm - lm[0]) / span * (hi - lo))
     std = np.mean(mapped, axis=0)
@@ -108,11 +113,30 @@ def normalize(images: dict[str, np.ndarray], brain: np.ndarray, model: dict | No
     return out
 
 
+def brain_landmarks(images: dict[str, np.ndarray], brain: np.ndarray, cfg: NormConfig = NormConfig()) -> dict:
+    """One case's Nyul landmarks inside ``brain`` for every modality normalised with ``nyul``.
+
+    What :func:`fit_model_from_landmarks` needs from a training case: a few numbers per modality,
+    so fitting a fold never re-reads the images.
+    """
+    if not brain.any():
+        raise ValueError("brain mask is empty: cannot compute intensity landmarks (check the skull-stripping output)")
+    return {"percentiles": list(cfg.percentiles),
+            "modalities": {m: landmarks(img[brain], cfg.percentiles).tolist()
+                           for m, img in images.items() if cfg.method_for(m) == "nyul"}}
+
+
+def fit_model_from_landmarks(cases: Sequence[dict], cfg: NormConfig = NormConfig()) -> dict:
+    """The fold's normaliser from its training cases' :func:`brain_landmarks`."""
+    for lm in cases:
+        if list(lm["percentiles"]) != list(cfg.percentiles):
+            raise ValueError(f"landmarks were computed at percentiles {lm['percentiles']}, the config asks for "
+                             f"{list(cfg.percentiles)}: recompute them")
+    mods = list(cases[0]["modalities"]) if cases else []
+    return {"percentiles": list(cfg.percentiles), "scale": list(cfg.scale), "n_cases": len(cases),
+            "modalities": {m: {"standard": standard_scale([lm["modalities"][m] for lm in cases], cfg)} for m in mods}}
+
+
 def fit_model(cases: Sequence[tuple[dict[str, np.ndarray], np.ndarray]], cfg: NormConfig = NormConfig()) -> dict:
     """Fit Nyul landmarks for every modality from ``(images, brain mask)`` of training cases."""
-    mods = list(cases[0][0]) if cases else []
-    model = {"percentiles": list(cfg.percentiles), "scale": list(cfg.scale), "n_cases": len(cases), "modalities": {}}
-    for mod in mods:
-        if cfg.method_for(mod) == "nyul":
-            model["modalities"][mod] = {"standard": fit_nyul([imgs[mod][brain] for imgs, brain in cases], cfg)}
-    return model
+    return fit_model_from_landmarks([brain_landmarks(imgs, brain, cfg) for imgs, brain in cases], cfg)

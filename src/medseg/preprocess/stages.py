@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,7 +15,7 @@ import SimpleITK as sitk
 from medseg.io import InputError, read_image, read_labels, read_json, save_npz, write_image, write_json
 from medseg.preprocess.atlas import Atlas, atlas_images
 from medseg.preprocess.n4 import N4Config, coefficient_of_variation, n4_correct, otsu_mask
-from medseg.preprocess.normalize import NormConfig, fit_model, normalize
+from medseg.preprocess.normalize import NormConfig, brain_landmarks, fit_model_from_landmarks, normalize
 from medseg.preprocess.register import RegConfig, mutual_information, register
 from medseg.preprocess.skullstrip import SkullstripConfig, skullstrip
 
@@ -132,25 +131,71 @@ def _load(case: str, images: dict[str, str], mask: str) -> tuple[dict[str, np.nd
     return arrays, brain
 
 
-def fit_normalizer(cases: Sequence[str], images: Sequence[dict[str, str]], masks: Sequence[str], out_json: str,
-                   cfg: NormConfig) -> dict:
-    """Fit Nyul landmarks on the given (training) cases and write them as JSON."""
-    model = fit_model([_load(c, i, m) for c, i, m in zip(cases, images, masks)], cfg)
+def landmarks_case(case: str, images: dict[str, str], mask: str, out_json: str, cfg: NormConfig) -> dict:
+    """Write the case's Nyul landmarks inside its brain mask (what fitting a fold reads)."""
+    arrays, brain = _load(case, images, mask)
+    if not brain.any():
+        raise InputError(f"case {case}: brain mask {mask} is empty: cannot compute intensity landmarks "
+                         "(check the skull-stripping QC image)")
+    out = {"case": case, **brain_landmarks(arrays, brain, cfg)}
+    write_json(out, out_json)
+    return out
+
+
+def collect_landmarks(landmark_jsons: Sequence[str], out_json: str) -> dict:
+    """Gather per-case landmark files (:func:`landmarks_case`) into one ``{case: landmarks}`` table."""
+    table = {}
+    for path in landmark_jsons:
+        lm = read_json(path)
+        table[lm["case"]] = {k: v for k, v in lm.items() if k != "case"}
+    write_json(table, out_json)
+    return table
+
+
+def fit_normalizer(cases: Sequence[str], landmark_table: str, out_json: str, cfg: NormConfig) -> dict:
+    """Fit the Nyul standard scale on ``cases``' landmarks (from :func:`collect_landmarks`) and write it."""
+    table = read_json(landmark_table)
+    missing = [c for c in cases if c not in table]
+    if missing:
+        raise InputError(f"{landmark_table} has no landmarks for training case(s) {missing[:5]}: re-run collect_landmarks")
+    model = fit_model_from_landmarks([table[c] for c in cases], cfg)
     model["cases"] = list(cases)
     write_json(model, out_json)
     return model
 
 
-def normalize_case(case: str, images: dict[str, str], mask: str, model_json: str, out_npz: str, cfg: NormConfig,
-                   seg: str | None = None, convention: str = "2021") -> None:
-    """Write ``out_npz`` with ``image`` (C, z, y, x) float32 in modality order, ``brain`` and, if given, ``labels``."""
+def normalized_arrays(case: str, images: dict[str, str], mask: str, model_jsons: Sequence[str], cfg: NormConfig,
+                      seg: str | None = None, convention: str = "2021") -> dict[str, np.ndarray]:
+    """``case`` normalised with each fold's normaliser.
+
+    Returns ``image`` (folds, C, z, y, x) float32 (fold k normalised with ``model_jsons[k]``,
+    channels in modality order), ``brain`` (uint8) and, if ``seg`` is given, ``labels``.
+    """
     from medseg.labels import validate_labels
 
     arrays, brain = _load(case, images, mask)
-    norm = normalize(arrays, brain, read_json(model_json), cfg)
-    out = {"image": np.stack([norm[m] for m in images]), "brain": brain.astype(np.uint8)}
-    if seg is not None and Path(seg).exists():
+    folds = []
+    for model_json in model_jsons:
+        norm = normalize(arrays, brain, read_json(model_json), cfg)
+        folds.append(np.stack([norm[m] for m in images]))
+    out = {"image": np.stack(folds), "brain": brain.astype(np.uint8)}
+    if seg is not None:
         labels = sitk.GetArrayFromImage(read_labels(seg, case=case))
         validate_labels(labels, convention, where=f"case {case}, file {seg}: ")
         out["labels"] = labels
-    save_npz(out_npz, **out)
+    return out
+
+
+def normalize_case(case: str, images: dict[str, str], mask: str, model_jsons: Sequence[str], out_npz: str,
+                   cfg: NormConfig, seg: str | None = None, convention: str = "2021") -> None:
+    """Write :func:`normalized_arrays` of ``case`` to ``out_npz`` (what prediction reads)."""
+    save_npz(out_npz, **normalized_arrays(case, images, mask, model_jsons, cfg, seg, convention))
+
+
+def tile_training_case(case: str, images: dict[str, str], mask: str, seg: str, model_jsons: Sequence[str],
+                       out_npy: str, out_json: str, cfg: NormConfig, convention: str = "2021") -> dict:
+    """Normalise a segmented case for every fold and write its training tiles (one job, no npz)."""
+    from medseg.tiling import tile_case
+
+    return tile_case(case, normalized_arrays(case, images, mask, model_jsons, cfg, seg, convention), convention,
+                     out_npy, out_json)
