@@ -6,11 +6,13 @@ voxels. Arrays taken from them are in SimpleITK order ``(z, y, x)``.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,13 +54,18 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = sitk.sitkFloat32,
+               source: bool = False) -> sitk.Image:
     """Read a 3-D image, failing with a message that names the case and file.
 
     Args:
-        path: NIfTI (or any ITK-readable) file.
+        path: image file (NIfTI, NRRD, MHA ...).
         case: case id for the error message.
         pixel_type: SimpleITK pixel type to cast to.
+        source: the file comes from outside the workflow (a scan as delivered): also check the
+            voxels *on disk* for NaN/inf. SimpleITK's NIfTI reader (niftilib) silently turns them
+            into 0, so this reads float NIfTI data a second time with nibabel; the workflow's own
+            intermediate files do not need it.
 
     Raises:
         InputError: unreadable/corrupt file, not 3-D, or non-finite voxels.
@@ -73,12 +80,16 @@ def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = s
     if img.GetDimension() != 3:
         raise InputError(f"{where}: expected a 3-D image, got {img.GetDimension()}-D with size {img.GetSize()}; "
                          "extract the volume you want before running medseg")
+    n_bad = 0
+    if source and str(path).endswith((".nii", ".nii.gz")) and img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        import nibabel as nib
+
+        n_bad = int((~np.isfinite(np.asanyarray(nib.load(str(path)).dataobj))).sum())
     img = sitk.Cast(img, pixel_type)
     if pixel_type in (sitk.sitkFloat32, sitk.sitkFloat64):
-        arr = sitk.GetArrayViewFromImage(img)
-        if not np.isfinite(arr).all():
-            n = int((~np.isfinite(arr)).sum())
-            raise InputError(f"{where}: {n} voxels are NaN or infinite; fix or re-export the scan")
+        n_bad = n_bad or int((~np.isfinite(sitk.GetArrayViewFromImage(img))).sum())
+    if n_bad:
+        raise InputError(f"{where}: {n_bad} voxels are NaN or infinite; fix or re-export the scan")
     return img
 
 
@@ -93,9 +104,32 @@ def read_labels(path: str | Path, *, case: str | None = None) -> sitk.Image:
 
 def write_image(img: sitk.Image, path: str | Path, compress: bool = True, level: int = 1) -> None:
     """Write ``img`` atomically (temp file then rename); gzip ``level`` 1 is ~2x faster than the
-    default and costs a few percent in size."""
+    default and costs a few percent in size.
+
+    Raises:
+        OSError: the file came out incomplete (disk full, quota): SimpleITK does not report
+            failed writes itself, so the temp file is checked before it is renamed into place.
+    """
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), compress, level if compress else -1)
+        _check_complete(tmp, img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent(),
+                        path)
+
+
+def _check_complete(tmp: Path, payload: int, path: str | Path) -> None:
+    """Raise OSError unless ``tmp`` holds at least ``payload`` bytes (after gunzip for ``.gz``)."""
+    n = 0
+    try:
+        if str(tmp).endswith(".gz"):
+            with gzip.open(tmp, "rb") as f:  # reads to the end: a truncated stream or bad CRC raises
+                while chunk := f.read(1 << 22):
+                    n += len(chunk)
+        else:
+            n = Path(tmp).stat().st_size
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise OSError(f"writing {path} failed: the file is incomplete ({e}); disk full?") from e
+    if n < payload:
+        raise OSError(f"writing {path} failed: {n} of at least {payload} bytes written; disk full?")
 
 
 def array_to_image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:

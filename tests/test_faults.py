@@ -1,0 +1,106 @@
+"""Bad inputs and faults not covered elsewhere: disk full, NaN voxels, 4-D images, empty label maps.
+
+Elsewhere: corrupt/truncated files, missing modality, different grids, labels outside the
+convention (test_cohort.py); case ids with separators or ``..`` (test_cohort.py); non-RAS
+orientations and anisotropic spacing (test_preprocess.py, test_qc.py); images smaller than a
+patch (test_stitch_inference.py); slides without mpp or tissue (test_wsi.py); an unreachable
+MLflow store and concurrent tracking (test_tracking.py); kill -9 of training and of Snakemake
+(test_train.py, test_workflow.py).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medseg.io import InputError
+
+from test_cohort import MODS, make_case
+
+
+DISK_FULL = textwrap.dedent("""
+    import json, resource, signal, sys
+    from pathlib import Path
+    import numpy as np
+    import SimpleITK as sitk
+    from medseg.io import atomic_path, save_npz, write_image, write_json
+
+    out = Path(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))  # the "disk" holds 64 kB per file
+    rng = np.random.default_rng(0)
+    failed = {}
+    writers = {
+        "image.nii.gz": lambda p: write_image(sitk.GetImageFromArray(rng.random((40, 64, 64)).astype(np.float32)), p),
+        "arrays.npz": lambda p: save_npz(p, image=rng.random((40, 64, 64))),
+        "table.json": lambda p: write_json({"values": rng.random(20_000).tolist()}, p),
+    }
+    for name, write in writers.items():
+        try:
+            write(out / name)
+            failed[name] = None
+        except Exception as e:  # what the job would die of
+            failed[name] = type(e).__name__
+    print(json.dumps(failed))
+""")
+
+
+def test_disk_full_leaves_no_partial_file(tmp_path):
+    """A write that runs out of space raises, and neither the output nor a temp file is left."""
+    r = subprocess.run([sys.executable, "-c", DISK_FULL, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    failed = json.loads(r.stdout.strip().splitlines()[-1])
+    assert all(failed.values()), f"a write past the limit did not raise: {failed}"
+    assert list(tmp_path.iterdir()) == [], f"partial files left: {list(tmp_path.iterdir())}"
+
+
+def test_nan_voxels_fail_the_case_with_its_name_and_file(tmp_path):
+    from medseg.preprocess.n4 import N4Config
+    from medseg.preprocess.stages import n4_case
+
+    arr = np.random.default_rng(0).random((8, 16, 16)).astype(np.float32) + 1
+    arr[4, 8, 8] = np.nan
+    arr[4, 8, 9] = np.inf
+    path = tmp_path / "BraTS2021_00009_t1.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    outs = {"t1": str(tmp_path / "n4_t1.nii.gz")}
+    with pytest.raises(InputError, match=r"BraTS2021_00009.*_t1\.nii\.gz.*2 voxels are NaN or infinite"):
+        n4_case("BraTS2021_00009", {"t1": str(path)}, outs, {"t1": str(tmp_path / "bias_t1.nii.gz")}, N4Config())
+    assert not list(tmp_path.glob("n4_*")) and not list(tmp_path.glob("bias_*"))
+
+
+def test_4d_image_is_caught_by_the_case_sheet(tmp_path):
+    from medseg.cohort.sheet import build_case_sheet, case_row
+
+    make_case(tmp_path, "four")
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((6, 8, 8), np.float32))] * 3)
+    sitk.WriteImage(four_d, str(tmp_path / "four" / "four_t2.nii.gz"))
+    build_case_sheet(tmp_path, "brats2021", ["four"], {"four": {"split": "test", "fold": None}}, MODS, "auto",
+                     tmp_path / "cases.tsv")
+    with pytest.raises(InputError, match=r"case four: four_t2\.nii\.gz is 4-D .* expected 3-D.*exclude"):
+        case_row(tmp_path / "cases.tsv", "four")
+
+
+def test_empty_label_map_is_a_valid_training_case(tmp_path):
+    """No tumour: the sheet accepts it (with a warning), it tiles, and batches come from brain slices."""
+    from medseg.cohort.sheet import build_case_sheet, case_row
+    from medseg.data import AugmentConfig, TileSet, make_batch
+    from medseg.tiling import tile_case
+
+    make_case(tmp_path, "empty", labels=(0,))
+    build_case_sheet(tmp_path, "brats2021", ["empty"], {"empty": {"split": "train", "fold": 0}}, MODS, "auto",
+                     tmp_path / "cases.tsv")
+    assert case_row(tmp_path / "cases.tsv", "empty")["convention"] == "2021"
+    data = {"image": np.random.default_rng(0).random((1, 4, 6, 8, 8)).astype(np.float32),
+            "brain": np.ones((6, 8, 8), np.uint8), "labels": np.zeros((6, 8, 8), np.uint8)}
+    table = tile_case("empty", data, "2021", tmp_path / "empty.npy", tmp_path / "empty.json")
+    assert table["fg_slices"] == [] and len(table["brain_slices"]) == 6
+    x, y = make_batch(TileSet([str(tmp_path / "empty.npy")], [str(tmp_path / "empty.json")]), 0, 0, 4, 1, 1.0, None,
+                      AugmentConfig())
+    assert x.shape == (4, 12, 8, 8) and not y.any()
