@@ -30,7 +30,7 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
     """
     qc = {}
     for mod, path in images.items():
-        img = read_image(path, case=case)
+        img = read_image(path, case=case, source=True)  # the first stage to read the scans
         if cfg is None:
             corrected, field = img, sitk.Image(img.GetSize(), sitk.sitkFloat32) + 1.0
             field.CopyInformation(img)
