@@ -34,7 +34,7 @@ def test_snakefmt_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("configs", [(), ("tests/configs/tiny.yaml",)])
+@pytest.mark.parametrize("configs", [(), *[(str(p.relative_to(REPO)),) for p in sorted((REPO / "tests/configs").glob("*.yaml"))]])
 def test_dry_run_builds_full_dag(tmp_path, configs):
     r = smk(tmp_path, "-n", "--cores", "2", "results/brats_timm.json", configs=configs)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -85,17 +85,50 @@ def tiny_run(tmp_path_factory) -> Path:
     return run_tiny(tmp_path_factory.mktemp("tiny"))
 
 
+def comparable_results(workdir: Path) -> dict:
+    """The results JSON without its volatile provenance block, inputs keyed by file name."""
+    res = json.loads((workdir / "results/brats_timm.json").read_text())
+    res["provenance"].pop("volatile")
+    res["provenance"]["inputs"] = {Path(k).name: v for k, v in res["provenance"]["inputs"].items()}
+    return res
+
+
 @pytest.mark.slow
 def test_same_seed_gives_identical_results(tiny_run, tmp_path):
     """Two runs from scratch: byte-identical results apart from the provenance's volatile block."""
     second = run_tiny(tmp_path)
-    a = json.loads((tiny_run / "results/brats_timm.json").read_text())
-    b = json.loads((second / "results/brats_timm.json").read_text())
-    for res in (a, b):
-        res["provenance"].pop("volatile")
-        res["provenance"]["inputs"] = {Path(k).name: v for k, v in res["provenance"]["inputs"].items()}
-    assert a == b
+    assert comparable_results(tiny_run) == comparable_results(second)
     assert (tiny_run / "results/brats_timm_cases.csv").read_bytes() == (second / "results/brats_timm_cases.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_killed_run_finishes_with_rerun_incomplete(tiny_run, tmp_path):
+    """kill -9 Snakemake and its jobs during training (after the first checkpoint); --unlock and
+    --rerun-incomplete finish the run, training resumes, and the results equal an uninterrupted run's."""
+    import signal
+    import time
+
+    cfg = ["--configfile", str(REPO / "config.yaml"), str(REPO / "tests/configs/tiny.yaml")]
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), *cfg, "--cores", "2",
+           "results/brats_timm.json"]
+    env = {**os.environ, "MEDSEG_TRACKING": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ckpt = tmp_path / "results/brats/models/timm/fold_0/checkpoint.pt"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert ckpt.exists(), "training never wrote its first checkpoint"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started
+        proc.wait()
+    assert not (tmp_path / "results/brats_timm.json").exists()
+    assert smk(tmp_path, "--unlock").returncode == 0
+    r = smk(tmp_path, "--cores", "2", "--rerun-incomplete", "results/brats_timm.json", configs=("tests/configs/tiny.yaml",))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    assert "resuming from" in (tmp_path / "results/brats/logs/train_model/timm_0.log").read_text()
+    assert comparable_results(tmp_path) == comparable_results(tiny_run)
 
 
 @pytest.mark.slow
