@@ -133,15 +133,20 @@ def test_skullstrip_robex_method(demo_case):
     assert _dice(sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(truth) > 0) > 0.85
 
 
-def test_fold_normaliser_from_case_landmarks_equals_fit_on_images():
-    from medseg.preprocess.normalize import brain_landmarks, fit_model_from_landmarks
+def test_fold_normaliser_from_case_quantiles_equals_fit_on_images():
+    from medseg.preprocess.normalize import brain_quantiles, fit_model_from_quantiles
 
     rng = np.random.default_rng(3)
     cases = [({"t1": rng.gamma(2 + i, 10, (8, 8, 8)), "flair": rng.normal(50 + i, 5, (8, 8, 8))}, rng.random((8, 8, 8)) > 0.3)
              for i in range(3)]
-    direct = {m: fit_nyul([imgs[m][brain] for imgs, brain in cases]) for m in ("t1", "flair")}
-    model = fit_model_from_landmarks([brain_landmarks(imgs, brain) for imgs, brain in cases])
-    for m in ("t1", "flair"):
-        np.testing.assert_allclose(model["modalities"][m]["standard"], direct[m])
-    with pytest.raises(ValueError, match="percentiles"):
-        fit_model_from_landmarks([brain_landmarks(*cases[0])], NormConfig(percentiles=(2, 50, 98)))
+    for cfg in (NormConfig(), NormConfig(percentiles=(2, 25, 50, 75, 98)), NormConfig(method={"t1": "zscore"})):
+        direct = {m: fit_nyul([imgs[m][brain] for imgs, brain in cases], cfg) for m in ("t1", "flair")
+                  if cfg.method_for(m) == "nyul"}
+        model = fit_model_from_quantiles([brain_quantiles(imgs, brain) for imgs, brain in cases], cfg)
+        assert set(model["modalities"]) == set(direct)
+        for m in direct:  # percentiles on the 0.5 grid: exact
+            np.testing.assert_allclose(model["modalities"][m]["standard"], direct[m], rtol=1e-12)
+    off_grid = NormConfig(percentiles=(1.3, 50, 98.7))
+    model = fit_model_from_quantiles([brain_quantiles(imgs, brain) for imgs, brain in cases], off_grid)
+    np.testing.assert_allclose(model["modalities"]["t1"]["standard"], fit_nyul([i["t1"][b] for i, b in cases], off_grid),
+                               atol=0.5)  # interpolated between grid quantiles, on a 0..100 scale

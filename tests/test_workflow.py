@@ -38,8 +38,8 @@ def test_snakefmt_clean():
 def test_dry_run_builds_full_dag(tmp_path, configs):
     r = smk(tmp_path, "-n", "--cores", "2", "results/brats_timm.json", configs=configs)
     assert r.returncode == 0, r.stderr[-3000:]
-    for rule in ("synth_cohort", "case_sheet", "n4_correct", "register_atlas", "skullstrip_brain", "brain_landmarks",
-                 "collect_landmarks", "fit_normalizer", "normalize_case", "tile_case", "train_model", "predict_case",
+    for rule in ("synth_cohort", "case_sheet", "n4_correct", "register_atlas", "skullstrip_brain",
+                 "collect_brain_stats", "fit_normalizer", "normalize_case", "tile_case", "train_model", "predict_case",
                  "evaluate_case", "aggregate_results"):
         assert rule in r.stdout, rule
 
@@ -64,7 +64,7 @@ def test_folds_do_not_multiply_per_case_jobs(tmp_path):
     n_cases = one["n4_correct"]
     assert three["train_model"] == 3 and three["fit_normalizer"] == 3
     assert three["tile_case"] + three["normalize_case"] == n_cases == three["n4_correct"]
-    assert three["brain_landmarks"] == three["tile_case"] and three["collect_landmarks"] == 1
+    assert three["collect_brain_stats"] == 1
 
 
 def test_invalid_config_is_rejected_with_the_key(tmp_path):

@@ -2,7 +2,8 @@
 
 Region probabilities (WT, TC, ET) are averaged over folds, zeroed outside the (dilated) brain
 mask, resampled back to the case's native
-grid with the inverse of its atlas transform (linear interpolation of probabilities, then the
+grid with the inverse of its atlas transform (the affine inverted exactly, a B-spline warp
+numerically on the atlas grid; linear interpolation of probabilities, then the
 threshold: smoother borders than nearest-neighbour on labels), nested (ET in TC in WT) and
 written in the case's own BraTS label convention with the native image's geometry.
 """
@@ -18,24 +19,27 @@ from scipy import ndimage as ndi
 
 from medseg.io import array_to_image, read_image, write_image
 from medseg.labels import regions_to_labels
+from medseg.preprocess.warp import moving_to_fixed
 from medseg.volume_inference import InferenceConfig, predict_volume
 
 log = logging.getLogger(__name__)
 
 
-def to_native(probs: np.ndarray, atlas_grid: sitk.Image, atlas_to_native: sitk.Transform, native: sitk.Image) -> np.ndarray:
-    """Resample ``(K, z, y, x)`` atlas-space probabilities onto the ``native`` grid."""
-    inverse = atlas_to_native.GetInverse()  # native world -> atlas world
+def to_native(probs: np.ndarray, atlas_grid: sitk.Image, native_to_atlas: sitk.Transform, native: sitk.Image) -> np.ndarray:
+    """Resample ``(K, z, y, x)`` atlas-space probabilities onto the ``native`` grid (linear).
+
+    ``native_to_atlas``: native world -> atlas world, from :func:`medseg.preprocess.warp.moving_to_fixed`.
+    """
     out = []
     for k in range(probs.shape[0]):
         img = array_to_image(probs[k].astype(np.float32), atlas_grid)
-        out.append(sitk.GetArrayFromImage(sitk.Resample(img, native, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
+        out.append(sitk.GetArrayFromImage(sitk.Resample(img, native, native_to_atlas, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
     return np.stack(out)
 
 
 def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_grid: str, transform: str,
                  native_image: str, convention: str, out_path: str, cfg: InferenceConfig,
-                 out_probs: str | None = None) -> dict:
+                 out_probs: str | None = None, warp: str | None = None) -> dict:
     """Predict ``case`` and write its native-space label map.
 
     Args:
@@ -43,7 +47,9 @@ def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_gri
             fold k for ``model_paths[k]``).
         model_paths: one ``model.pt`` per fold.
         atlas_grid: an image on the atlas grid (the registered reference modality).
-        transform: ``.tfm`` mapping atlas world -> native world (from registration).
+        transform: ``.tfm`` mapping atlas world -> native world (from registration; its affine part).
+        warp: displacement field on the atlas grid completing ``transform`` (``warp_atlas.nii.gz``;
+            ``None`` or all zero: affine only).
         native_image: the case's original reference image (grid of the output).
         convention: BraTS label convention of the case (``2021`` or ``2023``).
     """
@@ -66,7 +72,8 @@ def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_gri
     probs = probs / len(model_paths) * brain[None]
     grid = read_image(atlas_grid, case=case)
     native = read_image(native_image, case=case)
-    native_probs = to_native(probs, grid, sitk.ReadTransform(transform), native)
+    field = read_image(warp, case=case, pixel_type=sitk.sitkVectorFloat32) if warp else None
+    native_probs = to_native(probs, grid, moving_to_fixed(sitk.ReadTransform(transform), field), native)
     labels = regions_to_labels(native_probs > cfg.threshold, convention)
     write_image(array_to_image(labels, native), out_path)
     if out_probs:
@@ -84,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", required=True, help="model.pt per fold (same order)")
     p.add_argument("--atlas-grid", required=True, help="image on the atlas grid (e.g. reg_t1ce.nii.gz)")
     p.add_argument("--transform", required=True, help="atlas -> native transform (.tfm)")
+    p.add_argument("--warp", help="atlas-grid displacement field completing --transform (warp_atlas.nii.gz)")
     p.add_argument("--native", required=True, help="native reference image (output grid)")
     p.add_argument("--convention", default="2021", choices=["2021", "2023"])
     p.add_argument("--out", required=True)
@@ -93,5 +101,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cli(a: argparse.Namespace) -> int:
-    predict_case(a.case, a.norm, a.models, a.atlas_grid, a.transform, a.native, a.convention, a.out, InferenceConfig(tta=a.tta))
+    predict_case(a.case, a.norm, a.models, a.atlas_grid, a.transform, a.native, a.convention, a.out, InferenceConfig(tta=a.tta),
+                 warp=a.warp)
     return 0

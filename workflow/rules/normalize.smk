@@ -1,53 +1,33 @@
 # Intensity normalisation (fitted per fold on training cases only) and tiling for training.
-# Per case, not per case and fold: a case's landmarks, then either its normalisation (held-out
-# cases, every fold's in one file) or its tiles (training cases, every fold's channels in one
-# file), so a 1,000-case, 5-fold DAG has as many jobs as a 1-fold one.
+# Per case, not per case and fold: either a case's normalisation (held-out cases, every fold's
+# in one file) or its tiles (training cases, every fold's channels in one file), so a
+# 1,000-case, 5-fold DAG has as many jobs as a 1-fold one. The intensity statistics the
+# normalisers are fitted on come from the skull-stripping job (brain_stats.json).
 
 
-rule brain_landmarks:
+rule collect_brain_stats:
     input:
-        images=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
-            for m in ALL_MODS
-        ],
-        mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
-    output:
-        landmarks=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/landmarks.json",
-    log:
-        f"{RESULTS}/{{dataset}}/logs/brain_landmarks/{{case}}.log",
-    conda:
-        "../../envs/preprocess.yaml"
-    params:
-        modalities=ALL_MODS,
-        normalize=cfg_section("preprocessing", "normalize"),
-        experiment=EXPERIMENT,
-    script:
-        "../scripts/brain_landmarks.py"
-
-
-rule collect_landmarks:
-    input:
-        landmarks=lambda w: case_files(
-            w.dataset, plan(w).trained_cases(), "landmarks.json"
+        stats=lambda w: case_files(
+            w.dataset, plan(w).trained_cases(), "brain_stats.json"
         ),
     output:
-        table=f"{RESULTS}/{{dataset}}/landmarks.json",
+        table=f"{RESULTS}/{{dataset}}/brain_stats.json",
     log:
-        f"{RESULTS}/{{dataset}}/logs/collect_landmarks.log",
+        f"{RESULTS}/{{dataset}}/logs/collect_brain_stats.log",
     conda:
         "../../envs/preprocess.yaml"
     params:
         experiment=EXPERIMENT,
     script:
-        "../scripts/collect_landmarks.py"
+        "../scripts/collect_brain_stats.py"
 
 
 rule fit_normalizer:
     input:
-        # one table of every training case's landmarks, not ~1,000 files: each fold's
-        # normaliser is an input of every case's normalisation, and Snakemake scans a
+        # one table of every training case's intensity quantiles, not ~1,000 files: each
+        # fold's normaliser is an input of every case's normalisation, and Snakemake scans a
         # producer's inputs for each such edge
-        table=f"{RESULTS}/{{dataset}}/landmarks.json",
+        table=f"{RESULTS}/{{dataset}}/brain_stats.json",
     output:
         model=f"{RESULTS}/{{dataset}}/normalizer_{{fold}}.json",
     log:
@@ -56,6 +36,7 @@ rule fit_normalizer:
         "../../envs/preprocess.yaml"
     params:
         cases=lambda w: plan(w).train_cases(int(w.fold)),
+        modalities=ALL_MODS,
         normalize=cfg_section("preprocessing", "normalize"),
         experiment=EXPERIMENT,
     script:

@@ -10,6 +10,7 @@ rule predict_case:
         ],
         atlas_grid=lambda w: f"{RESULTS}/{w.dataset}/preprocess/{w.case}/reg_{ref_mod(w)}.nii.gz",
         transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
+        warp=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/warp_atlas.nii.gz",
         sheet=SHEET,
     output:
         labels=f"{RESULTS}/{{dataset}}/predictions/{{model}}/{{case}}.nii.gz",

@@ -69,6 +69,7 @@ rule register_atlas:
             f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_{m}.tfm" for m in ALL_MODS
         ],
         atlas_transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
+        warp=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/warp_atlas.nii.gz",
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/register_qc.json",
         qc_png=report(
             f"{RESULTS}/{{dataset}}/preprocess/{{case}}/qc_register.png",
@@ -93,11 +94,17 @@ rule register_atlas:
 
 
 rule skullstrip_brain:
+    # the brain mask, and the intensity quantiles inside it (fitting the normalisers reads those)
     input:
         image=skullstrip_input,
         atlas=f"{ATLAS_DIR}/head.nii.gz",
+        images=[
+            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
+            for m in ALL_MODS
+        ],
     output:
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
+        stats=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_stats.json",
         qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/skullstrip_qc.json",
         qc_png=report(
             f"{RESULTS}/{{dataset}}/preprocess/{{case}}/qc_mask.png",
@@ -116,6 +123,7 @@ rule skullstrip_brain:
             if step_on(w, "skullstrip")
             else {"method": "nonzero"}
         ),
+        modalities=ALL_MODS,
         experiment=EXPERIMENT,
     script:
         "../scripts/skullstrip_brain.py"

@@ -5,4 +5,4 @@ from medseg.preprocess.stages import fit_normalizer
 
 with job(snakemake) as p:
     fit_normalizer(p["cases"], snakemake.input.table, snakemake.output.model,
-                   from_mapping(NormConfig, p["normalize"], "preprocessing.normalize."))
+                   from_mapping(NormConfig, p["normalize"], "preprocessing.normalize."), p["modalities"])

@@ -11,4 +11,4 @@ with job(snakemake) as p:
     inp, case = snakemake.input, snakemake.wildcards.case
     row = case_row(inp.sheet, case)
     predict_case(case, inp.norm, inp.models, inp.atlas_grid, inp.transform, row[p["reference"]], row["convention"],
-                 snakemake.output.labels, from_mapping(InferenceConfig, p["inference"], "inference."))
+                 snakemake.output.labels, from_mapping(InferenceConfig, p["inference"], "inference."), warp=inp.warp)

@@ -23,10 +23,9 @@ def _register(a: argparse.Namespace) -> int:
     from medseg.io import atomic_path, read_image, write_image
     from medseg.preprocess.register import RegConfig, register
 
-    if a.kind == "bspline":
-        raise ValueError("--kind bspline is not available yet; use rigid or affine")
     fixed, moving = read_image(a.fixed), read_image(a.moving)
-    tfm = register(fixed, moving, a.kind, RegConfig(backend=a.backend))
+    grid = {"bspline_grid_mm": a.grid_mm} if a.grid_mm else {}
+    tfm = register(fixed, moving, a.kind, RegConfig(backend=a.backend, **grid))
     write_image(sitk.Resample(moving, fixed, tfm, sitk.sitkLinear, 0.0, sitk.sitkFloat32), a.out)
     with atomic_path(a.transform) as tmp:
         sitk.WriteTransform(tfm, str(tmp))
@@ -54,8 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("moving")
     p.add_argument("fixed")
     p.add_argument("--out", required=True, help="MOVING resampled onto FIXED's grid")
-    p.add_argument("--transform", required=True, help="ITK .tfm: fixed world -> moving world")
-    p.add_argument("--kind", default="rigid", choices=["rigid", "affine", "bspline"])
+    p.add_argument("--transform", required=True,
+                   help="ITK transform file (.tfm or .h5): fixed world -> moving world "
+                        "(bspline: a composite of the affine and the B-spline)")
+    p.add_argument("--kind", default="rigid", choices=["rigid", "affine", "bspline"],
+                   help="bspline = affine, then a cubic B-spline warp")
+    p.add_argument("--grid-mm", type=float, help="B-spline control point spacing in mm (--kind bspline; default 50)")
     p.add_argument("--backend", default="sitk", choices=["sitk", "elastix"])
     p.set_defaults(func=_register)
 

@@ -113,30 +113,39 @@ def normalize(images: dict[str, np.ndarray], brain: np.ndarray, model: dict | No
     return out
 
 
-def brain_landmarks(images: dict[str, np.ndarray], brain: np.ndarray, cfg: NormConfig = NormConfig()) -> dict:
-    """One case's Nyul landmarks inside ``brain`` for every modality normalised with ``nyul``.
+QUANTILE_GRID = tuple(np.round(np.arange(0, 100.25, 0.5), 1).tolist())  # 0, 0.5, ..., 100
 
-    What :func:`fit_model_from_landmarks` needs from a training case: a few numbers per modality,
-    so fitting a fold never re-reads the images.
+
+def brain_quantiles(images: dict[str, np.ndarray], brain: np.ndarray) -> dict:
+    """One case's intensity quantiles inside ``brain`` on :data:`QUANTILE_GRID`, every modality.
+
+    What fitting a fold's normaliser needs from a training case (a few hundred numbers), and
+    independent of the normalisation settings: landmarks at any percentiles are read off it
+    (:func:`landmarks_from_quantiles`; exact for percentiles on the 0.5 grid).
     """
     if not brain.any():
-        raise ValueError("brain mask is empty: cannot compute intensity landmarks (check the skull-stripping output)")
-    return {"percentiles": list(cfg.percentiles),
-            "modalities": {m: landmarks(img[brain], cfg.percentiles).tolist()
-                           for m, img in images.items() if cfg.method_for(m) == "nyul"}}
+        raise ValueError("brain mask is empty: cannot compute intensity quantiles (check the skull-stripping output)")
+    return {"percentiles": list(QUANTILE_GRID),
+            "modalities": {m: np.percentile(img[brain], QUANTILE_GRID).tolist() for m, img in images.items()}}
 
 
-def fit_model_from_landmarks(cases: Sequence[dict], cfg: NormConfig = NormConfig()) -> dict:
-    """The fold's normaliser from its training cases' :func:`brain_landmarks`."""
-    for lm in cases:
-        if list(lm["percentiles"]) != list(cfg.percentiles):
-            raise ValueError(f"landmarks were computed at percentiles {lm['percentiles']}, the config asks for "
-                             f"{list(cfg.percentiles)}: recompute them")
-    mods = list(cases[0]["modalities"]) if cases else []
+def landmarks_from_quantiles(quantiles: dict, modality: str, percentiles: Sequence[float]) -> np.ndarray:
+    """Landmarks of ``modality`` at ``percentiles``, interpolated on the case's quantile grid."""
+    if modality not in quantiles["modalities"]:
+        raise ValueError(f"no intensity quantiles for modality {modality!r}")
+    return np.interp(percentiles, quantiles["percentiles"], quantiles["modalities"][modality])
+
+
+def fit_model_from_quantiles(cases: Sequence[dict], cfg: NormConfig = NormConfig(),
+                             modalities: Sequence[str] | None = None) -> dict:
+    """The fold's normaliser from its training cases' :func:`brain_quantiles`."""
+    mods = list(modalities if modalities is not None else (cases[0]["modalities"] if cases else []))
+    nyul = [m for m in mods if cfg.method_for(m) == "nyul"]
     return {"percentiles": list(cfg.percentiles), "scale": list(cfg.scale), "n_cases": len(cases),
-            "modalities": {m: {"standard": standard_scale([lm["modalities"][m] for lm in cases], cfg)} for m in mods}}
+            "modalities": {m: {"standard": standard_scale([landmarks_from_quantiles(q, m, cfg.percentiles)
+                                                           for q in cases], cfg)} for m in nyul}}
 
 
 def fit_model(cases: Sequence[tuple[dict[str, np.ndarray], np.ndarray]], cfg: NormConfig = NormConfig()) -> dict:
     """Fit Nyul landmarks for every modality from ``(images, brain mask)`` of training cases."""
-    return fit_model_from_landmarks([brain_landmarks(imgs, brain, cfg) for imgs, brain in cases], cfg)
+    return fit_model_from_quantiles([brain_quantiles(imgs, brain) for imgs, brain in cases], cfg)

@@ -15,8 +15,9 @@ import SimpleITK as sitk
 from medseg.io import InputError, read_image, read_labels, read_json, save_npz, write_image, write_json
 from medseg.preprocess.atlas import Atlas, atlas_images
 from medseg.preprocess.n4 import N4Config, coefficient_of_variation, n4_correct, otsu_mask
-from medseg.preprocess.normalize import NormConfig, brain_landmarks, fit_model_from_landmarks, normalize
+from medseg.preprocess.normalize import NormConfig, brain_quantiles, fit_model_from_quantiles, normalize
 from medseg.preprocess.register import RegConfig, mutual_information, register
+from medseg.preprocess.warp import factor_warp, field_stats, fixed_to_moving, quantize_field, zero_field
 from medseg.preprocess.skullstrip import SkullstripConfig, skullstrip
 
 log = logging.getLogger(__name__)
@@ -51,29 +52,44 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
 
 def register_case(case: str, images: dict[str, str], seg: str | None, reference: str, out_images: dict[str, str],
                   out_seg: str, out_transforms: dict[str, str], cfg: RegConfig | None, skull_stripped: bool,
-                  atlas_dir: str | None = None, qc_png: str | None = None) -> dict:
-    """Align modalities to ``reference`` (rigid), the reference to the atlas (affine), resample to atlas space.
+                  atlas_dir: str | None = None, qc_png: str | None = None, out_warp: str | None = None) -> dict:
+    """Align modalities to ``reference`` (rigid), the reference to the atlas (``cfg.atlas_kind``), resample to atlas space.
 
     ``out_transforms`` has one ``.tfm`` per modality (reference native -> modality native) and
-    ``atlas`` (atlas world -> reference native). ``cfg=None`` keeps native space (identity).
+    ``atlas`` (the affine part of atlas world -> reference native). ``out_warp`` is the displacement
+    field ``w`` on the atlas grid that completes it: atlas point ``x`` lies at ``A(x + w(x))`` in
+    the reference's native world (:func:`medseg.preprocess.warp.fixed_to_moving`); it is
+    zero unless ``cfg.atlas_kind == "bspline"`` but always written, so the DAG keeps its shape.
+    ``cfg=None`` keeps native space (identity, zero field).
     ``qc_png``: checkerboard of the atlas (or native reference) and the registered reference.
+
+    Returns:
+        QC metrics: ``atlas_nmi`` and ``<mod>_nmi`` (normalised mutual information), for a
+        B-spline ``atlas_warp_max_mm`` and ``atlas_warp_min_jacobian`` (< 0: folding), and
+        ``qc_gates_failed`` (gates that only warned).
 
     Raises:
         InputError: QC gate -- normalised mutual information below ``cfg.min_nmi`` (unless
             ``cfg.qc_action == "warn"``), naming the case and modality.
+        ValueError: a B-spline registration without ``out_warp`` to write it to.
     """
     ref = read_image(images[reference], case=case)
     qc: dict = {}
     if cfg is None:
-        grid, to_ref = ref, sitk.Transform(3, sitk.sitkIdentity)
+        grid, to_ref, warp = ref, sitk.Transform(3, sitk.sitkIdentity), zero_field(ref)
         mod_tfms = {m: sitk.Transform(3, sitk.sitkIdentity) for m in images}
     else:
+        if cfg.atlas_kind != "affine" and out_warp is None:
+            raise ValueError(f"case {case}: register.atlas_kind={cfg.atlas_kind!r} needs out_warp for the displacement field")
         atlas = Atlas.load(atlas_dir) if atlas_dir else atlas_images(cfg.atlas_spacing_mm)
         fixed = atlas.fixed(skull_stripped)
         grid = fixed
-        to_ref = register(fixed, ref, "affine", cfg)
-        qc["atlas_nmi"] = mutual_information(fixed, ref, to_ref)
-        _gate(case, reference + " -> atlas", qc["atlas_nmi"], cfg)
+        to_ref, warp = factor_warp(register(fixed, ref, cfg.atlas_kind, cfg), grid)
+        warp = quantize_field(warp)  # what is written is what is used and scored
+        qc["atlas_nmi"] = mutual_information(fixed, ref, fixed_to_moving(to_ref, warp))
+        if cfg.atlas_kind == "bspline":
+            qc.update(field_stats(warp, "atlas_warp_"))
+        failed = _gate(case, reference + " -> atlas", qc["atlas_nmi"], cfg)
         mod_tfms = {}
         for mod, path in images.items():
             if mod == reference:
@@ -82,10 +98,12 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
             moving = read_image(path, case=case)
             mod_tfms[mod] = register(ref, moving, "rigid", cfg)
             qc[f"{mod}_nmi"] = mutual_information(ref, moving, mod_tfms[mod])
-            _gate(case, f"{mod} -> {reference}", qc[f"{mod}_nmi"], cfg)
+            failed += _gate(case, f"{mod} -> {reference}", qc[f"{mod}_nmi"], cfg)
+        qc["qc_gates_failed"] = failed
+    atlas_to_ref = fixed_to_moving(to_ref, warp)
     for mod, path in images.items():
         img = read_image(path, case=case)
-        chain = sitk.CompositeTransform([mod_tfms[mod], to_ref])  # atlas -> ref native -> mod native
+        chain = sitk.CompositeTransform([mod_tfms[mod], atlas_to_ref])  # atlas -> ref native -> mod native
         warped = sitk.Resample(img, grid, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         write_image(warped, out_images[mod])
         sitk.WriteTransform(mod_tfms[mod], out_transforms[mod])
@@ -94,20 +112,24 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
 
             registration_qc(grid, warped, qc_png, title=f"{case} {reference} -> atlas  NMI {qc.get('atlas_nmi', float('nan')):.3f}")
     sitk.WriteTransform(to_ref, out_transforms["atlas"])
+    if out_warp is not None:
+        write_image(warp, out_warp)
     if seg is not None:
         labels = read_labels(seg, case=case)
-        write_image(sitk.Resample(labels, grid, to_ref, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), out_seg)
+        write_image(sitk.Resample(labels, grid, atlas_to_ref, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), out_seg)
     return qc
 
 
-def _gate(case: str, what: str, value: float, cfg: RegConfig) -> None:
+def _gate(case: str, what: str, value: float, cfg: RegConfig) -> int:
+    """Check one registration's NMI against ``cfg.min_nmi``; return 1 if it failed (and only warned), else 0."""
     if value >= cfg.min_nmi:
-        return
+        return 0
     msg = (f"case {case}: registration {what} failed QC: normalised mutual information {value:.3f} < "
            f"preprocessing.register.min_nmi={cfg.min_nmi}; inspect the QC image or set register.qc_action: warn")
     if cfg.qc_action == "error":
         raise InputError(msg)
     log.warning("%s", msg)
+    return 1
 
 
 def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig, qc_png: str | None = None) -> dict:
@@ -131,34 +153,36 @@ def _load(case: str, images: dict[str, str], mask: str) -> tuple[dict[str, np.nd
     return arrays, brain
 
 
-def landmarks_case(case: str, images: dict[str, str], mask: str, out_json: str, cfg: NormConfig) -> dict:
-    """Write the case's Nyul landmarks inside its brain mask (what fitting a fold reads)."""
+def brain_stats(case: str, images: dict[str, str], mask: str, out_json: str) -> dict:
+    """Write the case's intensity quantiles inside its brain mask (what fitting a fold reads)."""
     arrays, brain = _load(case, images, mask)
     if not brain.any():
-        raise InputError(f"case {case}: brain mask {mask} is empty: cannot compute intensity landmarks "
+        raise InputError(f"case {case}: brain mask {mask} is empty: cannot compute intensity statistics "
                          "(check the skull-stripping QC image)")
-    out = {"case": case, **brain_landmarks(arrays, brain, cfg)}
+    out = {"case": case, **brain_quantiles(arrays, brain)}
     write_json(out, out_json)
     return out
 
 
-def collect_landmarks(landmark_jsons: Sequence[str], out_json: str) -> dict:
-    """Gather per-case landmark files (:func:`landmarks_case`) into one ``{case: landmarks}`` table."""
+def collect_stats(stats_jsons: Sequence[str], out_json: str) -> dict:
+    """Gather per-case :func:`brain_stats` files into one ``{case: quantiles}`` table."""
     table = {}
-    for path in landmark_jsons:
-        lm = read_json(path)
-        table[lm["case"]] = {k: v for k, v in lm.items() if k != "case"}
+    for path in stats_jsons:
+        st = read_json(path)
+        table[st["case"]] = {k: v for k, v in st.items() if k != "case"}
     write_json(table, out_json)
     return table
 
 
-def fit_normalizer(cases: Sequence[str], landmark_table: str, out_json: str, cfg: NormConfig) -> dict:
-    """Fit the Nyul standard scale on ``cases``' landmarks (from :func:`collect_landmarks`) and write it."""
-    table = read_json(landmark_table)
+def fit_normalizer(cases: Sequence[str], stats_table: str, out_json: str, cfg: NormConfig,
+                   modalities: Sequence[str] | None = None) -> dict:
+    """Fit the Nyul standard scale on ``cases``' quantiles (from :func:`collect_stats`) and write it."""
+    table = read_json(stats_table)
     missing = [c for c in cases if c not in table]
     if missing:
-        raise InputError(f"{landmark_table} has no landmarks for training case(s) {missing[:5]}: re-run collect_landmarks")
-    model = fit_model_from_landmarks([table[c] for c in cases], cfg)
+        raise InputError(f"{stats_table} has no intensity statistics for training case(s) {missing[:5]}: "
+                         "re-run collect_brain_stats")
+    model = fit_model_from_quantiles([table[c] for c in cases], cfg, modalities)
     model["cases"] = list(cases)
     write_json(model, out_json)
     return model
