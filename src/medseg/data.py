@@ -9,7 +9,6 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np

@@ -83,8 +83,9 @@ def _plan(name: str, source: str, demo_json: str, split_json: str, modalities: t
     splits = assign_splits(cases, split.get("test_fraction", 0.25), n_folds, split.get("val_fraction", 0.15),
                            split.get("seed", 0))
     # excluded cases are dropped after splitting: every other case keeps its split and fold
-    cases = [c for c in cases if c not in set(exclude)]
-    splits = {c: s for c, s in splits.items() if c not in set(exclude)}
+    excluded = set(exclude)
+    cases = [c for c in cases if c not in excluded]
+    splits = {c: s for c, s in splits.items() if c not in excluded}
     if reference not in modalities:
         raise ValueError(f"datasets.{name}.reference {reference!r} is not one of its modalities {list(modalities)}")
     return DatasetPlan(name, source == "demo", root, layout, tuple(cases), splits, n_folds, modalities, reference,
