@@ -24,22 +24,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.cohort.synth import SynthConfig, generate_cohort, true_native_to_atlas
+from medseg.cohort.synth import SynthConfig, generate_cohort, true_head_motion, true_native_to_atlas
 from medseg.preprocess.atlas import atlas_images
 from medseg.preprocess.n4 import N4Config, n4_correct
 from medseg.preprocess.register import RegConfig, register
 from medseg.preprocess.warp import factor_warp, fixed_to_moving, moving_to_fixed
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def head_motion(truth_dir: Path, mod: str) -> sitk.Transform:
-    m = json.loads((truth_dir / "truth.json").read_text())["motion"][mod]
-    t = sitk.AffineTransform(3)
-    t.SetMatrix(m["matrix"])
-    t.SetCenter(m["center"])
-    t.SetTranslation(m["translation"])
-    return t
 
 
 def tre(points, a, b) -> np.ndarray:
@@ -70,7 +61,7 @@ def measure_case(case_dir: Path, truth_dir: Path, fixed: sitk.Image, points, cfg
         t0 = time.perf_counter()
         tfm = register(raw, moving, "rigid", cfg)
         seconds = time.perf_counter() - t0
-        motion = head_motion(truth_dir, mod)
+        motion = true_head_motion(truth_dir, mod)
         d = tre(native, lambda q: motion.TransformPoint(tfm.TransformPoint(q)), lambda q: q)
         row["rigid"][mod] = {"mean_mm": float(d.mean()), "s": seconds}
     return row

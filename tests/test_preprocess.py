@@ -1,11 +1,10 @@
 """Preprocessing scored against the demo truth: bias field, transforms, brain mask."""
-import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg.cohort.synth import true_native_to_atlas
+from medseg.cohort.synth import true_head_motion, true_native_to_atlas
 from medseg.preprocess.atlas import atlas_images
 from medseg.preprocess.n4 import N4Config, coefficient_of_variation, n4_correct
 from medseg.preprocess.normalize import NormConfig, apply_nyul, fit_model, fit_nyul, normalize, zscore
@@ -36,20 +35,11 @@ def test_n4_recovers_bias_field(demo_case):
     np.testing.assert_allclose(sitk.GetArrayFromImage(corrected * field), sitk.GetArrayFromImage(image), rtol=1e-4, atol=1e-2)
 
 
-def _motion(truth_dir, mod):
-    m = json.loads((truth_dir / "truth.json").read_text())["motion"][mod]
-    t = sitk.AffineTransform(3)
-    t.SetMatrix(m["matrix"])
-    t.SetCenter(m["center"])
-    t.SetTranslation(m["translation"])
-    return t
-
-
 @pytest.mark.parametrize("backend", ["sitk", pytest.param("elastix", marks=pytest.mark.slow)])
 def test_rigid_registration_recovers_head_motion(demo_case, backend):
     ref, moving = img(demo_case["t1ce"]), img(demo_case["flair"])
     tfm = register(ref, moving, "rigid", RegConfig(backend=backend))
-    motion = _motion(demo_case["truth"], "flair")  # truth: flair point p shows what t1ce shows at motion(p)
+    motion = true_head_motion(demo_case["truth"], "flair")  # truth: flair point p shows what t1ce shows at motion(p)
     pts = brain_points(demo_case)
     tre = [np.linalg.norm(np.subtract(motion.TransformPoint(tfm.TransformPoint(p)), p)) for p in pts]
     before = [np.linalg.norm(np.subtract(motion.TransformPoint(p), p)) for p in pts]

@@ -8,7 +8,6 @@ atlas by an affine and a smooth elastic field; the tumour's mass effect is drawn
 correspondence and a deformable registration is expected to differ from it there. TREs are printed
 for all brain points and for those away from the tumour; run with ``-s`` to see them.
 """
-import json
 import logging
 
 import numpy as np
@@ -17,7 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from medseg.cli import main
-from medseg.cohort.synth import true_native_to_atlas
+from medseg.cohort.synth import true_head_motion, true_native_to_atlas
 from medseg.io import InputError, write_image
 from medseg.preprocess.atlas import atlas_images
 from medseg.preprocess.n4 import N4Config, n4_correct
@@ -88,11 +87,7 @@ def test_rigid_modality_target_error(demo_case, reference):
     for mod in ("t1", "t2", "flair"):
         moving = n4_correct(img(demo_case[mod]), None, N4Config())[0]
         tfm = register(reference, moving, "rigid", cfg())  # reference native -> modality native
-        m = json.loads((demo_case["truth"] / "truth.json").read_text())["motion"][mod]
-        motion = sitk.AffineTransform(3)
-        motion.SetMatrix(m["matrix"])
-        motion.SetCenter(m["center"])
-        motion.SetTranslation(m["translation"])
+        motion = true_head_motion(demo_case["truth"], mod)
         # truth: modality point q shows what the reference shows at motion(q), so motion(tfm(p)) = p
         err = np.array([np.linalg.norm(np.subtract(motion.TransformPoint(tfm.TransformPoint(p)), p)) for p in pts])
         print(f"\n{demo_case['case']} {mod} -> t1ce rigid TRE mean {err.mean():.2f} mm (max {err.max():.2f})")

@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 
 from medseg.cohort.anatomy import HeadModel, load_head_model
 from medseg.cohort.tumour import LABELS, insert_tumour
-from medseg.io import array_to_image, write_image, write_json
+from medseg.io import array_to_image, read_json, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,16 @@ def true_native_to_atlas(truth_case_dir: str | Path) -> sitk.Transform:
     affine = sitk.ReadTransform(str(d / "affine.tfm"))
     field = sitk.ReadImage(str(d / "elastic_displacement.nii.gz"), sitk.sitkVectorFloat64)
     return sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
+
+
+def true_head_motion(truth_case_dir: str | Path, modality: str) -> sitk.Transform:
+    """The head motion applied to ``modality``: its point ``q`` shows what the reference shows at ``motion(q)``."""
+    m = read_json(Path(truth_case_dir) / "truth.json")["motion"][modality]
+    motion = sitk.AffineTransform(3)
+    motion.SetMatrix(m["matrix"])
+    motion.SetCenter(m["center"])
+    motion.SetTranslation(m["translation"])
+    return motion
 
 
 def generate_cohort(cfg: SynthConfig, out_dir: str | Path, workers: int = 1) -> Path:
