@@ -46,6 +46,10 @@ rule n4_correct:
         modalities=ALL_MODS,
         enabled=lambda w: step_on(w, "n4"),
         n4=cfg_section("preprocessing", "n4"),
+        # demo cohort only: the applied bias fields, scored in n4_qc.json
+        truth_dir=lambda w: (
+            f"{RESULTS}/{w.dataset}/demo/truth/{w.case}" if plan(w).is_demo else ""
+        ),
         experiment=EXPERIMENT,
     script:
         "../scripts/n4_correct.py"

@@ -10,7 +10,8 @@ def _n4(a: argparse.Namespace) -> int:
 
     img = read_image(a.image)
     mask = read_image(a.mask) if a.mask else None
-    corrected, field = n4_correct(img, mask, N4Config(shrink_factor=a.shrink))
+    cfg = N4Config(shrink_factor=a.shrink, **({"mask": "otsu", "tissue_prior": False} if a.no_atlas else {}))
+    corrected, field = n4_correct(img, mask, cfg)
     write_image(corrected, a.out)
     if a.bias_field:
         write_image(field, a.bias_field)
@@ -44,9 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("n4", help="N4 bias-field correction of one image")
     p.add_argument("image")
     p.add_argument("--out", required=True)
-    p.add_argument("--mask", help="fitting mask (default: Otsu head mask)")
+    p.add_argument("--mask", help="fitting mask (default: the ICBM152 brain mask registered to IMAGE)")
     p.add_argument("--bias-field", help="also write the estimated bias field here")
-    p.add_argument("--shrink", type=int, default=4, help="shrink factor for fitting")
+    p.add_argument("--shrink", type=int, default=None,
+                   help="subsampling factor for fitting (default: fit on a grid of about 8 mm)")
+    p.add_argument("--no-atlas", action="store_true",
+                   help="classic N4: fit in the Otsu head mask (or --mask) without the atlas tissue prior")
     p.set_defaults(func=_n4)
 
     p = sub.add_parser("register", help="register MOVING onto FIXED (mutual information)")

@@ -143,7 +143,8 @@ def _save(fig: Figure, out_png: str | Path, title: str) -> None:
     log.info("QC figure written: %s", out_png)
 
 
-def n4_qc(before: sitk.Image, after: sitk.Image, field: sitk.Image, out_png: str | Path, title: str = "") -> None:
+def n4_qc(before: sitk.Image, after: sitk.Image, field: sitk.Image, out_png: str | Path, title: str = "",
+          mask: sitk.Image | None = None, mask_name: str = "mask") -> None:
     """Before / bias field / after on three planes through the image centre.
 
     Args:
@@ -151,19 +152,27 @@ def n4_qc(before: sitk.Image, after: sitk.Image, field: sitk.Image, out_png: str
         after: corrected image on ``before``'s grid.
         field: multiplicative bias field on ``before``'s grid (``before = after * field``).
         out_png: PNG to write.
-        title: figure title; the coefficient of variation in the head is appended.
+        title: figure title; the coefficient of variation in the head (or in ``mask``) is appended.
+        mask: region of that coefficient of variation (e.g. white matter) on ``before``'s grid;
+            default the head foreground.
+        mask_name: what ``mask`` is, for the title.
 
     Raises:
-        ValueError: ``after`` or ``field`` is not on ``before``'s grid.
+        ValueError: ``after``, ``field`` or ``mask`` is not on ``before``'s grid.
     """
     _check_same_grid(before, after, "after")
     _check_same_grid(before, field, "field")
+    if mask is not None:
+        _check_same_grid(before, mask, "mask")
     arrs = [sitk.GetArrayFromImage(to_canonical(sitk.Cast(i, sitk.sitkFloat32))) for i in (before, after, field)]
     head = _foreground(arrs[0])
+    region = head if mask is None else sitk.GetArrayFromImage(to_canonical(mask)) > 0
+    if not region.any():
+        region = head
     window = _window(np.concatenate([arrs[0][head], arrs[1][head]]))
     f = arrs[2][head]
     half = max(float(np.abs(np.percentile(f, [1, 99]) - 1.0).max()), 0.02)
-    cvs = [float(a[head].std() / max(abs(a[head].mean()), 1e-12)) for a in arrs[:2]]
+    cvs = [float(a[region].std() / max(abs(a[region].mean()), 1e-12)) for a in arrs[:2]]
     idx, aspects = tuple(n // 2 for n in arrs[0].shape[::-1]), plane_aspects(before)
     fig, axes = _new_figure(3, 3)
     for row, (plane, aspect) in enumerate(zip(PLANES, aspects)):
@@ -175,7 +184,8 @@ def n4_qc(before: sitk.Image, after: sitk.Image, field: sitk.Image, out_png: str
         cb.ax.tick_params(colors="white", labelsize=7)
         for col, name in enumerate(("before", "bias field (x)", "after")):
             _decorate(axes[row, col], plane, b.shape, name if row == 0 else None)
-    _save(fig, out_png, f"{title}  CV in head {cvs[0]:.3f} -> {cvs[1]:.3f}".strip())
+    where = "head" if mask is None else mask_name
+    _save(fig, out_png, f"{title}  CV in {where} {cvs[0]:.3f} -> {cvs[1]:.3f}".strip())
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, spacing_zyx: tuple[float, float, float], squares: int = 8) -> np.ndarray:

