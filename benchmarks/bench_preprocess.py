@@ -37,7 +37,7 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")  # before ANT
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from medseg.cohort.synth import SynthConfig, generate_cohort, true_head_motion  # noqa: E402
+from medseg.cohort.synth import SynthConfig, generate_cohort, true_brain_mask  # noqa: E402
 from medseg.preprocess.atlas import atlas_images  # noqa: E402
 from medseg.preprocess.n4 import N4Config, log_field_correlation  # noqa: E402
 from medseg.preprocess.normalize import NormConfig  # noqa: E402
@@ -66,9 +66,7 @@ class Timer(dict):
 def truth_corr(field_path: str, truth_dir: Path, mod: str) -> float:
     """Correlation of recovered and applied log bias inside the true brain mask in ``mod``'s frame."""
     field = sitk.ReadImage(field_path, sitk.sitkFloat32)
-    brain = sitk.ReadImage(str(truth_dir / "brain_mask.nii.gz"), sitk.sitkUInt8)
-    motion = true_head_motion(truth_dir, mod) if mod != REFERENCE else sitk.Transform()
-    brain = sitk.Resample(brain, field, motion, sitk.sitkNearestNeighbor)
+    brain = true_brain_mask(truth_dir, mod, field)
     return log_field_correlation(field, sitk.ReadImage(str(truth_dir / f"bias_{mod}.nii.gz"), sitk.sitkFloat32), brain)
 
 

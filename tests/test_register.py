@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from medseg.cli import main
-from medseg.cohort.synth import true_head_motion, true_native_to_atlas
+from medseg.cohort.synth import reorient_resample, true_head_motion, true_native_to_atlas
 from medseg.io import InputError, write_image
 from medseg.preprocess.atlas import atlas_images
 from medseg.preprocess.n4 import N4Config, n4_correct
@@ -252,24 +252,9 @@ def test_cli_register_bspline_round_trip(demo_case, atlas, tmp_path):
     assert np.percentile(err, 99) < 0.1, f"round trip error up to {max(err):.3f} mm"
 
 
-def _resample_lsa_anisotropic(image: sitk.Image, spacing=(2.0, 2.0, 3.0)) -> sitk.Image:
-    """``image`` on an LSA grid with ``spacing`` mm covering the same field of view (same world)."""
-    direction = np.array(sitk.DICOMOrientImageFilter_GetDirectionCosinesFromOrientation("LSA")).reshape(3, 3)
-    size = np.array(image.GetSize())
-    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in (np.array(k) * (size - 1))])
-               for k in np.ndindex(2, 2, 2)]
-    local = np.array(corners) @ direction  # coordinates along the new axes
-    lo, hi = local.min(0), local.max(0)
-    grid = sitk.Image([int(n) for n in np.ceil((hi - lo) / spacing) + 1], sitk.sitkFloat32)
-    grid.SetSpacing(spacing)
-    grid.SetDirection(direction.ravel().tolist())
-    grid.SetOrigin((direction @ lo).tolist())
-    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-
-
 def test_lsa_anisotropic_input_registers(demo_case, tmp_path):
     """An LSA 2x2x3 mm reference registers (B-spline) through register_case; the written files map back."""
-    lsa = _resample_lsa_anisotropic(n4_correct(img(demo_case["t1ce"]), None, N4Config())[0])
+    lsa = reorient_resample(n4_correct(img(demo_case["t1ce"]), None, N4Config())[0], "LSA", (2.0, 2.0, 3.0))
     assert sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(lsa.GetDirection()) == "LSA"
     images = {"t1ce": str(tmp_path / "n4_t1ce.nii.gz")}
     write_image(lsa, images["t1ce"])

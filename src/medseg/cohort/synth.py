@@ -227,6 +227,24 @@ def true_head_motion(truth_case_dir: str | Path, modality: str) -> sitk.Transfor
     return motion
 
 
+def true_brain_mask(truth_case_dir: str | Path, modality: str, grid: sitk.Image) -> sitk.Image:
+    """The true brain mask as seen in ``modality`` (head motion applied), on ``grid`` (UInt8)."""
+    truth = Path(truth_case_dir)
+    mask = sitk.ReadImage(str(truth / "brain_mask.nii.gz"), sitk.sitkUInt8)
+    moved = modality in read_json(truth / "truth.json")["motion"]
+    motion = true_head_motion(truth, modality) if moved else sitk.Transform()
+    return sitk.Resample(mask, grid, motion, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def reorient_resample(image: sitk.Image, orientation: str, spacing_mm: tuple[float, float, float],
+                      interpolator: int = sitk.sitkLinear) -> sitk.Image:
+    """``image`` reoriented (e.g. ``"LSA"``) and resampled to ``spacing_mm`` over the same extent:
+    the orientation and anisotropy variants tests and benchmarks score against the same truth."""
+    out = sitk.DICOMOrient(image, orientation)
+    size = [int(round(n * s / t)) for n, s, t in zip(out.GetSize(), out.GetSpacing(), spacing_mm)]
+    return sitk.Resample(out, size, sitk.Transform(), interpolator, out.GetOrigin(), spacing_mm, out.GetDirection())
+
+
 def generate_cohort(cfg: SynthConfig, out_dir: str | Path, workers: int = 1) -> Path:
     """Write the whole cohort under ``out_dir`` (``images/``, ``truth/``, ``cohort.json``); return it."""
     out = Path(out_dir)

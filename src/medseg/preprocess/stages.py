@@ -33,7 +33,7 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
     matter (registered ICBM152 WM probability >= 0.9, outliers such as tumour dropped; the same
     voxels before and after), and ``wm_ml``. With ``truth_dir`` (the demo cohort's
     ``truth/<case>/``, holding the applied ``bias_<mod>.nii.gz``) also ``truth_log_bias_corr``:
-    correlation of recovered and applied log bias inside the true brain mask.
+    correlation of recovered and applied log bias inside the true brain mask (in ``mod``'s frame).
     ``qc_png``: before / field / after figure of the first modality.
     """
     qc: dict = {}
@@ -51,7 +51,9 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
                        "wm_ml": float(sitk.GetArrayViewFromImage(wm).sum() * np.prod(img.GetSpacing()) / 1000)}
             true_field = Path(truth_dir) / f"bias_{mod}.nii.gz" if truth_dir else None
             if true_field is not None and true_field.exists():
-                brain = read_labels(Path(truth_dir) / "brain_mask.nii.gz", case=case)
+                from medseg.cohort.synth import true_brain_mask
+
+                brain = true_brain_mask(truth_dir, mod, img)
                 qc[mod]["truth_log_bias_corr"] = log_field_correlation(field, read_image(true_field, case=case), brain)
             log.info("%s %s: WM CV %.4f -> %.4f%s", case, mod, qc[mod]["cv_wm_before"], qc[mod]["cv_wm_after"],
                      f", log-bias correlation with truth {qc[mod]['truth_log_bias_corr']:.3f}" if "truth_log_bias_corr" in qc[mod] else "")
