@@ -34,7 +34,9 @@ CASE_PREFIX = {"2021": "BraTS2021_", "2023": "BraTS-GLI-"}
 
 
 def snakemake_cmd() -> list[str]:
-    """The snakemake next to this Python (the venv's), else the one on PATH."""
+    """``$SNAKEMAKE`` if set (e.g. another Snakemake version), else the one next to this Python, else PATH's."""
+    if os.environ.get("SNAKEMAKE"):
+        return os.environ["SNAKEMAKE"].split()
     exe = Path(sys.executable).with_name("snakemake")
     return [str(exe)] if exe.exists() else ["snakemake"]
 

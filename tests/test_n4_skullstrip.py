@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -68,6 +69,13 @@ def test_n4_qc_json_has_truth_correlation_only_with_a_truth_dir(n4_run, demo_cas
     qc = n4_case(demo_case["case"], {"t2": str(demo_case["t2"])}, {"t2": str(tmp_path / "n4.nii.gz")},
                  {"t2": str(tmp_path / "bias.nii.gz")}, N4Config())
     assert set(qc["t2"]) == {"cv_wm_before", "cv_wm_after", "wm_ml"}
+    # a truth folder is ignored for images that are not of its cohort (real data beside an old demo)
+    elsewhere = tmp_path / "real" / demo_case["t2"].name
+    elsewhere.parent.mkdir()
+    shutil.copy(demo_case["t2"], elsewhere)
+    qc = n4_case(demo_case["case"], {"t2": str(elsewhere)}, {"t2": str(tmp_path / "n4.nii.gz")},
+                 {"t2": str(tmp_path / "bias.nii.gz")}, N4Config(), truth_dir=str(demo_case["truth"]))
+    assert "truth_log_bias_corr" not in qc["t2"]
 
 
 def test_tissue_prior_beats_plain_n4(demo_case):

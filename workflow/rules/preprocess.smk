@@ -46,10 +46,8 @@ rule n4_correct:
         modalities=ALL_MODS,
         enabled=lambda w: step_on(w, "n4"),
         n4=cfg_section("preprocessing", "n4"),
-        # demo cohort only: the applied bias fields, scored in n4_qc.json
-        truth_dir=lambda w: (
-            f"{RESULTS}/{w.dataset}/demo/truth/{w.case}" if plan(w).is_demo else ""
-        ),
+        # the demo cohort's applied bias fields, scored in n4_qc.json (absent for real data)
+        truth_dir=f"{RESULTS}/{{dataset}}/demo/truth/{{case}}",
         experiment=EXPERIMENT,
     script:
         "../scripts/n4_correct.py"

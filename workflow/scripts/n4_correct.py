@@ -11,7 +11,7 @@ with job(snakemake) as p:
     cfg = from_mapping(N4Config, p["n4"], "preprocessing.n4.") if p["enabled"] else None
     qc = n4_case(snakemake.wildcards.case, {m: row[m] for m in mods}, dict(zip(mods, snakemake.output.images)),
                  dict(zip(mods, snakemake.output.fields)), cfg, qc_png=snakemake.output.qc_png,
-                 truth_dir=p["truth_dir"] or None)
+                 truth_dir=p["truth_dir"])
     write_json(qc, snakemake.output.qc)
     tracking.log_metrics(qc)
     tracking.log_artifact(snakemake.output.qc_png, "qc")

@@ -32,11 +32,14 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
     Per modality: ``cv_wm_before`` / ``cv_wm_after``, the coefficient of variation in deep white
     matter (registered ICBM152 WM probability >= 0.9, outliers such as tumour dropped; the same
     voxels before and after), and ``wm_ml``. With ``truth_dir`` (the demo cohort's
-    ``truth/<case>/``, holding the applied ``bias_<mod>.nii.gz``) also ``truth_log_bias_corr``:
+    ``truth/<case>/``, holding the applied ``bias_<mod>.nii.gz``; only used for images of the same
+    cohort folder, ``truth_dir/../..``) also ``truth_log_bias_corr``:
     correlation of recovered and applied log bias inside the true brain mask (in ``mod``'s frame).
     ``qc_png``: before / field / after figure of the first modality.
     """
     qc: dict = {}
+    if truth_dir and not all(Path(p).resolve().is_relative_to(Path(truth_dir).resolve().parents[1]) for p in images.values()):
+        truth_dir = None  # a truth folder of some other cohort (e.g. the demo's, left beside real data)
     for mod, path in images.items():
         img = read_image(path, case=case, source=True)  # the first stage to read the scans
         wm = None
