@@ -57,3 +57,22 @@ def test_config_validation():
     with pytest.raises(ValueError, match="orientations"):
         SynthConfig(orientations=("XYZ",))
     assert SynthConfig.from_dict({"full_geometry": True}).fov_mm == (240.0, 240.0, 155.0)
+
+
+def test_head_model_disk_cache_equals_a_fresh_build(tmp_path, monkeypatch):
+    from dataclasses import fields
+
+    from medseg.cohort import anatomy
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    built = anatomy.load_head_model.__wrapped__(6.0)  # builds and writes the cache
+    assert len(list(tmp_path.glob("head_model_6mm_*.npz"))) == 1
+    cached = anatomy.load_head_model.__wrapped__(6.0)  # reads it back
+    for f in fields(anatomy.HeadModel)[1:]:
+        a, b = getattr(built, f.name), getattr(cached, f.name)
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    for attr in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(cached.reference, attr)() == pytest.approx(getattr(built.reference, attr)())
+    next(tmp_path.glob("*.npz")).write_bytes(b"broken")  # a damaged cache is rebuilt, not fatal
+    np.testing.assert_array_equal(anatomy.load_head_model.__wrapped__(6.0).wm, built.wm)

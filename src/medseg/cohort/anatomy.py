@@ -11,12 +11,21 @@ no optimiser), so the skull sits where the ICBM brain ends.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
+
+log = logging.getLogger(__name__)
+
+
+WM_FILE = "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
+GM_FILE = "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"
 
 
 def nilearn_data_dir() -> Path:
@@ -101,12 +110,66 @@ def _icbm_brain() -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def load_head_model(spacing: float = 1.0) -> HeadModel:
-    """Build the canonical head at ``spacing`` mm (cached per process)."""
+    """The canonical head at ``spacing`` mm, cached per process and on disk (:func:`cache_dir`).
+
+    Building it takes ~2-3 s (resampling the 1 mm sources, morphology); every job that needs it
+    (N4, the demo cohort, the atlas) would pay that. The disk cache is keyed by the source files
+    (size, mtime) and this module's code, and written atomically; an unwritable cache is skipped.
+    """
+    path = _cache_file(spacing)
+    if path is not None and path.exists():
+        try:
+            with np.load(path) as z:
+                ref = sitk.Image([int(v) for v in z["size"]], sitk.sitkFloat32)
+                ref.SetSpacing(z["spacing"].tolist())
+                ref.SetOrigin(z["origin"].tolist())
+                ref.SetDirection(z["direction"].tolist())
+                return HeadModel(ref, *(z[f.name] for f in fields(HeadModel)[1:]))
+        except (OSError, KeyError, ValueError) as e:
+            log.warning("head model cache %s unreadable (%s); rebuilding", path, e)
+    model = _build_head_model(spacing)
+    if path is not None:
+        _write_cache(model, path)
+    return model
+
+
+def cache_dir() -> Path:
+    """``$MEDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/medseg``, else ``~/.cache/medseg``."""
+    if os.environ.get("MEDSEG_CACHE_DIR"):
+        return Path(os.environ["MEDSEG_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medseg"
+
+
+def _cache_file(spacing: float) -> Path | None:
+    try:
+        sources = [icbm_t1_path(), nilearn_data_dir() / WM_FILE, nilearn_data_dir() / GM_FILE, *head_atlas_paths()]
+        h = hashlib.sha256(Path(__file__).read_bytes())
+        for p in sources:
+            st = p.stat()
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    except OSError:
+        return None
+    return cache_dir() / f"head_model_{spacing:g}mm_{h.hexdigest()[:16]}.npz"
+
+
+def _write_cache(model: HeadModel, path: Path) -> None:
+    from medseg.io import atomic_path
+
+    ref = model.reference
+    try:
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, size=np.array(ref.GetSize()), spacing=np.array(ref.GetSpacing()), origin=np.array(ref.GetOrigin()),
+                     direction=np.array(ref.GetDirection()), **{f.name: getattr(model, f.name) for f in fields(HeadModel)[1:]})
+    except OSError as e:
+        log.warning("head model cache not written (%s): %s", path, e)
+
+
+def _build_head_model(spacing: float) -> HeadModel:
     ref = canonical_grid(spacing)
     d = nilearn_data_dir()
     t1 = sitk.ReadImage(str(icbm_t1_path()), sitk.sitkFloat32)
-    wm = resample_to(sitk.ReadImage(str(d / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"), sitk.sitkFloat32), ref) / 255.0
-    gm = resample_to(sitk.ReadImage(str(d / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"), sitk.sitkFloat32), ref) / 255.0
+    wm = resample_to(sitk.ReadImage(str(d / WM_FILE), sitk.sitkFloat32), ref) / 255.0
+    gm = resample_to(sitk.ReadImage(str(d / GM_FILE), sitk.sitkFloat32), ref) / 255.0
     brain_img = sitk.GetImageFromArray(_icbm_brain().astype(np.float32))
     brain_img.CopyInformation(t1)
     brain = resample_to(brain_img, ref) > 0.5

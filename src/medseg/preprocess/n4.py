@@ -10,8 +10,9 @@ s.d. on a bias-free brain, as large as a weak real bias field). So by default:
    brain mask (N4 fits inside the brain, never on scalp, bone or air) and WM/GM/CSF priors;
 2. the image's own tissue contrast is fitted (robust least squares of intensity on the priors),
    and the image is divided by this expected anatomy, leaving bias x residual anatomy;
-3. N4 fits that ratio (one histogram peak, outliers such as tumour in its tails); steps 2-3
-   repeat with the contrast refitted on the corrected image.
+3. N4 fits that ratio (one histogram peak, outliers such as tumour in its tails); with
+   ``prior_passes`` > 1, steps 2-3 repeat with the contrast refitted on the corrected image
+   (on the demo cohort one pass of 30 iterations matches two of 20, at 3/4 of the cost).
 
 The field is returned on the full grid, normalised to geometric mean 1 inside the fitting mask.
 ``mask: otsu`` with ``tissue_prior: false`` is classic N4 on the head foreground (no atlas).
@@ -57,10 +58,10 @@ class N4Config:
 
     mask: str = "brain"
     tissue_prior: bool = True
-    prior_passes: int = 2
+    prior_passes: int = 1
     fit_spacing_mm: float = 8.0
     shrink_factor: int | None = None
-    iterations: tuple[int, ...] = (20,)
+    iterations: tuple[int, ...] = (30,)
     convergence: float = 1e-6
     spline_distance_mm: float = 60.0
     bins: int = 200
