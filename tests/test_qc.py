@@ -130,7 +130,10 @@ def test_figures_are_written(images, code, tmp_path):
     ml = qc.mask_qc(img, mask, tmp_path / "mask.png", title="mask")
     assert ml == pytest.approx(sitk.GetArrayViewFromImage(mask).sum() * 2.5 / 1000)
     qc.montage_qc({"t1": img, "t2": 5.0 - img}, tmp_path / "montage.png", title="montage")
-    for name in ("n4", "reg", "mask", "montage"):
+    qc.n4_qc(img * field, img, field, tmp_path / "n4_wm.png", title="n4", mask=mask, mask_name="deep WM")
+    with pytest.raises(ValueError, match="mask"):
+        qc.n4_qc(img * field, img, field, tmp_path / "bad.png", mask=sitk.Shrink(mask, [2, 2, 2]))
+    for name in ("n4", "n4_wm", "reg", "mask", "montage"):
         read_png(tmp_path / f"{name}.png")
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
     montage = read_png(tmp_path / "montage.png")

@@ -116,21 +116,19 @@ def write_image(img: sitk.Image, path: str | Path, compress: bool = True, level:
     """
     payload = img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
     with atomic_path(path) as tmp:
-        if not (compress and tmp.name.endswith(".gz")):
-            sitk.WriteImage(img, str(tmp), compress, level if compress else -1)
-            _check_complete(tmp, payload, path)
-            return
-        raw = tmp.with_name(tmp.name[:-3])
+        gz = compress and tmp.name.endswith(".gz")
+        written = tmp.with_name(tmp.name[:-3]) if gz else tmp  # .nii.gz: a raw .nii first
         try:
-            sitk.WriteImage(img, str(raw), False)
-            _check_complete(raw, payload, path)
-            _gzip_members(raw, tmp, level)
-        except OSError as e:
-            if "disk full" in str(e):
-                raise
-            raise OSError(f"writing {path} failed ({e}); disk full?") from e
+            sitk.WriteImage(img, str(written), compress and not gz, level if compress and not gz else -1)
+            _check_complete(written, payload, path)
+            if gz:
+                try:
+                    _gzip_members(written, tmp, level)
+                except OSError as e:
+                    raise OSError(f"writing {path} failed ({e}); disk full?") from e
         finally:
-            raw.unlink(missing_ok=True)
+            if gz:
+                written.unlink(missing_ok=True)
 
 
 def _gzip_members(src: Path, dst: Path, level: int, chunk: int = 1 << 22) -> None:

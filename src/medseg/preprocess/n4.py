@@ -30,6 +30,7 @@ from medseg.preprocess.register import RegConfig, register, shrink_factors
 log = logging.getLogger(__name__)
 
 MASKS = ("otsu", "brain")
+PRIOR_SPACING_MM = 2.0  # grid of the atlas head and tissue priors N4 registers and warps
 FIELD_STEP_INV = 4096.0
 
 
@@ -130,7 +131,7 @@ def atlas_transform(image: sitk.Image, spacing_mm: float = 4.0) -> sitk.Transfor
     from medseg.preprocess.atlas import atlas_images
 
     cfg = RegConfig(iterations=100, levels=2, finest_shrink_log2=0, sampling=0.1, work_spacing_mm=spacing_mm)
-    return register(image, atlas_images(2.0).head, "affine", cfg)
+    return register(image, atlas_images(PRIOR_SPACING_MM).head, "affine", cfg)
 
 
 def tissue_priors(grid: sitk.Image, transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +147,7 @@ def tissue_priors(grid: sitk.Image, transform: sitk.Transform) -> tuple[np.ndarr
 def _warp_prior(name: str, grid: sitk.Image, transform: sitk.Transform) -> np.ndarray:
     from medseg.cohort.anatomy import load_head_model
 
-    model = load_head_model(2.0)
+    model = load_head_model(PRIOR_SPACING_MM)
     img = sitk.GetImageFromArray(getattr(model, name).astype(np.float32))
     img.CopyInformation(model.reference)
     return sitk.GetArrayFromImage(sitk.Resample(img, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
@@ -214,7 +215,7 @@ def n4_correct(image: sitk.Image, mask: sitk.Image | None = None, cfg: N4Config 
     if sel.sum() < 100:
         raise ValueError(f"N4 fitting mask has {int(sel.sum())} voxels on the fitting grid; check the image "
                          "(is it a head?) or set preprocessing.n4.mask: otsu")
-    if priors is None or not cfg.tissue_prior:
+    if not cfg.tissue_prior:
         filt = _n4(small, small_mask, cfg)
     else:
         arr = sitk.GetArrayFromImage(small).astype(np.float64)
@@ -239,7 +240,7 @@ def n4_correct(image: sitk.Image, mask: sitk.Image | None = None, cfg: N4Config 
     # multiples of 2^-12 (far finer than any field's accuracy): the stored field compresses ~4x
     field = sitk.Cast(sitk.Round(field * FIELD_STEP_INV) / FIELD_STEP_INV, sitk.sitkFloat32)
     corrected = sitk.Cast(image / field, sitk.sitkFloat32)  # "/" is DivideReal (float64)
-    log.info("N4 (%s mask%s): field range [%.3f, %.3f] in the mask", cfg.mask, ", tissue prior" if priors is not None and cfg.tissue_prior else "",
+    log.info("N4 (%s mask%s): field range [%.3f, %.3f] in the mask", cfg.mask, ", tissue prior" if cfg.tissue_prior else "",
              *np.exp(np.percentile(small_log[sel] - offset, [1, 99])))
     return corrected, field
 

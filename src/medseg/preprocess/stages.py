@@ -18,7 +18,7 @@ from medseg.preprocess.atlas import Atlas, atlas_images
 from medseg.preprocess.n4 import (N4Config, atlas_transform, coefficient_of_variation, log_field_correlation, n4_correct,
                                   white_matter_mask)
 from medseg.preprocess.normalize import NormConfig, brain_quantiles, fit_model_from_quantiles, normalize
-from medseg.preprocess.register import RegConfig, coarsen, mutual_information, register
+from medseg.preprocess.register import RegConfig, mutual_information, register
 from medseg.preprocess.warp import factor_warp, field_stats, fixed_to_moving, quantize_field, zero_field
 from medseg.preprocess.skullstrip import SkullstripConfig, skullstrip
 
@@ -107,8 +107,7 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
         grid = fixed
         to_ref, warp = factor_warp(register(fixed, ref, cfg.atlas_kind, cfg), grid)
         warp = quantize_field(warp)  # what is written is what is used and scored
-        # QC similarity on the registration's working grid (as at full resolution, a fraction of the cost)
-        qc["atlas_nmi"] = mutual_information(coarsen(fixed, cfg.work_spacing_mm), ref, fixed_to_moving(to_ref, warp))
+        qc["atlas_nmi"] = mutual_information(fixed, ref, fixed_to_moving(to_ref, warp), spacing_mm=cfg.work_spacing_mm)
         if cfg.atlas_kind == "bspline":
             qc.update(field_stats(warp, "atlas_warp_"))
         failed = _gate(case, reference + " -> atlas", qc["atlas_nmi"], cfg)
@@ -119,7 +118,7 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
                 continue
             moving = imgs[mod]
             mod_tfms[mod] = register(ref, moving, "rigid", cfg)
-            qc[f"{mod}_nmi"] = mutual_information(coarsen(ref, cfg.work_spacing_mm), moving, mod_tfms[mod])
+            qc[f"{mod}_nmi"] = mutual_information(ref, moving, mod_tfms[mod], spacing_mm=cfg.work_spacing_mm)
             failed += _gate(case, f"{mod} -> {reference}", qc[f"{mod}_nmi"], cfg)
         qc["qc_gates_failed"] = failed
     atlas_to_ref = fixed_to_moving(to_ref, warp)
