@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 
 from medseg.cohort.layout import check_case_id, detect_layout, list_cases
-from medseg.cohort.sheet import build_case_sheet, case_row, read_case_sheet
+from medseg.cohort.sheet import build_case_sheet, case_row, read_case_sheet, sheet_problems
 from medseg.cohort.splits import assign_splits, fold_cases, held_out_cases
 from medseg.io import InputError
 
@@ -67,6 +67,34 @@ def test_sheet_records_problems_per_case(tmp_path):
         assert case in str(e.value)
 
 
+def test_full_validation_reads_every_voxel(tmp_path):
+    """Damage past an intact header (truncated gzip data, NaN/inf voxels) is found by the sheet
+    reading each image whole; a header-only sheet cannot see it. Threads keep the case order."""
+    import gzip
+
+    make_case(tmp_path, "good")
+    make_case(tmp_path, "cut", shape=(40, 64, 64))  # big enough that the header survives the cut
+    t2 = tmp_path / "cut" / "cut_t2.nii.gz"
+    raw = gzip.decompress(t2.read_bytes())
+    t2.write_bytes(gzip.compress(raw)[: len(gzip.compress(raw)) // 2])
+    make_case(tmp_path, "nan")
+    arr = np.ones((6, 8, 8), np.float32)
+    arr[3, 4, 4] = np.nan
+    write(tmp_path / "nan" / "nan_flair.nii.gz", arr)
+    cases = ["cut", "good", "nan"]
+    splits = {c: {"split": "train", "fold": 0} for c in cases}
+    header = build_case_sheet(tmp_path, "brats2021", cases, splits, MODS, "auto", tmp_path / "h.tsv", full=False)
+    assert not any(r["problem"] for r in header)
+    rows = build_case_sheet(tmp_path, "brats2021", cases, splits, MODS, "auto", tmp_path / "f.tsv", threads=3,
+                            bad_cases="skip")
+    assert [r["case_id"] for r in rows] == cases
+    problems = sheet_problems(tmp_path / "f.tsv")
+    assert set(problems) == {"cut", "nan"}
+    assert "cut_t2.nii.gz" in problems["cut"] and "cannot be read" in problems["cut"]
+    assert "nan_flair.nii.gz" in problems["nan"] and "1 voxels are NaN" in problems["nan"]
+    assert sheet_problems(tmp_path / "missing.tsv") == {}
+
+
 def test_declared_convention_mismatch_is_an_error(tmp_path):
     make_case(tmp_path, "c23", labels=(0, 1, 2, 3))
     build_case_sheet(tmp_path, "brats2021", ["c23"], {"c23": {"split": "train", "fold": 0}}, MODS, "2021", tmp_path / "s.tsv")
@@ -105,8 +133,14 @@ def test_excluded_cases_leave_every_other_split_alone():
     full = dataset_plan("brats", ds)
     bad = full.train_cases(0)[0]
     less = dataset_plan("brats", {**ds, "exclude": [bad]})
-    assert bad not in less.cases and less.excluded == (bad,)
+    assert bad not in less.cases and less.excluded == {bad: "datasets.brats.exclude"}
     assert {c: s for c, s in full.splits.items() if c != bad} == less.splits
     assert bad not in less.train_cases(0) + less.val_cases(0) + less.test_cases()
+    # cases the case sheet found unusable are dropped the same way, with their problem as the reason
+    test_case = less.test_cases()[0]
+    fewer = less.without({test_case: "case x: x_t1.nii.gz cannot be read", "not-a-case": "ignored"})
+    assert fewer.excluded == {bad: "datasets.brats.exclude", test_case: "case x: x_t1.nii.gz cannot be read"}
+    assert fewer.test_cases() == less.test_cases()[1:] and fewer.train_cases(0) == less.train_cases(0)
+    assert less.without({}) is less
     with pytest.raises(ValueError, match="exclude.*nope"):
         dataset_plan("brats", {**ds, "exclude": ["nope"]})

@@ -75,6 +75,23 @@ def test_nan_voxels_fail_the_case_with_its_name_and_file(tmp_path):
     assert not list(tmp_path.glob("n4_*")) and not list(tmp_path.glob("bias_*"))
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_truncated_gzip_is_an_error_not_zeros(tmp_path, dtype):
+    """SimpleITK reads a .nii.gz cut in half without complaint, the missing half as zeros; a
+    scan as delivered (source=True) is checked whole. The workflow's own files skip the check."""
+    from medseg.io import read_image
+
+    arr = (np.random.default_rng(0).random((40, 64, 64)) * 1000).astype(dtype)
+    path = tmp_path / "BraTS2021_00011_t2.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    assert np.array_equal(sitk.GetArrayFromImage(read_image(path, source=True)), arr.astype(np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(path))) == 0).mean() > 0.4  # the silent zero fill
+    with pytest.raises(InputError, match=r"BraTS2021_00011.*_t2\.nii\.gz.*truncated gzip data.*copy the file again"):
+        read_image(path, case="BraTS2021_00011", source=True)
+
+
 def test_4d_image_is_caught_by_the_case_sheet(tmp_path):
     from medseg.cohort.sheet import build_case_sheet, case_row
 

@@ -132,6 +132,43 @@ def test_killed_run_finishes_with_rerun_incomplete(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path):
+    """A dataset in the BraTS 2021 layout (the tiny run's scans) with one training scan cut short.
+    The dry run, before the case sheet exists, still shows that case's jobs; the run finds the
+    damage in the case sheet, leaves the case out (bad_cases: skip), trains, predicts and
+    evaluates every other case, exits 0, and the results JSON names the case, file and problem."""
+    import shutil
+
+    from medseg.cohort.plan import dataset_plan
+
+    data = tmp_path / "BraTS2021"
+    shutil.copytree(tiny_run / "results/brats/demo/images", data)
+    split = {"test_fraction": 0.4, "val_fraction": 0.34, "n_folds": 1, "seed": 0}  # tests/configs/tiny.yaml
+    full = dataset_plan("brats", {"source": str(data), "split": split})
+    bad = full.train_cases(0)[0]
+    t1 = data / bad / f"{bad}_t1.nii.gz"
+    t1.write_bytes(t1.read_bytes()[: t1.stat().st_size // 2])
+    cfg = tmp_path / "real.yaml"
+    cfg.write_text(f"datasets:\n  brats:\n    source: {data}\n")
+    work = tmp_path / "work"
+    configs = ("tests/configs/tiny.yaml", str(cfg))
+    dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert _job_counts(dry.stdout)["n4_correct"] == len(full.cases)
+    r = smk(work, "--cores", "2", "results/brats_timm.json", configs=configs)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    res = json.loads((work / "results/brats_timm.json").read_text())
+    assert list(res["excluded_cases"]) == [bad]
+    assert f"case {bad!r}, file {t1}" in res["excluded_cases"][bad]
+    assert "truncated gzip data" in res["excluded_cases"][bad]
+    assert sorted(res["cases"]) == sorted(full.test_cases()) and res["n_cases"] == len(full.test_cases())
+    norm = json.loads((work / "results/brats/normalizer_0.json").read_text())
+    assert bad not in norm["cases"] and norm["cases"]
+    assert not (work / f"results/brats/preprocess/{bad}").exists()  # its jobs left the DAG: nothing half-done
+    assert "left out of training and evaluation" in (work / "results/brats/logs/case_sheet.log").read_text()
+
+
+@pytest.mark.slow
 def test_tiny_config_end_to_end(tiny_run):
     tmp_path = tiny_run
     res = json.loads((tmp_path / "results/brats_timm.json").read_text())

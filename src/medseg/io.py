@@ -63,10 +63,11 @@ def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = s
         path: image file (NIfTI, NRRD, MHA ...).
         case: case id for the error message.
         pixel_type: SimpleITK pixel type to cast to.
-        source: the file comes from outside the workflow (a scan as delivered): also check the
-            voxels *on disk* for NaN/inf. SimpleITK's NIfTI reader (niftilib) silently turns them
-            into 0, so this reads float NIfTI data a second time with nibabel; the workflow's own
-            intermediate files do not need it.
+        source: the file comes from outside the workflow (a scan as delivered): also check that
+            a gzip stream is whole, and the voxels *on disk* for NaN/inf. SimpleITK's NIfTI reader
+            (niftilib) silently zero-fills a truncated ``.nii.gz`` and turns NaN into 0, so this
+            decompresses the file once more and reads float NIfTI data with nibabel; the
+            workflow's own intermediate files do not need it.
 
     Raises:
         InputError: unreadable/corrupt file, not 3-D, or non-finite voxels.
@@ -82,6 +83,8 @@ def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = s
         raise InputError(f"{where}: expected a 3-D image, got {img.GetDimension()}-D with size {img.GetSize()}; "
                          "extract the volume you want before running medseg")
     n_bad = 0
+    if source and str(path).endswith(".gz"):
+        _check_gzip_stream(path, _payload(img), where)
     if source and str(path).endswith((".nii", ".nii.gz")) and img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         import nibabel as nib
 
@@ -92,6 +95,26 @@ def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = s
     if n_bad:
         raise InputError(f"{where}: {n_bad} voxels are NaN or infinite; fix or re-export the scan")
     return img
+
+
+def _payload(img: sitk.Image) -> int:
+    """Bytes of ``img``'s voxels."""
+    return img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
+
+
+def _check_gzip_stream(path: str | Path, min_bytes: int, where: str, chunk: int = 1 << 22) -> None:
+    """Decompress ``path`` to nowhere: raise InputError if the stream is cut short, fails its CRC,
+    or holds fewer than ``min_bytes`` (the voxels its header promises)."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while block := f.read(chunk):
+                total += len(block)
+    except (EOFError, OSError, zlib.error) as e:
+        raise InputError(f"{where}: cannot be read (corrupt or truncated gzip data: {e}); copy the file again") from e
+    if total < min_bytes:
+        raise InputError(f"{where}: holds {total} bytes, fewer than the {min_bytes} bytes of voxels its header "
+                         "declares (truncated?); copy the file again")
 
 
 def read_labels(path: str | Path, *, case: str | None = None) -> sitk.Image:
@@ -114,7 +137,7 @@ def write_image(img: sitk.Image, path: str | Path, compress: bool = True, level:
         OSError: the file came out incomplete (disk full, quota): SimpleITK does not report
             failed writes itself, so what it wrote is checked before it is used.
     """
-    payload = img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
+    payload = _payload(img)
     with atomic_path(path) as tmp:
         gz = compress and tmp.name.endswith(".gz")
         written = tmp.with_name(tmp.name[:-3]) if gz else tmp  # .nii.gz: a raw .nii first

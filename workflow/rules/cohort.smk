@@ -18,7 +18,11 @@ rule synth_cohort:
         "../scripts/synth_cohort.py"
 
 
-rule case_sheet:
+# A checkpoint: once the sheet is written, Snakemake re-evaluates the jobs that read it, and with
+# bad_cases: skip those that list cases (training, normalisers, aggregation) drop the ones the
+# sheet found unusable. Before it exists every planned case is in the DAG, so a dry run of a new
+# dataset still shows every job.
+checkpoint case_sheet:
     input:
         sheet_inputs,
     output:
@@ -27,6 +31,7 @@ rule case_sheet:
         f"{RESULTS}/{{dataset}}/logs/case_sheet.log",
     conda:
         "../../envs/preprocess.yaml"
+    threads: 4
     params:
         root=lambda w: plan(w).root,
         layout=lambda w: plan(w).layout,
@@ -34,6 +39,8 @@ rule case_sheet:
         splits=lambda w: plan(w).splits,
         modalities=lambda w: list(plan(w).modalities),
         convention=lambda w: str(dataset_cfg(w).get("convention", "auto")),
+        validate=lambda w: dataset_cfg(w).get("validate", "full"),
+        bad_cases=lambda w: dataset_cfg(w).get("bad_cases", "skip"),
         experiment=EXPERIMENT,
     script:
         "../scripts/case_sheet.py"

@@ -13,6 +13,7 @@ from medseg.jobs import export_package_path
 export_package_path()
 
 from medseg.cohort.plan import dataset_plan
+from medseg.cohort.sheet import sheet_problems
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -41,7 +42,21 @@ wildcard_constraints:
 
 
 def plan(wildcards):
+    """Every case of the dataset (config exclusions aside): what per-case jobs are built from."""
     return PLANS[wildcards.dataset]
+
+
+def usable(wildcards):
+    """plan() minus the cases the case sheet found unusable (datasets.<name>.bad_cases: skip).
+
+    For rules that list cases (training, normalisers, aggregation); each must take the sheet as
+    an input, so that Snakemake re-evaluates it when the checkpoint has written the sheet.
+    Before that every planned case is listed: a dry run shows the whole DAG.
+    """
+    p = plan(wildcards)
+    if dataset_cfg(wildcards).get("bad_cases", "skip") != "skip":
+        return p
+    return p.without(sheet_problems(SHEET.format(dataset=wildcards.dataset)))
 
 
 def all_results():

@@ -22,11 +22,11 @@ rule aggregate_results:
     input:
         metrics=lambda w: expand(
             f"{RESULTS}/{w.dataset}/metrics/{w.model}/{{case}}.json",
-            case=plan(w).test_cases(),
+            case=usable(w).test_cases(),
         ),
         predictions=lambda w: expand(
             f"{RESULTS}/{w.dataset}/predictions/{w.model}/{{case}}.nii.gz",
-            case=plan(w).test_cases(),
+            case=usable(w).test_cases(),
         ),
         models=lambda w: [
             f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
@@ -53,8 +53,8 @@ rule aggregate_results:
             "demo": dataset_cfg(w).get("demo", {}).get("seed"),
             "training": cfg_section("training").get("seed", 0),
         },
-        cases=lambda w: plan(w).test_cases(),
-        excluded=lambda w: list(plan(w).excluded),
+        cases=lambda w: usable(w).test_cases(),
+        excluded=lambda w: dict(usable(w).excluded),
         reference=lambda w: plan(w).reference,
         experiment=EXPERIMENT,
     script:

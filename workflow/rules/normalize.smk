@@ -8,8 +8,9 @@
 rule collect_brain_stats:
     input:
         stats=lambda w: case_files(
-            w.dataset, plan(w).trained_cases(), "brain_stats.json"
+            w.dataset, usable(w).trained_cases(), "brain_stats.json"
         ),
+        sheet=SHEET,
     output:
         table=f"{RESULTS}/{{dataset}}/brain_stats.json",
     log:
@@ -28,6 +29,7 @@ rule fit_normalizer:
         # fold's normaliser is an input of every case's normalisation, and Snakemake scans a
         # producer's inputs for each such edge
         table=f"{RESULTS}/{{dataset}}/brain_stats.json",
+        sheet=SHEET,
     output:
         model=f"{RESULTS}/{{dataset}}/normalizer_{{fold}}.json",
     log:
@@ -35,7 +37,7 @@ rule fit_normalizer:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        cases=lambda w: plan(w).train_cases(int(w.fold)),
+        cases=lambda w: usable(w).train_cases(int(w.fold)),
         modalities=ALL_MODS,
         normalize=cfg_section("preprocessing", "normalize"),
         experiment=EXPERIMENT,

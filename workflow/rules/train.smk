@@ -3,8 +3,9 @@
 
 rule train_model:
     input:
-        train=lambda w: tiles(w, plan(w).train_cases(int(w.fold))),
-        val=lambda w: tiles(w, plan(w).val_cases(int(w.fold))),
+        train=lambda w: tiles(w, usable(w).train_cases(int(w.fold))),
+        val=lambda w: tiles(w, usable(w).val_cases(int(w.fold))),
+        sheet=SHEET,
         preflight=lambda w: preflight_inputs(),
     output:
         model=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/model.pt",

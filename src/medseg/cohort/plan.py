@@ -5,7 +5,8 @@ Only folder listings, never image reads, so building the DAG of a 1,000-case dat
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medseg.cohort.layout import case_file, detect_layout, list_cases
@@ -23,7 +24,16 @@ class DatasetPlan:
     n_folds: int
     modalities: tuple[str, ...]
     reference: str
-    excluded: tuple[str, ...] = ()
+    excluded: Mapping[str, str] = field(default_factory=dict)  # case id -> why it was left out
+
+    def without(self, problems: Mapping[str, str]) -> DatasetPlan:
+        """This plan minus ``problems`` (case id -> reason); every other case keeps its split and fold."""
+        drop = {c: r for c, r in problems.items() if c in self.splits}
+        if not drop:
+            return self
+        return replace(self, cases=tuple(c for c in self.cases if c not in drop),
+                       splits={c: s for c, s in self.splits.items() if c not in drop},
+                       excluded={**self.excluded, **drop})
 
     def folds(self) -> list[int]:
         return list(range(self.n_folds))
@@ -82,14 +92,11 @@ def _plan(name: str, source: str, demo_json: str, split_json: str, modalities: t
     n_folds = int(split.get("n_folds", 1))
     splits = assign_splits(cases, split.get("test_fraction", 0.25), n_folds, split.get("val_fraction", 0.15),
                            split.get("seed", 0))
-    # excluded cases are dropped after splitting: every other case keeps its split and fold
-    excluded = set(exclude)
-    cases = [c for c in cases if c not in excluded]
-    splits = {c: s for c, s in splits.items() if c not in excluded}
     if reference not in modalities:
         raise ValueError(f"datasets.{name}.reference {reference!r} is not one of its modalities {list(modalities)}")
-    return DatasetPlan(name, source == "demo", root, layout, tuple(cases), splits, n_folds, modalities, reference,
-                       tuple(sorted(exclude)))
+    # excluded cases are dropped after splitting: every other case keeps its split and fold
+    full = DatasetPlan(name, source == "demo", root, layout, tuple(cases), splits, n_folds, modalities, reference)
+    return full.without({c: f"datasets.{name}.exclude" for c in sorted(exclude)})
 
 
 def dataset_plan(name: str, ds: dict, results: str = "results") -> DatasetPlan:

@@ -1,21 +1,28 @@
 """The validated case sheet (``cases.tsv``): one row per case with files, split, fold, convention.
 
-Problems found here (missing or unreadable files, bad labels) are recorded in the row's
-``problem`` column rather than raised, so the bad case fails its own jobs with that message
-and every other case goes on.
+Problems found here (missing, unreadable or truncated files, 4-D images, NaN/inf voxels,
+modalities on different grids, bad labels) are recorded in the row's ``problem`` column rather
+than raised. With ``datasets.<name>.bad_cases: skip`` (the default) the workflow then leaves
+the case out of training and evaluation, listed with its problem under ``excluded_cases`` in
+the results JSON; with ``fail`` the case stays in and fails its own jobs with that message.
+Either way every other case goes on.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from medseg.cohort.layout import case_file, check_case_id
-from medseg.io import InputError, atomic_path
+from medseg.io import InputError, atomic_path, read_image
 from medseg.labels import ConventionError, detect_convention, validate_labels
 
 log = logging.getLogger(__name__)
@@ -23,8 +30,13 @@ log = logging.getLogger(__name__)
 COLUMNS = ("case_id", "split", "fold", "convention", "problem", "t1", "t1ce", "t2", "flair", "seg")
 
 
-def inspect_case(root: str | Path, case: str, layout: str, modalities: Sequence[str], convention: str) -> dict:
-    """Check one case's files (headers, grids, labels); return its sheet row."""
+def inspect_case(root: str | Path, case: str, layout: str, modalities: Sequence[str], convention: str,
+                 full: bool = True) -> dict:
+    """Check one case's files (headers, grids, labels; with ``full`` also every voxel); return its sheet row.
+
+    ``full`` reads each image whole, as the jobs will: a gzip stream truncated after an intact
+    header and NaN/inf voxels are then found here, before any job of the case runs.
+    """
     row: dict = {"case_id": case, "problem": ""}
     try:
         check_case_id(case)
@@ -40,7 +52,11 @@ def inspect_case(root: str | Path, case: str, layout: str, modalities: Sequence[
                 raise InputError(f"{paths[k].name} has grid {other[0]} @ {other[1]} mm but "
                                  f"{paths[modalities[0]].name} has {ref[0]} @ {ref[1]} mm; "
                                  "resample all modalities of a case onto one grid")
-        values = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(paths["seg"]))))
+        if full:
+            for k in modalities:
+                read_image(paths[k], case=case, source=True)
+        seg = read_image(paths["seg"], case=case, source=full) if full else sitk.ReadImage(str(paths["seg"]))
+        values = np.unique(sitk.GetArrayViewFromImage(seg))
         detected = detect_convention(values)
         if convention == "auto":
             row["convention"] = detected or "2021"
@@ -50,7 +66,8 @@ def inspect_case(root: str | Path, case: str, layout: str, modalities: Sequence[
         if detected is None and len(values) <= 1:
             log.warning("case %s: label map %s is empty (no tumour)", case, paths["seg"].name)
     except (InputError, ConventionError, RuntimeError) as e:
-        row["problem"] = f"case {case}: {e}".replace("\t", " ").replace("\n", " ")
+        msg = str(e) if f"case {case!r}" in str(e) else f"case {case}: {e}"  # read_image names the case itself
+        row["problem"] = msg.replace("\t", " ").replace("\n", " ")
         row.setdefault("convention", convention if convention != "auto" else "2021")
         log.error("%s", row["problem"])
     return row
@@ -70,30 +87,55 @@ def _header(path: Path, case: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
 
 
 def build_case_sheet(root: str | Path, layout: str, cases: Sequence[str], splits: dict[str, dict],
-                     modalities: Sequence[str], convention: str, out_tsv: str | Path) -> list[dict]:
-    """Inspect every case and write the sheet atomically; return the rows."""
-    rows = []
-    for case in cases:
-        row = inspect_case(root, case, layout, modalities, convention)
+                     modalities: Sequence[str], convention: str, out_tsv: str | Path, *, full: bool = True,
+                     bad_cases: str = "fail", threads: int = 1) -> list[dict]:
+    """Inspect every case (``threads`` at a time) and write the sheet atomically; return the rows.
+
+    ``bad_cases`` only changes what the log says will happen to a case with a problem
+    (``skip``: left out; ``fail``: its jobs fail).
+    """
+    def one(case: str) -> dict:
+        row = inspect_case(root, case, layout, modalities, convention, full)
         row.update(split=splits[case]["split"], fold="" if splits[case]["fold"] is None else splits[case]["fold"])
-        rows.append(row)
+        return row
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # decompression and ITK reads release the GIL
+        rows = list(tqdm(pool.map(one, cases), total=len(cases), desc="case sheet", unit="case", mininterval=5))
     with atomic_path(out_tsv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, delimiter="\t", extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     n_bad = sum(bool(r["problem"]) for r in rows)
     log.info("case sheet: %d cases, %d with problems -> %s", len(rows), n_bad, out_tsv)
+    bad = [r["case_id"] for r in rows if r["problem"]]
+    if bad and bad_cases == "skip":
+        log.error("%d case(s) left out of training and evaluation (bad_cases: skip), listed under excluded_cases in "
+                  "the results JSON: %s. Fix their files and run again to bring them back.", len(bad), bad)
     training = [r["case_id"] for r in rows if r["problem"] and r["split"] == "train"]
-    if training:
+    if training and bad_cases != "skip":
         log.error("training case(s) %s have problems: every fold they are in cannot train until their files are "
                   "fixed or they are listed under datasets.<name>.exclude (the other cases' preprocessing goes on "
-                  "with --keep-going)", training)
+                  "with --keep-going); bad_cases: skip leaves them out automatically", training)
     return rows
 
 
 def read_case_sheet(path: str | Path) -> dict[str, dict]:
     with open(path, newline="") as f:
         return {r["case_id"]: r for r in csv.DictReader(f, delimiter="\t")}
+
+
+def sheet_problems(sheet_tsv: str | Path) -> dict[str, str]:
+    """Case id -> problem for every case the sheet found unusable; {} while the sheet does not exist."""
+    try:
+        st = os.stat(sheet_tsv)
+    except FileNotFoundError:
+        return {}
+    return dict(_problems(str(sheet_tsv), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _problems(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str], ...]:
+    return tuple((c, r["problem"]) for c, r in read_case_sheet(path).items() if r["problem"])
 
 
 def case_row(sheet_tsv: str | Path, case: str) -> dict:

@@ -19,19 +19,20 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
                   inputs: Sequence[str | Path] = (), rule: str | None = None,
                   wildcards: Mapping[str, str] | None = None, montage_png: str | Path | None = None,
                   case_files: Mapping[str, tuple[str, str, str]] | None = None,
-                  excluded: Sequence[str] = ()) -> dict:
+                  excluded: Mapping[str, str] | None = None) -> dict:
     """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict.
 
     ``montage_png`` + ``case_files`` (case -> (image, reference, prediction) paths): overlay montage
-    of the best, median and worst cases by whole-tumour Dice. ``excluded``: case ids the config
-    left out of the dataset (``datasets.<name>.exclude``), listed as ``excluded_cases``.
+    of the best, median and worst cases by whole-tumour Dice. ``excluded``: case id -> why it was
+    left out of the dataset (``datasets.<name>.exclude``, or the problem the case sheet found),
+    listed as ``excluded_cases``: the numbers are over the remaining cases only.
     """
     if not case_jsons:
         raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
     cases = [read_json(p) for p in case_jsons]
     prov = provenance.collect(config, inputs=inputs, seeds=seeds, rule=rule, wildcards=wildcards)
     results = aggregate(cases, provenance=prov)
-    results["excluded_cases"] = sorted(excluded)
+    results["excluded_cases"] = dict(sorted((excluded or {}).items()))
     write_json(results, out_json)
     write_cases_csv(cases, out_csv)
     plot_boxplots(cases, out_png)
