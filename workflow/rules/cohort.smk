@@ -31,7 +31,7 @@ checkpoint case_sheet:
         f"{RESULTS}/{{dataset}}/logs/case_sheet.log",
     conda:
         "../../envs/preprocess.yaml"
-    threads: 4
+    threads: 8  # reading every scan of a 1,000-case dataset: ~1.75 CPU-s per BraTS case
     params:
         root=lambda w: plan(w).root,
         layout=lambda w: plan(w).layout,
