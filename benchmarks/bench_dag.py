@@ -8,8 +8,14 @@ in the 2021 and 2023 layouts, writes a config pointing ``datasets.brats.source``
     python benchmarks/bench_dag.py --profile       # + cProfile: where the time goes
     python benchmarks/bench_dag.py --cases 200 --layout 2021
 
-Output: one line per layout (seconds, jobs in the DAG) and benchmarks/out/dag/bench_dag.json.
-Exit status 1 if a dry run fails or takes longer than --target seconds.
+Peer: a bare Snakemake workflow with the same number of jobs (one rule per job kind would not
+change it much: two rules, one output, one log each), dry-run in the same way just before. Its
+time is Snakemake's floor for that many jobs on this machine; the ratio says how much the
+workflow's files per job and input functions add on top (``--no-peer`` skips it).
+
+Output: one line per layout (seconds, jobs in the DAG, ratio to the bare DAG) and
+benchmarks/out/dag/bench_dag.json. Exit status 1 if a dry run fails or takes longer than
+--target seconds.
 """
 from __future__ import annotations
 
@@ -51,6 +57,37 @@ def fake_dataset(root: Path, layout: str, n_cases: int) -> Path:
         for suffix in SUFFIXES[layout].values():
             (d / f"{case}{suffix}.nii.gz").touch()
     return data
+
+
+BARE_SNAKEFILE = """
+N = int(config["n"])
+rule all:
+    input: expand("out/{c}.b", c=range(N // 2))
+rule a:
+    output: "out/{c}.a"
+    log: "logs/a/{c}.log"
+    shell: "touch {output}"
+rule b:
+    input: "out/{c}.a"
+    output: "out/{c}.b"
+    log: "logs/b/{c}.log"
+    shell: "touch {output}"
+"""
+
+
+def bare_dry_run(root: Path, n_jobs: int) -> float:
+    """Wall seconds of ``snakemake -n`` of a bare two-rule workflow with ``n_jobs`` jobs."""
+    d = root / "bare"
+    d.mkdir(exist_ok=True)
+    (d / "Snakefile").write_text(BARE_SNAKEFILE)
+    (d / "config.yaml").write_text(json.dumps({"n": n_jobs}))
+    t0 = time.perf_counter()
+    proc = subprocess.run([*snakemake_cmd(), "-n", "--cores", "1", "--quiet", "rules", "--configfile", "config.yaml"],
+                          cwd=d, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare dry run failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return seconds
 
 
 def write_config(path: Path, source: Path, n_folds: int) -> Path:
@@ -110,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", choices=["2021", "2023", "both"], default="both")
     ap.add_argument("--target", type=float, default=15.0, help="seconds; slower is a failure")
     ap.add_argument("--profile", action="store_true", help="also run each dry run under cProfile")
+    ap.add_argument("--no-peer", action="store_true", help="skip the bare Snakemake DAG of the same size")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "dag")
     a = ap.parse_args(argv)
 
@@ -126,13 +164,16 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             cfg = write_config(tmp / f"bench_{layout}.yaml", data, a.folds)
             seconds, cpu, n_jobs, _ = dry_run(cfg, work)
+            bare = None if a.no_peer else bare_dry_run(tmp, n_jobs)
             fast = seconds <= a.target
             ok &= fast
+            peer = "" if bare is None else f"; bare Snakemake DAG of {n_jobs} jobs {bare:.1f} s, ratio {seconds / bare:.2f}"
             print(f"BraTS {layout} layout, {a.cases} cases, {a.folds} folds: snakemake -n results/brats_timm.json "
                   f"{seconds:.1f} s wall ({cpu:.1f} s CPU), {n_jobs} jobs ({'OK' if fast else 'SLOWER THAN'} target "
-                  f"{a.target:g} s; fake folder {make_s:.1f} s; load average {os.getloadavg()[0]:.1f})")
+                  f"{a.target:g} s{peer}; fake folder {make_s:.1f} s; load average {os.getloadavg()[0]:.1f})")
             results.append({"layout": layout, "cases": a.cases, "folds": a.folds, "seconds": round(seconds, 2),
                             "cpu_seconds": round(cpu, 2), "jobs": n_jobs, "target_s": a.target,
+                            "bare_snakemake_s": None if bare is None else round(bare, 2),
                             "load_average": round(os.getloadavg()[0], 2)})
             if a.profile:
                 prof = a.out / f"bench_dag_{layout}.prof"

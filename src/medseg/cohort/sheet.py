@@ -88,7 +88,7 @@ def _header(path: Path, case: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
 
 def build_case_sheet(root: str | Path, layout: str, cases: Sequence[str], splits: dict[str, dict],
                      modalities: Sequence[str], convention: str, out_tsv: str | Path, *, full: bool = True,
-                     bad_cases: str = "fail", threads: int = 1) -> list[dict]:
+                     bad_cases: str = "skip", threads: int = 1) -> list[dict]:
     """Inspect every case (``threads`` at a time) and write the sheet atomically; return the rows.
 
     ``bad_cases`` only changes what the log says will happen to a case with a problem
