@@ -95,6 +95,19 @@ def test_full_validation_reads_every_voxel(tmp_path):
     assert sheet_problems(tmp_path / "missing.tsv") == {}
 
 
+def test_without_registration_modalities_must_share_one_space(tmp_path):
+    make_case(tmp_path, "moved")
+    t2 = tmp_path / "moved" / "moved_t2.nii.gz"
+    img = sitk.ReadImage(str(t2))
+    img.SetOrigin((0.0, 0.0, 5.0))
+    sitk.WriteImage(img, str(t2))
+    splits = {"moved": {"split": "test", "fold": None}}
+    rows = build_case_sheet(tmp_path, "brats2021", ["moved"], splits, MODS, "auto", tmp_path / "a.tsv")
+    assert not rows[0]["problem"]  # registration will align it
+    rows = build_case_sheet(tmp_path, "brats2021", ["moved"], splits, MODS, "auto", tmp_path / "b.tsv", same_space=True)
+    assert "moved_t2.nii.gz has origin [0.0, 0.0, 5.0]" in rows[0]["problem"] and "steps.register" in rows[0]["problem"]
+
+
 def test_declared_convention_mismatch_is_an_error(tmp_path):
     make_case(tmp_path, "c23", labels=(0, 1, 2, 3))
     build_case_sheet(tmp_path, "brats2021", ["c23"], {"c23": {"split": "train", "fold": 0}}, MODS, "2021", tmp_path / "s.tsv")

@@ -67,6 +67,19 @@ def test_folds_do_not_multiply_per_case_jobs(tmp_path):
     assert three["collect_brain_stats"] == 1
 
 
+def test_register_off_has_no_register_jobs_and_reads_n4_outputs(tmp_path):
+    """steps.register off: no register job and no copy of any scan; the later stages read n4_*,
+    training reads the label map the sheet lists (demo), prediction needs no transform."""
+    off = tmp_path / "off.yaml"
+    off.write_text("datasets:\n  brats:\n    steps: {register: false}\n")
+    r = smk(tmp_path, "-n", "results/brats_timm.json", configs=("tests/configs/tiny.yaml", str(off)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = _job_counts(r.stdout)
+    assert "register_atlas" not in counts and counts["n4_correct"] == counts["skullstrip_brain"] == 5
+    assert "reg_" not in r.stdout and "tfm_atlas" not in r.stdout and "warp_atlas" not in r.stdout
+    assert "preprocess/BraTS2021_00000/n4_t1ce.nii.gz" in r.stdout
+
+
 def test_invalid_config_is_rejected_with_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  steps: -3\n")
@@ -133,7 +146,8 @@ def test_killed_run_finishes_with_rerun_incomplete(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path):
-    """A dataset in the BraTS 2021 layout (the tiny run's scans) with one training scan cut short.
+    """A dataset in the BraTS 2021 layout (the tiny run's scans, steps.register off) with one
+    training scan cut short.
     The dry run, before the case sheet exists, still shows that case's jobs; the run finds the
     damage in the case sheet, leaves the case out (bad_cases: skip), trains, predicts and
     evaluates every other case, exits 0, and the results JSON names the case, file and problem."""
@@ -149,7 +163,8 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     t1 = data / bad / f"{bad}_t1.nii.gz"
     t1.write_bytes(t1.read_bytes()[: t1.stat().st_size // 2])
     cfg = tmp_path / "real.yaml"
-    cfg.write_text(f"datasets:\n  brats:\n    source: {data}\n")
+    # steps.register off: the stages after N4 read n4_* and the source label maps directly
+    cfg.write_text(f"datasets:\n  brats:\n    source: {data}\n    steps: {{register: false}}\n")
     work = tmp_path / "work"
     configs = ("tests/configs/tiny.yaml", str(cfg))
     dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
@@ -165,6 +180,13 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     norm = json.loads((work / "results/brats/normalizer_0.json").read_text())
     assert bad not in norm["cases"] and norm["cases"]
     assert not (work / f"results/brats/preprocess/{bad}").exists()  # its jobs left the DAG: nothing half-done
+    assert not list((work / "results/brats/preprocess").rglob("reg_*"))
+    import SimpleITK as sitk
+
+    case = res["cases"][0]
+    pred = sitk.ReadImage(str(work / f"results/brats/predictions/timm/{case}.nii.gz"))
+    ref = sitk.ReadImage(str(data / case / f"{case}_t1ce.nii.gz"))
+    assert pred.GetSize() == ref.GetSize() and pred.GetOrigin() == ref.GetOrigin()
     assert "left out of training and evaluation" in (work / "results/brats/logs/case_sheet.log").read_text()
 
 

@@ -37,7 +37,7 @@ def to_native(probs: np.ndarray, atlas_grid: sitk.Image, native_to_atlas: sitk.T
     return np.stack(out)
 
 
-def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_grid: str, transform: str,
+def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_grid: str, transform: str | None,
                  native_image: str, convention: str, out_path: str, cfg: InferenceConfig,
                  out_probs: str | None = None, warp: str | None = None) -> dict:
     """Predict ``case`` and write its native-space label map.
@@ -47,7 +47,8 @@ def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_gri
             fold k for ``model_paths[k]``).
         model_paths: one ``model.pt`` per fold.
         atlas_grid: an image on the atlas grid (the registered reference modality).
-        transform: ``.tfm`` mapping atlas world -> native world (from registration; its affine part).
+        transform: ``.tfm`` mapping atlas world -> native world (from registration; its affine part);
+            ``None``: identity (no registration: ``atlas_grid`` is a native-space image).
         warp: displacement field on the atlas grid completing ``transform`` (``warp_atlas.nii.gz``;
             ``None`` or all zero: affine only).
         native_image: the case's original reference image (grid of the output).
@@ -73,7 +74,8 @@ def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_gri
     grid = read_image(atlas_grid, case=case)
     native = read_image(native_image, case=case)
     field = read_image(warp, case=case, pixel_type=sitk.sitkVectorFloat32) if warp else None
-    native_probs = to_native(probs, grid, moving_to_fixed(sitk.ReadTransform(transform), field), native)
+    affine = sitk.ReadTransform(transform) if transform else sitk.Transform(3, sitk.sitkIdentity)
+    native_probs = to_native(probs, grid, moving_to_fixed(affine, field), native)
     labels = regions_to_labels(native_probs > cfg.threshold, convention)
     write_image(array_to_image(labels, native), out_path)
     if out_probs:

@@ -40,6 +40,7 @@ checkpoint case_sheet:
         modalities=lambda w: list(plan(w).modalities),
         convention=lambda w: str(dataset_cfg(w).get("convention", "auto")),
         validate=lambda w: dataset_cfg(w).get("validate", "full"),
+        register=lambda w: step_on(w, "register"),
         bad_cases=lambda w: dataset_cfg(w).get("bad_cases", "skip"),
         experiment=EXPERIMENT,
     script:

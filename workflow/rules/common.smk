@@ -115,11 +115,49 @@ ATLAS_DIR = "{}/atlas/icbm152_{:g}mm".format(
 )
 
 
+def case_image(wildcards, mod):
+    """A modality as the stages after registration read it: reg_<mod> (atlas space), or with
+    steps.register off the N4 output itself (native space): no register job, no copy of the scan.
+    """
+    stage = "reg" if step_on(wildcards, "register") else "n4"
+    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/{stage}_{mod}.nii.gz"
+
+
+def case_images(wildcards):
+    return [case_image(wildcards, m) for m in ALL_MODS]
+
+
+def case_seg(wildcards):
+    """The label map in the space of case_image(): reg_seg, or with steps.register off the source
+    file (for the demo, whose files the sheet lists, none: the job reads it from the sheet).
+    """
+    if step_on(wildcards, "register"):
+        return (
+            f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/reg_seg.nii.gz"
+        )
+    p = plan(wildcards)
+    return [] if p.is_demo else p.raw(wildcards.case, "seg")
+
+
+def atlas_transforms(wildcards):
+    """The atlas -> native transform and warp predict_case maps labels back with (none with steps.register off)."""
+    if not step_on(wildcards, "register"):
+        return {}
+    d = f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}"
+    return {"transform": f"{d}/tfm_atlas.tfm", "warp": f"{d}/warp_atlas.nii.gz"}
+
+
 def skullstrip_input(wildcards):
     mod = cfg_section("preprocessing", "skullstrip").get("modality", "t1")
     if mod not in plan(wildcards).modalities:
         mod = plan(wildcards).reference
-    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/reg_{mod}.nii.gz"
+    return case_image(wildcards, mod)
+
+
+def skullstrip_atlas(wildcards):
+    """The prepared atlas, if this dataset's skull stripping uses it (not with steps.skullstrip off)."""
+    method = cfg_section("preprocessing", "skullstrip").get("method", "atlas")
+    return [f"{ATLAS_DIR}/head.nii.gz"] if step_on(wildcards, "skullstrip") and method == "atlas" else []
 
 
 def case_files(dataset, cases, pattern):

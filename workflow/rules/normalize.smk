@@ -48,10 +48,7 @@ rule fit_normalizer:
 rule normalize_case:
     # held-out cases: every fold's normalisation, read by predict_case
     input:
-        images=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
-            for m in ALL_MODS
-        ],
+        images=case_images,
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
         models=fold_normalizers,
     output:
@@ -71,12 +68,9 @@ rule normalize_case:
 rule tile_case:
     # training and validation cases: normalised for every fold and tiled in one job
     input:
-        images=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
-            for m in ALL_MODS
-        ],
+        images=case_images,
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
-        seg=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_seg.nii.gz",
+        seg=case_seg,
         models=fold_normalizers,
         sheet=SHEET,
     output:

@@ -1,16 +1,16 @@
-# Inference on held-out cases: fold ensemble in atlas space, labels back on the native grid.
+# Inference on held-out cases: fold ensemble in atlas space (native with steps.register off),
+# labels back on the native grid.
 
 
 rule predict_case:
     input:
+        unpack(atlas_transforms),
         norm=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm.npz",
         models=lambda w: [
             f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
             for k in plan(w).folds()
         ],
-        atlas_grid=lambda w: f"{RESULTS}/{w.dataset}/preprocess/{w.case}/reg_{ref_mod(w)}.nii.gz",
-        transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
-        warp=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/warp_atlas.nii.gz",
+        atlas_grid=lambda w: case_image(w, ref_mod(w)),
         sheet=SHEET,
     output:
         labels=f"{RESULTS}/{{dataset}}/predictions/{{model}}/{{case}}.nii.gz",

@@ -99,11 +99,8 @@ rule skullstrip_brain:
     # the brain mask, and the intensity quantiles inside it (fitting the normalisers reads those)
     input:
         image=skullstrip_input,
-        atlas=f"{ATLAS_DIR}/head.nii.gz",
-        images=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
-            for m in ALL_MODS
-        ],
+        atlas=skullstrip_atlas,
+        images=case_images,
     output:
         mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
         stats=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_stats.json",

@@ -10,5 +10,6 @@ with job(snakemake) as p:
     torch.set_num_threads(snakemake.threads)
     inp, case = snakemake.input, snakemake.wildcards.case
     row = case_row(inp.sheet, case)
-    predict_case(case, inp.norm, inp.models, inp.atlas_grid, inp.transform, row[p["reference"]], row["convention"],
-                 snakemake.output.labels, from_mapping(InferenceConfig, p["inference"], "inference."), warp=inp.warp)
+    predict_case(case, inp.norm, inp.models, inp.atlas_grid, inp.get("transform"), row[p["reference"]],
+                 row["convention"], snakemake.output.labels, from_mapping(InferenceConfig, p["inference"], "inference."),
+                 warp=inp.get("warp"))

@@ -7,6 +7,7 @@ from medseg.preprocess.stages import tile_training_case
 with job(snakemake) as p:
     inp, case = snakemake.input, snakemake.wildcards.case
     row = case_row(inp.sheet, case)
-    tile_training_case(case, dict(zip(p["modalities"], inp.images)), inp.mask, inp.seg, inp.models,
+    seg = inp.seg or row["seg"]  # steps.register off, demo cohort: the label map the sheet lists
+    tile_training_case(case, dict(zip(p["modalities"], inp.images)), inp.mask, seg, inp.models,
                        snakemake.output.npy, snakemake.output.table,
                        from_mapping(NormConfig, p["normalize"], "preprocessing.normalize."), row["convention"])

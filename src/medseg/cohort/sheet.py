@@ -31,11 +31,12 @@ COLUMNS = ("case_id", "split", "fold", "convention", "problem", "t1", "t1ce", "t
 
 
 def inspect_case(root: str | Path, case: str, layout: str, modalities: Sequence[str], convention: str,
-                 full: bool = True) -> dict:
+                 full: bool = True, same_space: bool = False) -> dict:
     """Check one case's files (headers, grids, labels; with ``full`` also every voxel); return its sheet row.
 
     ``full`` reads each image whole, as the jobs will: a gzip stream truncated after an intact
     header and NaN/inf voxels are then found here, before any job of the case runs.
+    ``same_space``: the files must also share origin and direction (no registration will align them).
     """
     row: dict = {"case_id": case, "problem": ""}
     try:
@@ -52,6 +53,11 @@ def inspect_case(root: str | Path, case: str, layout: str, modalities: Sequence[
                 raise InputError(f"{paths[k].name} has grid {other[0]} @ {other[1]} mm but "
                                  f"{paths[modalities[0]].name} has {ref[0]} @ {ref[1]} mm; "
                                  "resample all modalities of a case onto one grid")
+            if same_space and not (np.allclose(other[2], ref[2], atol=1e-2) and np.allclose(other[3], ref[3], atol=1e-4)):
+                raise InputError(f"{paths[k].name} has origin {_r(other[2])} and direction {_r(other[3])} but "
+                                 f"{paths[modalities[0]].name} has {_r(ref[2])} and {_r(ref[3])}: with "
+                                 "steps.register off the modalities are stacked voxel by voxel, so they must share "
+                                 "one space; turn steps.register on, or resample them onto one grid")
         if full:
             for k in modalities:
                 read_image(paths[k], case=case, source=True)
@@ -73,8 +79,12 @@ def inspect_case(root: str | Path, case: str, layout: str, modalities: Sequence[
     return row
 
 
-def _header(path: Path, case: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """(size, spacing) from the file header only."""
+def _r(values: Sequence[float]) -> list[float]:
+    return [round(v, 3) for v in values]
+
+
+def _header(path: Path, case: str) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(size, spacing, origin, direction) from the file header only."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -83,19 +93,20 @@ def _header(path: Path, case: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         raise InputError(f"{path.name} cannot be read (corrupt or truncated?)") from e
     if reader.GetDimension() != 3:
         raise InputError(f"{path.name} is {reader.GetDimension()}-D with size {reader.GetSize()}, expected 3-D")
-    return reader.GetSize(), reader.GetSpacing()
+    return reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
 
 
 def build_case_sheet(root: str | Path, layout: str, cases: Sequence[str], splits: dict[str, dict],
                      modalities: Sequence[str], convention: str, out_tsv: str | Path, *, full: bool = True,
-                     bad_cases: str = "skip", threads: int = 1) -> list[dict]:
+                     same_space: bool = False, bad_cases: str = "skip", threads: int = 1) -> list[dict]:
     """Inspect every case (``threads`` at a time) and write the sheet atomically; return the rows.
 
+    ``full``, ``same_space``: see :func:`inspect_case`.
     ``bad_cases`` only changes what the log says will happen to a case with a problem
     (``skip``: left out; ``fail``: its jobs fail).
     """
     def one(case: str) -> dict:
-        row = inspect_case(root, case, layout, modalities, convention, full)
+        row = inspect_case(root, case, layout, modalities, convention, full, same_space)
         row.update(split=splits[case]["split"], fold="" if splits[case]["fold"] is None else splits[case]["fold"])
         return row
 
