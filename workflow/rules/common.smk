@@ -157,7 +157,11 @@ def skullstrip_input(wildcards):
 def skullstrip_atlas(wildcards):
     """The prepared atlas, if this dataset's skull stripping uses it (not with steps.skullstrip off)."""
     method = cfg_section("preprocessing", "skullstrip").get("method", "atlas")
-    return [f"{ATLAS_DIR}/head.nii.gz"] if step_on(wildcards, "skullstrip") and method == "atlas" else []
+    return (
+        [f"{ATLAS_DIR}/head.nii.gz"]
+        if step_on(wildcards, "skullstrip") and method == "atlas"
+        else []
+    )
 
 
 def case_files(dataset, cases, pattern):
