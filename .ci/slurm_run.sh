@@ -170,7 +170,8 @@ fi
 
 # --- checks ------------------------------------------------------------------------------------
 # 1. every SLURM job of the run is COMPLETED; 2. every job of the DAG ran inside one of them
-# (the plugin runs each rule under srun in the allocation: "localrule <rule>:" in the SLURM log),
+# (the plugin runs each rule under srun in the allocation: "localrule <rule>:" in the SLURM log,
+# "localcheckpoint case_sheet:" for the checkpoint),
 # rule by rule as in snakemake's job stats; 3. train_model and predict_case asked for a GPU.
 [[ -s $WORK/results/brats_timm.json ]] || die "results/brats_timm.json missing"
 # "Job 17 has been submitted with SLURM jobid 29 (log: .../slurm_logs/rule_train_model/brats_timm_0/29.log)."
@@ -193,7 +194,7 @@ done
 [[ ${#bad[@]} -eq 0 ]] || die "SLURM jobs not COMPLETED: ${bad[*]}"
 expected=$(awk '/^Job stats:/ {s=1; next} s && $1 == "total" {exit} s && $2 ~ /^[0-9]+$/ {print $1, $2}' \
   "$CI_DIR/snakemake.log" | sort)
-ran=$(for id in $ids; do cat "${log_of[$id]}"; done | sed -n 's/^localrule \([A-Za-z0-9_]*\):$/\1/p' | sort | uniq -c \
+ran=$(for id in $ids; do cat "${log_of[$id]}"; done | sed -n 's/^local\(rule\|checkpoint\) \([A-Za-z0-9_]*\):$/\2/p' | sort | uniq -c \
   | awk '{print $2, $1}' | sort)
 [[ -n $expected ]] || die "no job stats in the snakemake log"
 [[ $expected == "$ran" ]] || die "jobs in the DAG vs jobs run inside SLURM jobs:
