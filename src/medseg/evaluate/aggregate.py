@@ -22,7 +22,7 @@ from medseg.io import atomic_path
 __all__ = ["aggregate", "overlay_montage", "plot_boxplots", "select_montage_cases", "summary", "write_cases_csv"]
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: excluded_cases is {case id: reason} (was a list of ids)
 SECTIONS = ("regions", "labels", "lesionwise")
 CSV_PREFIX = {"regions": "", "labels": "label_", "lesionwise": "lesionwise_"}
 
