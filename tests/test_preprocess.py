@@ -124,3 +124,39 @@ def test_fold_normaliser_from_case_quantiles_equals_fit_on_images():
     model = fit_model_from_quantiles([brain_quantiles(imgs, brain) for imgs, brain in cases], off_grid)
     np.testing.assert_allclose(model["modalities"]["t1"]["standard"], fit_nyul([i["t1"][b] for i, b in cases], off_grid),
                                atol=0.5)  # interpolated between grid quantiles, on a 0..100 scale
+
+
+def test_skullstrip_off_brain_is_nonzero_voxels_and_stats_match_a_mask_file(tmp_path):
+    """steps.skullstrip off: no mask file; the brain is what is nonzero in any modality (holes
+    filled), and the table computed from the images equals per-case brain_stats with that mask."""
+    from medseg.preprocess.stages import brain_stats, collect_stats, nonzero_brain, normalized_arrays, quantiles_from_images
+
+    rng = np.random.default_rng(5)
+    images, truth = {}, {}
+    for case in ("a", "b", "c"):
+        brain = np.zeros((10, 12, 12), bool)
+        brain[2:8, 3:9, 2:10] = True
+        t1 = np.where(brain, rng.gamma(3, 10, brain.shape), 0.0)
+        t1[4, 5, 5] = 0.0  # a dark voxel inside the brain: a hole, filled
+        flair = np.where(brain, rng.normal(80, 5, brain.shape), 0.0)
+        flair[2, 3, 2] = 0.0  # zero in flair, nonzero in t1: brain
+        images[case] = {}
+        for m, arr in (("t1", t1), ("flair", flair)):
+            path = tmp_path / f"{case}_{m}.nii.gz"
+            sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.float32)), str(path))
+            images[case][m] = str(path)
+        truth[case] = brain
+        assert np.array_equal(nonzero_brain({"t1": t1, "flair": flair}), brain)
+        mask = tmp_path / f"{case}_mask.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(brain.astype(np.uint8)), str(mask))
+        brain_stats(case, images[case], str(mask), str(tmp_path / f"{case}_stats.json"))
+    from_images = collect_stats(quantiles_from_images(images, threads=2), str(tmp_path / "a.json"))
+    from_files = collect_stats([str(tmp_path / f"{c}_stats.json") for c in images], str(tmp_path / "b.json"))
+    assert list(from_images) == ["a", "b", "c"] and from_images == from_files
+    model = tmp_path / "model.json"
+    from medseg.io import write_json
+    from medseg.preprocess.normalize import fit_model_from_quantiles
+
+    write_json(fit_model_from_quantiles(list(from_images.values()), NormConfig()), model)
+    out = normalized_arrays("a", images["a"], None, [str(model)], NormConfig())
+    assert np.array_equal(out["brain"] > 0, truth["a"])

@@ -69,7 +69,8 @@ def test_folds_do_not_multiply_per_case_jobs(tmp_path):
 
 def test_register_off_has_no_register_jobs_and_reads_n4_outputs(tmp_path):
     """steps.register off: no register job and no copy of any scan; the later stages read n4_*,
-    training reads the label map the sheet lists (demo), prediction needs no transform."""
+    training reads the label map the sheet lists (demo), prediction needs no transform. With
+    steps.skullstrip off as well, no skull-stripping job."""
     off = tmp_path / "off.yaml"
     off.write_text("datasets:\n  brats:\n    steps: {register: false}\n")
     r = smk(tmp_path, "-n", "results/brats_timm.json", configs=("tests/configs/tiny.yaml", str(off)))
@@ -78,6 +79,15 @@ def test_register_off_has_no_register_jobs_and_reads_n4_outputs(tmp_path):
     assert "register_atlas" not in counts and counts["n4_correct"] == counts["skullstrip_brain"] == 5
     assert "reg_" not in r.stdout and "tfm_atlas" not in r.stdout and "warp_atlas" not in r.stdout
     assert "preprocess/BraTS2021_00000/n4_t1ce.nii.gz" in r.stdout
+    # and skull stripping off too (the BraTS setting): no skull-stripping job either; the
+    # normalisers' intensity table is computed from the images
+    off.write_text("datasets:\n  brats:\n    steps: {register: false, skullstrip: false}\n")
+    r = smk(tmp_path, "-n", "results/brats_timm.json", configs=("tests/configs/tiny.yaml", str(off)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = _job_counts(r.stdout)
+    assert "skullstrip_brain" not in counts and "register_atlas" not in counts and "prepare_atlas" not in counts
+    assert "brain_mask" not in r.stdout and "brain_stats.json" in r.stdout  # the table, not per case
+    assert counts["n4_correct"] == 5 and counts["collect_brain_stats"] == 1
 
 
 def test_invalid_config_is_rejected_with_the_key(tmp_path):
@@ -146,8 +156,8 @@ def test_killed_run_finishes_with_rerun_incomplete(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path):
-    """A dataset in the BraTS 2021 layout (the tiny run's scans, steps.register off) with one
-    training scan cut short.
+    """A dataset in the BraTS 2021 layout (the tiny run's scans; register and skull stripping off,
+    as for BraTS) with one training scan cut short.
     The dry run, before the case sheet exists, still shows that case's jobs; the run finds the
     damage in the case sheet, leaves the case out (bad_cases: skip), trains, predicts and
     evaluates every other case, exits 0, and the results JSON names the case, file and problem."""
@@ -163,8 +173,9 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     t1 = data / bad / f"{bad}_t1.nii.gz"
     t1.write_bytes(t1.read_bytes()[: t1.stat().st_size // 2])
     cfg = tmp_path / "real.yaml"
-    # steps.register off: the stages after N4 read n4_* and the source label maps directly
-    cfg.write_text(f"datasets:\n  brats:\n    source: {data}\n    steps: {{register: false}}\n")
+    # the BraTS setting: the stages after N4 read n4_* and the source label maps directly, and
+    # the brain is the nonzero voxels (no register or skull-stripping job)
+    cfg.write_text(f"datasets:\n  brats:\n    source: {data}\n    steps: {{register: false, skullstrip: false}}\n")
     work = tmp_path / "work"
     configs = ("tests/configs/tiny.yaml", str(cfg))
     dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
@@ -181,6 +192,8 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     assert bad not in norm["cases"] and norm["cases"]
     assert not (work / f"results/brats/preprocess/{bad}").exists()  # its jobs left the DAG: nothing half-done
     assert not list((work / "results/brats/preprocess").rglob("reg_*"))
+    assert not list((work / "results/brats/preprocess").rglob("brain_*"))
+    assert set(json.loads((work / "results/brats/brain_stats.json").read_text())) == set(full.trained_cases()) - {bad}
     import SimpleITK as sitk
 
     case = res["cases"][0]

@@ -115,16 +115,41 @@ ATLAS_DIR = "{}/atlas/icbm152_{:g}mm".format(
 )
 
 
-def case_image(wildcards, mod):
+def image_path(wildcards, case, mod):
     """A modality as the stages after registration read it: reg_<mod> (atlas space), or with
     steps.register off the N4 output itself (native space): no register job, no copy of the scan.
     """
     stage = "reg" if step_on(wildcards, "register") else "n4"
-    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/{stage}_{mod}.nii.gz"
+    return f"{RESULTS}/{wildcards.dataset}/preprocess/{case}/{stage}_{mod}.nii.gz"
+
+
+def case_image(wildcards, mod):
+    return image_path(wildcards, wildcards.case, mod)
 
 
 def case_images(wildcards):
     return [case_image(wildcards, m) for m in ALL_MODS]
+
+
+def case_mask(wildcards):
+    """The skull-stripping job's brain mask; none with steps.skullstrip off (no such job: the
+    stages take the voxels nonzero in any modality, medseg.preprocess.stages.nonzero_brain).
+    """
+    if not step_on(wildcards, "skullstrip"):
+        return []
+    return (
+        f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/brain_mask.nii.gz"
+    )
+
+
+def stats_inputs(wildcards):
+    """What the normalisers' intensity table is gathered from: each training case's
+    brain_stats.json, or with steps.skullstrip off its images (the table job computes them).
+    """
+    cases = usable(wildcards).trained_cases()
+    if step_on(wildcards, "skullstrip"):
+        return {"stats": case_files(wildcards.dataset, cases, "brain_stats.json")}
+    return {"images": [image_path(wildcards, c, m) for c in cases for m in ALL_MODS]}
 
 
 def case_seg(wildcards):

@@ -2,14 +2,13 @@
 # Per case, not per case and fold: either a case's normalisation (held-out cases, every fold's
 # in one file) or its tiles (training cases, every fold's channels in one file), so a
 # 1,000-case, 5-fold DAG has as many jobs as a 1-fold one. The intensity statistics the
-# normalisers are fitted on come from the skull-stripping job (brain_stats.json).
+# normalisers are fitted on come from the skull-stripping job (brain_stats.json), or with
+# steps.skullstrip off (no such job) from the images, computed by collect_brain_stats itself.
 
 
 rule collect_brain_stats:
     input:
-        stats=lambda w: case_files(
-            w.dataset, usable(w).trained_cases(), "brain_stats.json"
-        ),
+        unpack(stats_inputs),
         sheet=SHEET,
     output:
         table=f"{RESULTS}/{{dataset}}/brain_stats.json",
@@ -17,7 +16,10 @@ rule collect_brain_stats:
         f"{RESULTS}/{{dataset}}/logs/collect_brain_stats.log",
     conda:
         "../../envs/preprocess.yaml"
+    threads: 8  # steps.skullstrip off: reads every training case's images
     params:
+        cases=lambda w: usable(w).trained_cases(),
+        modalities=ALL_MODS,
         experiment=EXPERIMENT,
     script:
         "../scripts/collect_brain_stats.py"
@@ -49,7 +51,7 @@ rule normalize_case:
     # held-out cases: every fold's normalisation, read by predict_case
     input:
         images=case_images,
-        mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
+        mask=case_mask,
         models=fold_normalizers,
     output:
         npz=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm.npz",
@@ -69,7 +71,7 @@ rule tile_case:
     # training and validation cases: normalised for every fold and tiled in one job
     input:
         images=case_images,
-        mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
+        mask=case_mask,
         seg=case_seg,
         models=fold_normalizers,
         sheet=SHEET,

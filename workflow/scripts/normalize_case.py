@@ -5,5 +5,5 @@ from medseg.preprocess.stages import normalize_case
 
 with job(snakemake) as p:
     inp = snakemake.input
-    normalize_case(snakemake.wildcards.case, dict(zip(p["modalities"], inp.images)), inp.mask, inp.models,
+    normalize_case(snakemake.wildcards.case, dict(zip(p["modalities"], inp.images)), inp.mask or None, inp.models,
                    snakemake.output.npz, from_mapping(NormConfig, p["normalize"], "preprocessing.normalize."))

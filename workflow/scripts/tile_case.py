@@ -8,6 +8,6 @@ with job(snakemake) as p:
     inp, case = snakemake.input, snakemake.wildcards.case
     row = case_row(inp.sheet, case)
     seg = inp.seg or row["seg"]  # steps.register off, demo cohort: the label map the sheet lists
-    tile_training_case(case, dict(zip(p["modalities"], inp.images)), inp.mask, seg, inp.models,
+    tile_training_case(case, dict(zip(p["modalities"], inp.images)), inp.mask or None, seg, inp.models,
                        snakemake.output.npy, snakemake.output.table,
                        from_mapping(NormConfig, p["normalize"], "preprocessing.normalize."), row["convention"])

@@ -7,7 +7,7 @@ outputs (identity transform, unit bias field, copied image), so the DAG never ch
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -167,28 +167,55 @@ def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig,
     return {"brain_volume_ml": vol}
 
 
-def _load(case: str, images: dict[str, str], mask: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def nonzero_brain(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The brain of scans that come skull-stripped: voxels nonzero in any modality, holes filled."""
+    from scipy import ndimage as ndi
+
+    return ndi.binary_fill_holes(np.logical_or.reduce([a != 0 for a in arrays.values()]))
+
+
+def _load(case: str, images: dict[str, str], mask: str | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The case's arrays and its brain: ``mask``, or with ``None`` (steps.skullstrip off) :func:`nonzero_brain`."""
     arrays = {m: sitk.GetArrayFromImage(read_image(p, case=case)) for m, p in images.items()}
-    brain = sitk.GetArrayFromImage(read_labels(mask, case=case)) > 0
+    brain = sitk.GetArrayFromImage(read_labels(mask, case=case)) > 0 if mask else nonzero_brain(arrays)
     return arrays, brain
 
 
-def brain_stats(case: str, images: dict[str, str], mask: str, out_json: str) -> dict:
-    """Write the case's intensity quantiles inside its brain mask (what fitting a fold reads)."""
+def case_quantiles(case: str, images: dict[str, str], mask: str | None) -> dict:
+    """The case's intensity quantiles inside its brain (what fitting a fold reads)."""
     arrays, brain = _load(case, images, mask)
     if not brain.any():
         raise InputError(f"case {case}: brain mask {mask} is empty: cannot compute intensity statistics "
-                         "(check the skull-stripping QC image)")
-    out = {"case": case, **brain_quantiles(arrays, brain)}
+                         "(check the skull-stripping QC image)" if mask else
+                         f"case {case}: every voxel of {sorted(images.values())} is 0: nothing to compute "
+                         "intensity statistics on")
+    return {"case": case, **brain_quantiles(arrays, brain)}
+
+
+def brain_stats(case: str, images: dict[str, str], mask: str | None, out_json: str) -> dict:
+    """Write :func:`case_quantiles` to ``out_json``."""
+    out = case_quantiles(case, images, mask)
     write_json(out, out_json)
     return out
 
 
-def collect_stats(stats_jsons: Sequence[str], out_json: str) -> dict:
-    """Gather per-case :func:`brain_stats` files into one ``{case: quantiles}`` table."""
+def quantiles_from_images(images: Mapping[str, Mapping[str, str]], threads: int = 1) -> list[dict]:
+    """:func:`case_quantiles` inside :func:`nonzero_brain` for every case (case -> {modality: path}),
+    ``threads`` cases at a time (steps.skullstrip off: there is no per-case skull-stripping job)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        jobs = pool.map(lambda c: case_quantiles(c, dict(images[c]), None), images)
+        return list(tqdm(jobs, total=len(images), desc="intensity statistics", unit="case", mininterval=5))
+
+
+def collect_stats(stats: Sequence[str | Mapping], out_json: str) -> dict:
+    """Gather per-case :func:`brain_stats` files (or their dicts) into one ``{case: quantiles}`` table."""
     table = {}
-    for path in stats_jsons:
-        st = read_json(path)
+    for st in stats:
+        st = st if isinstance(st, Mapping) else read_json(st)
         table[st["case"]] = {k: v for k, v in st.items() if k != "case"}
     write_json(table, out_json)
     return table
@@ -208,9 +235,9 @@ def fit_normalizer(cases: Sequence[str], stats_table: str, out_json: str, cfg: N
     return model
 
 
-def normalized_arrays(case: str, images: dict[str, str], mask: str, model_jsons: Sequence[str], cfg: NormConfig,
+def normalized_arrays(case: str, images: dict[str, str], mask: str | None, model_jsons: Sequence[str], cfg: NormConfig,
                       seg: str | None = None, convention: str = "2021") -> dict[str, np.ndarray]:
-    """``case`` normalised with each fold's normaliser.
+    """``case`` normalised with each fold's normaliser (``mask=None``: :func:`nonzero_brain`).
 
     Returns ``image`` (folds, C, z, y, x) float32 (fold k normalised with ``model_jsons[k]``,
     channels in modality order), ``brain`` (uint8) and, if ``seg`` is given, ``labels``.
@@ -230,13 +257,13 @@ def normalized_arrays(case: str, images: dict[str, str], mask: str, model_jsons:
     return out
 
 
-def normalize_case(case: str, images: dict[str, str], mask: str, model_jsons: Sequence[str], out_npz: str,
+def normalize_case(case: str, images: dict[str, str], mask: str | None, model_jsons: Sequence[str], out_npz: str,
                    cfg: NormConfig, seg: str | None = None, convention: str = "2021") -> None:
     """Write :func:`normalized_arrays` of ``case`` to ``out_npz`` (what prediction reads)."""
     save_npz(out_npz, **normalized_arrays(case, images, mask, model_jsons, cfg, seg, convention))
 
 
-def tile_training_case(case: str, images: dict[str, str], mask: str, seg: str, model_jsons: Sequence[str],
+def tile_training_case(case: str, images: dict[str, str], mask: str | None, seg: str, model_jsons: Sequence[str],
                        out_npy: str, out_json: str, cfg: NormConfig, convention: str = "2021") -> dict:
     """Normalise a segmented case for every fold and write its training tiles (one job, no npz)."""
     from medseg.tiling import tile_case
