@@ -160,3 +160,26 @@ def test_skullstrip_off_brain_is_nonzero_voxels_and_stats_match_a_mask_file(tmp_
     write_json(fit_model_from_quantiles(list(from_images.values()), NormConfig()), model)
     out = normalized_arrays("a", images["a"], None, [str(model)], NormConfig())
     assert np.array_equal(out["brain"] > 0, truth["a"])
+
+
+def test_gathered_normalizers_normalise_like_one_file_per_fold(tmp_path):
+    from medseg.io import write_json
+    from medseg.preprocess.normalize import brain_quantiles, fit_model_from_quantiles
+    from medseg.preprocess.stages import gather_normalizers, normalized_arrays
+
+    rng = np.random.default_rng(8)
+    images, folds = {}, []
+    for m in ("t1", "flair"):
+        images[m] = str(tmp_path / f"x_{m}.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(rng.gamma(3, 10, (6, 8, 8)).astype(np.float32) + 1), images[m])
+    for k in range(3):
+        qs = [brain_quantiles({m: rng.gamma(2 + k + i, 10, (6, 8, 8)) for m in images}, np.ones((6, 8, 8), bool))
+              for i in range(2)]
+        folds.append(str(tmp_path / f"normalizer_{k}.json"))
+        write_json(fit_model_from_quantiles(qs, NormConfig()), folds[-1])
+    gathered = gather_normalizers(folds, str(tmp_path / "normalizers.json"))
+    assert len(gathered["folds"]) == 3
+    one = normalized_arrays("x", images, None, str(tmp_path / "normalizers.json"), NormConfig())
+    per_fold = normalized_arrays("x", images, None, folds, NormConfig())
+    assert one["image"].shape == (3, 2, 6, 8, 8) and np.array_equal(one["image"], per_fold["image"])
+    assert not np.array_equal(one["image"][0], one["image"][1])  # each fold its own normaliser

@@ -64,7 +64,7 @@ def test_folds_do_not_multiply_per_case_jobs(tmp_path):
     n_cases = one["n4_correct"]
     assert three["train_model"] == 3 and three["fit_normalizer"] == 3
     assert three["tile_case"] + three["normalize_case"] == n_cases == three["n4_correct"]
-    assert three["collect_brain_stats"] == 1
+    assert three["collect_brain_stats"] == 1 and three["gather_normalizers"] == 1
 
 
 def test_register_off_has_no_register_jobs_and_reads_n4_outputs(tmp_path):

@@ -47,12 +47,28 @@ rule fit_normalizer:
         "../scripts/fit_normalizer.py"
 
 
+rule gather_normalizers:
+    # every fold's normaliser in one file: one input of each case's normalisation, not one per fold
+    input:
+        fold_normalizers,
+    output:
+        f"{RESULTS}/{{dataset}}/normalizers.json",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/gather_normalizers.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        experiment=EXPERIMENT,
+    script:
+        "../scripts/gather_normalizers.py"
+
+
 rule normalize_case:
     # held-out cases: every fold's normalisation, read by predict_case
     input:
         images=case_images,
         mask=case_mask,
-        models=fold_normalizers,
+        models=f"{RESULTS}/{{dataset}}/normalizers.json",
     output:
         npz=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm.npz",
     log:
@@ -73,7 +89,7 @@ rule tile_case:
         images=case_images,
         mask=case_mask,
         seg=case_seg,
-        models=fold_normalizers,
+        models=f"{RESULTS}/{{dataset}}/normalizers.json",
         sheet=SHEET,
     output:
         npy=f"{RESULTS}/{{dataset}}/tiles/{{case}}.npy",

@@ -235,19 +235,35 @@ def fit_normalizer(cases: Sequence[str], stats_table: str, out_json: str, cfg: N
     return model
 
 
-def normalized_arrays(case: str, images: dict[str, str], mask: str | None, model_jsons: Sequence[str], cfg: NormConfig,
-                      seg: str | None = None, convention: str = "2021") -> dict[str, np.ndarray]:
+def gather_normalizers(model_jsons: Sequence[str], out_json: str) -> dict:
+    """Every fold's normaliser (one :func:`fit_normalizer` file per fold, in fold order) in one file:
+    what each case's normalisation reads, one input instead of one per fold."""
+    gathered = {"folds": [read_json(p) for p in model_jsons]}
+    write_json(gathered, out_json)
+    return gathered
+
+
+def fold_models(model_jsons: str | Sequence[str]) -> list[dict]:
+    """The fold normalisers from a :func:`gather_normalizers` file, or from one file per fold."""
+    if isinstance(model_jsons, (str, Path)):
+        return read_json(model_jsons)["folds"]
+    return [read_json(p) for p in model_jsons]
+
+
+def normalized_arrays(case: str, images: dict[str, str], mask: str | None, model_jsons: str | Sequence[str],
+                      cfg: NormConfig, seg: str | None = None, convention: str = "2021") -> dict[str, np.ndarray]:
     """``case`` normalised with each fold's normaliser (``mask=None``: :func:`nonzero_brain`).
 
-    Returns ``image`` (folds, C, z, y, x) float32 (fold k normalised with ``model_jsons[k]``,
-    channels in modality order), ``brain`` (uint8) and, if ``seg`` is given, ``labels``.
+    ``model_jsons``: see :func:`fold_models`. Returns ``image`` (folds, C, z, y, x) float32 (fold
+    k normalised with fold k's normaliser, channels in modality order), ``brain`` (uint8) and, if
+    ``seg`` is given, ``labels``.
     """
     from medseg.labels import validate_labels
 
     arrays, brain = _load(case, images, mask)
     folds = []
-    for model_json in model_jsons:
-        norm = normalize(arrays, brain, read_json(model_json), cfg)
+    for model in fold_models(model_jsons):
+        norm = normalize(arrays, brain, model, cfg)
         folds.append(np.stack([norm[m] for m in images]))
     out = {"image": np.stack(folds), "brain": brain.astype(np.uint8)}
     if seg is not None:
@@ -257,13 +273,13 @@ def normalized_arrays(case: str, images: dict[str, str], mask: str | None, model
     return out
 
 
-def normalize_case(case: str, images: dict[str, str], mask: str | None, model_jsons: Sequence[str], out_npz: str,
+def normalize_case(case: str, images: dict[str, str], mask: str | None, model_jsons: str | Sequence[str], out_npz: str,
                    cfg: NormConfig, seg: str | None = None, convention: str = "2021") -> None:
     """Write :func:`normalized_arrays` of ``case`` to ``out_npz`` (what prediction reads)."""
     save_npz(out_npz, **normalized_arrays(case, images, mask, model_jsons, cfg, seg, convention))
 
 
-def tile_training_case(case: str, images: dict[str, str], mask: str | None, seg: str, model_jsons: Sequence[str],
+def tile_training_case(case: str, images: dict[str, str], mask: str | None, seg: str, model_jsons: str | Sequence[str],
                        out_npy: str, out_json: str, cfg: NormConfig, convention: str = "2021") -> dict:
     """Normalise a segmented case for every fold and write its training tiles (one job, no npz)."""
     from medseg.tiling import tile_case
