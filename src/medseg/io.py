@@ -102,14 +102,21 @@ def _payload(img: sitk.Image) -> int:
     return img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
 
 
-def _check_gzip_stream(path: str | Path, min_bytes: int, where: str, chunk: int = 1 << 22) -> None:
+def _gunzipped_size(path: str | Path, chunk: int = 1 << 22) -> int:
+    """Bytes in gzip file ``path``, read to the end: a truncated stream or a bad CRC raises
+    (EOFError, gzip.BadGzipFile, zlib.error)."""
+    n = 0
+    with gzip.open(path, "rb") as f:
+        while block := f.read(chunk):
+            n += len(block)
+    return n
+
+
+def _check_gzip_stream(path: str | Path, min_bytes: int, where: str) -> None:
     """Decompress ``path`` to nowhere: raise InputError if the stream is cut short, fails its CRC,
     or holds fewer than ``min_bytes`` (the voxels its header promises)."""
-    total = 0
     try:
-        with gzip.open(path, "rb") as f:
-            while block := f.read(chunk):
-                total += len(block)
+        total = _gunzipped_size(path)
     except (EOFError, OSError, zlib.error) as e:
         raise InputError(f"{where}: cannot be read (corrupt or truncated gzip data: {e}); copy the file again") from e
     if total < min_bytes:
@@ -170,14 +177,8 @@ def _gzip_members(src: Path, dst: Path, level: int, chunk: int = 1 << 22) -> Non
 
 def _check_complete(tmp: Path, payload: int, path: str | Path) -> None:
     """Raise OSError unless ``tmp`` holds at least ``payload`` bytes (after gunzip for ``.gz``)."""
-    n = 0
     try:
-        if str(tmp).endswith(".gz"):
-            with gzip.open(tmp, "rb") as f:  # reads to the end: a truncated stream or bad CRC raises
-                while chunk := f.read(1 << 22):
-                    n += len(chunk)
-        else:
-            n = Path(tmp).stat().st_size
+        n = _gunzipped_size(tmp) if str(tmp).endswith(".gz") else Path(tmp).stat().st_size
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise OSError(f"writing {path} failed: the file is incomplete ({e}); disk full?") from e
     if n < payload:

@@ -14,16 +14,15 @@ import functools
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from medseg.cohort.layout import case_file, check_case_id
 from medseg.io import InputError, atomic_path, read_image
 from medseg.labels import ConventionError, detect_convention, validate_labels
+from medseg.parallel import thread_map
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +109,7 @@ def build_case_sheet(root: str | Path, layout: str, cases: Sequence[str], splits
         row.update(split=splits[case]["split"], fold="" if splits[case]["fold"] is None else splits[case]["fold"])
         return row
 
-    with ThreadPoolExecutor(max(1, threads)) as pool:  # decompression and ITK reads release the GIL
-        rows = list(tqdm(pool.map(one, cases), total=len(cases), desc="case sheet", unit="case", mininterval=5))
+    rows = thread_map(one, cases, threads, "case sheet", "case")
     with atomic_path(out_tsv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, delimiter="\t", extrasaction="ignore")
         w.writeheader()

@@ -202,13 +202,10 @@ def brain_stats(case: str, images: dict[str, str], mask: str | None, out_json: s
 def quantiles_from_images(images: Mapping[str, Mapping[str, str]], threads: int = 1) -> list[dict]:
     """:func:`case_quantiles` inside :func:`nonzero_brain` for every case (case -> {modality: path}),
     ``threads`` cases at a time (steps.skullstrip off: there is no per-case skull-stripping job)."""
-    from concurrent.futures import ThreadPoolExecutor
+    from medseg.parallel import thread_map
 
-    from tqdm import tqdm
-
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        jobs = pool.map(lambda c: case_quantiles(c, dict(images[c]), None), images)
-        return list(tqdm(jobs, total=len(images), desc="intensity statistics", unit="case", mininterval=5))
+    return thread_map(lambda c: case_quantiles(c, dict(images[c]), None), images, threads, "intensity statistics",
+                      "case")
 
 
 def collect_stats(stats: Sequence[str | Mapping], out_json: str) -> dict:
