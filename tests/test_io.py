@@ -195,3 +195,14 @@ def test_grid_of_images_written_and_read_back(tmp_path):
     back = read_labels(tmp_path / "a.nii.gz")
     assert back.GetOrigin() != img.GetOrigin()  # float32 moved it a little
     assert grid_differences(back, img) == []
+
+
+def test_zero_spacing_in_other_formats(tmp_path):
+    """MHA with ElementSpacing 0: was "cannot be read (corrupt or truncated?): Refusing to change spacing"."""
+    path = tmp_path / f"{CASE}_seg.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(labels_zyx()), str(path))
+    path.write_bytes(path.read_bytes().replace(b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 0 1"))
+    with pytest.raises(RuntimeError, match="Zero-valued spacing"):
+        sitk.ReadImage(str(path))
+    with pytest.raises(InputError, match=rf"case '{CASE}', file .*_seg\.mha: voxel size \(1\.0, 0\.0, 1\.0\) mm: every voxel size must be finite and > 0"):
+        read_labels(path, case=CASE)
