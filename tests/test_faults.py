@@ -211,3 +211,68 @@ def test_no_brain_left_fails_normalisation_naming_case_and_file(tmp_path, masked
         normalize_case("c7", images, mask, str(tmp_path / "normalizers.json"), str(tmp_path / "norm.npz"),
                        NormConfig(method="zscore"))
     assert not (tmp_path / "norm.npz").exists()
+
+
+# ------------------------------------------------------------- config checked at load, before any job
+def _config():
+    import yaml
+
+    from conftest import REPO
+
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_shipped_configs_pass_check_config():
+    import yaml
+
+    from conftest import REPO
+    from medseg.config import check_config
+
+    for path in (REPO / "config.yaml", *sorted((REPO / "tests" / "configs").glob("*.yaml"))):
+        check_config(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("training", "stpes", 10, r"unknown config key\(s\) \['training\.stpes'\]; valid: .*'steps'"),
+    ("training", "loss", "dice_bc", r"training\.loss must be one of \[.*'dice_bce'.*\], got 'dice_bc'"),
+    ("training", "schedule", "step", r"training\.schedule must be 'poly' or 'cosine'"),
+    ("training", "augment", {"flipp": 0.5}, r"\['training\.augment\.flipp'\]"),
+    ("inference", "overlapp", 0.5, r"\['inference\.overlapp'\]"),
+    ("preprocessing.n4", "maks", "brain", r"\['preprocessing\.n4\.maks'\]"),
+    ("preprocessing.n4", "mask", "head", r"n4\.mask must be one of"),
+    ("preprocessing.register", "atlas_spacing", 2.0, r"\['preprocessing\.register\.atlas_spacing'\]"),
+    ("preprocessing.skullstrip", "method", "bet", r"skullstrip\.method must be one of"),
+    ("preprocessing.skullstrip", "modality", "t1c", r"preprocessing\.skullstrip\.modality must be one of the modalities of dataset 'brats'"),
+    ("preprocessing.normalize", "method", "nyull", r"preprocessing\.normalize\.method for \w+ must be one of .*got .nyull."),
+    ("preprocessing.normalize", "method", {"flar": "zscore"}, r"preprocessing\.normalize\.method names modalities \['flar'\]"),
+    ("models.timm", "encoder", "resnet999", r"models\.timm\.encoder must be a timm model name, got 'resnet999'; did you mean one of \[.*'resnet18'.*\]"),
+    ("models.timm", "arch", "unet3d", r"models\.timm\.arch must be one of \['timm_unet'\]"),
+    ("models.timm", "decoder_chanels", [8], r"\['models\.timm\.decoder_chanels'\]"),
+])
+def test_config_errors_name_their_key_at_load(section, key, value, match, monkeypatch):
+    """Typos passed a dry run and failed after all preprocessing (training.stpes, resnet999 ...)."""
+    import timm
+
+    from medseg.config import check_config
+
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("check_config must not build a model"))
+    config = _config()
+    node = config
+    for k in section.split("."):
+        node = node.setdefault(k, {})
+    node[key] = value
+    with pytest.raises(ValueError, match=match):
+        check_config(config)
+
+
+def test_config_sections_that_are_not_mappings():
+    from medseg.config import check_config
+
+    config = _config()
+    config["training"] = 5
+    with pytest.raises(ValueError, match=r"config key training must be a mapping, got 5"):
+        check_config(config)
+    config = _config()
+    config["training"]["steps"] = "many"
+    with pytest.raises((ValueError, TypeError), match=r"training"):
+        check_config(config)
