@@ -206,3 +206,10 @@ def test_zero_spacing_in_other_formats(tmp_path):
         sitk.ReadImage(str(path))
     with pytest.raises(InputError, match=rf"case '{CASE}', file .*_seg\.mha: voxel size \(1\.0, 0\.0, 1\.0\) mm: every voxel size must be finite and > 0"):
         read_labels(path, case=CASE)
+
+
+def test_garbage_named_nii_gz_is_corrupt_not_misnamed(tmp_path):
+    path = tmp_path / "bad.nii.gz"
+    path.write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match=r"file .*bad\.nii\.gz: cannot be read \(corrupt or truncated\?\): not gzip data"):
+        read_image(path)

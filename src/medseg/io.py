@@ -140,11 +140,12 @@ def check_header(path: str | Path, case: str | None = None) -> Grid:
         raise InputError(f"{where}: does not exist" if not p.exists() else f"{where}: is not a file")
     if p.name.lower().endswith(".gz"):
         with open(p, "rb") as f:
-            magic = f.read(2)
-        if magic != b"\x1f\x8b":
-            raise InputError(f"{where}: not gzip-compressed although named {''.join(p.suffixes[-2:])}; rename it to "
-                             f"{p.name[:-3]}" if p.name.lower().endswith(".nii.gz") else
-                             f"{where}: not gzip-compressed although named .gz; rename it without .gz")
+            head = f.read(548)
+        if head[:2] != b"\x1f\x8b":
+            if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] == b"n+2\x00":  # an uncompressed NIfTI-1/-2
+                raise InputError(f"{where}: not gzip-compressed although named {''.join(p.suffixes[-2:])}; rename it to "
+                                 f"{p.name[:-3]}")
+            raise InputError(f"{where}: cannot be read (corrupt or truncated?): not gzip data although named .gz")
     if _is_nifti(p):
         _check_nifti_header(p, where)
     reader = sitk.ImageFileReader()
