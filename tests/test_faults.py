@@ -165,7 +165,7 @@ def test_blank_scan_fails_n4_with_its_name_not_an_itk_traceback(tmp_path, value)
 def test_non_finite_n4_result_fails_the_case(tmp_path, monkeypatch):
     """A log field below -8.3 rounds to a field of 0 (multiples of 2^-12), so image / field is inf;
     N4's output is checked before it is written."""
-    import medseg.preprocess.stages as stages
+    from medseg.preprocess import stages
     from medseg.preprocess.n4 import N4Config
 
     def n4_zero_corner(image, mask, cfg, transform):
@@ -216,7 +216,6 @@ def test_no_brain_left_fails_normalisation_naming_case_and_file(tmp_path, masked
 # ------------------------------------------------------------- config checked at load, before any job
 def _config():
     import yaml
-
     from conftest import REPO
 
     return yaml.safe_load((REPO / "config.yaml").read_text())
@@ -224,8 +223,8 @@ def _config():
 
 def test_shipped_configs_pass_check_config():
     import yaml
-
     from conftest import REPO
+
     from medseg.config import check_config
 
     for path in (REPO / "config.yaml", *sorted((REPO / "tests" / "configs").glob("*.yaml"))):

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg.io import GRID_TOLERANCE_VOXELS, Grid, InputError, check_header, grid_differences, read_image, read_labels
+from medseg.io import (
+    GRID_TOLERANCE_VOXELS,
+    Grid,
+    InputError,
+    check_header,
+    grid_differences,
+    read_image,
+    read_labels,
+)
 
 CASE = "BraTS2021_00042"
 

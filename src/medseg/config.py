@@ -7,8 +7,8 @@ fields are built recursively, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
-import typing
 import difflib
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 

@@ -96,7 +96,6 @@ def grid_differences(a: sitk.Image | Grid, b: sitk.Image | Grid,
         e.g. ``["origin (mm) (0.0, 0.005, 0.0) vs (0.0, 0.0, 0.0)"]`` (``a`` first).
     """
     a, b = Grid.of(a), Grid.of(b)
-    r = lambda v: tuple(round(float(x), 6) for x in v)  # noqa: E731
     if a.size != b.size:
         return [f"size {a.size} vs {b.size}"]
     n = len(a.size)
@@ -111,8 +110,12 @@ def grid_differences(a: sitk.Image | Grid, b: sitk.Image | Grid,
     }
     values = {"spacing (mm)": (a.spacing, b.spacing), "origin (mm)": (a.origin, b.origin),
               "direction": (a.direction, b.direction)}
-    return [f"{name} {r(values[name][0])} vs {r(values[name][1])}" for name, d in moved.items()
+    return [f"{name} {_rounded(values[name][0])} vs {_rounded(values[name][1])}" for name, d in moved.items()
             if not d <= tol]  # "not <=": NaN counts as different
+
+
+def _rounded(values: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(round(float(x), 6) for x in values)
 
 
 def _where(path: str | Path, case: str | None) -> str:
