@@ -221,3 +221,17 @@ def test_garbage_named_nii_gz_is_corrupt_not_misnamed(tmp_path):
     path.write_bytes(b"not a nifti")
     with pytest.raises(InputError, match=r"file .*bad\.nii\.gz: cannot be read \(corrupt or truncated\?\): not gzip data"):
         read_image(path)
+
+
+def test_vector_image_is_3d(tmp_path):
+    """A displacement field is stored as NIfTI (x, y, z, 1, 3): a 3-D image with 3 components."""
+    from medseg.io import write_image
+
+    field = sitk.Image([8, 9, 10], sitk.sitkVectorFloat32, 3)
+    write_image(field, tmp_path / "warp.nii.gz")
+    assert nib.load(str(tmp_path / "warp.nii.gz")).shape == (8, 9, 10, 1, 3)
+    assert read_image(tmp_path / "warp.nii.gz", pixel_type=sitk.sitkVectorFloat32).GetSize() == (8, 9, 10)
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((6, 8, 8), np.float32))] * 3)
+    sitk.WriteImage(four_d, str(tmp_path / "four.nii.gz"))
+    with pytest.raises(InputError, match=r"expected a 3-D image, got 4-D with size \(8, 8, 6, 3\)"):
+        read_image(tmp_path / "four.nii.gz")

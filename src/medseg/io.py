@@ -171,6 +171,7 @@ def _check_nifti_header(path: Path, where: str) -> None:
     except Exception as e:  # nibabel raises many types for a bad header (ImageFileError, ValueError, EOFError ...)
         raise InputError(f"{where}: cannot be read as NIfTI (corrupt or truncated header?): {e}") from e
     shape = tuple(int(n) for n in img.shape)
+    shape = shape[:4] if len(shape) > 4 else shape  # NIfTI dim 5: vector components (a displacement field)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3:
