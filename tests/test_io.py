@@ -137,6 +137,9 @@ def test_blank_source_scan_is_an_error_naming_case_and_file(tmp_path, constant):
     with pytest.raises(InputError, match=rf"case '{CASE}', file .*{CASE}_flair\.nii\.gz: every voxel is {constant:g}: a blank scan"):
         read_image(path, case=CASE, source=True)
     assert read_image(path, case=CASE).GetSize() == (16, 16, 8)  # an intermediate file may be constant (a unit field)
+    empty = tmp_path / f"{CASE}_seg.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 16, 16), np.uint8)), str(empty))
+    assert not sitk.GetArrayViewFromImage(read_labels(empty, case=CASE)).any()  # a label map without tumour is fine
 
 
 def test_two_d_image_is_named_as_such(tmp_path):
