@@ -13,6 +13,7 @@ export_package_path()
 
 from medseg.cohort.plan import dataset_plan
 from medseg.cohort.sheet import sheet_problems
+from medseg.config import check_config
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -20,6 +21,7 @@ RESULTS = "results"
 PLANS = {
     name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()
 }
+check_config(config, PLANS)  # unknown keys, encoders, losses: fail now, not hours later
 
 
 def _alternatives(values):

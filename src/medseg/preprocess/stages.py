@@ -80,7 +80,11 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
             log.info("%s %s: foreground CV %.4f -> %.4f", case, mod, qc[mod]["cv_fg_before"], qc[mod]["cv_fg_after"])
         else:
             tfm = atlas_transform(img, cfg.register_spacing_mm)
-            corrected, field = n4_correct(img, None, cfg, transform=tfm)
+            try:
+                corrected, field = n4_correct(img, None, cfg, transform=tfm)
+            except ValueError as e:  # e.g. a fitting mask of a few voxels
+                raise InputError(f"case {case!r}, file {path}: N4 bias correction failed: {e}") from e
+            _check_n4(case, path, corrected, field)
             wm = white_matter_mask(corrected, tfm)
             qc[mod] = {"cv_wm_before": coefficient_of_variation(img, wm), "cv_wm_after": coefficient_of_variation(corrected, wm),
                        "wm_ml": float(sitk.GetArrayViewFromImage(wm).sum() * np.prod(img.GetSpacing()) / 1000)}
@@ -100,6 +104,17 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
             n4_qc(img, corrected, field, qc_png, title=f"{case} {mod} N4" + ("" if cfg else " (off)"), mask=wm,
                   mask_name="deep WM" if cfg is not None and cfg.mask == "brain" else "foreground")
     return qc
+
+
+def _check_n4(case: str, path: str, corrected: sitk.Image, field: sitk.Image) -> None:
+    """Raise InputError naming case and file if N4's field is not finite and > 0 everywhere or the
+    corrected image holds NaN/inf (a log field below -8.3 rounds to a field of 0, ``image / 0``)."""
+    f, c = sitk.GetArrayViewFromImage(field), sitk.GetArrayViewFromImage(corrected)
+    bad_field, bad_image = int((~(np.isfinite(f) & (f > 0))).sum()), int((~np.isfinite(c)).sum())
+    if bad_field or bad_image:
+        raise InputError(f"case {case!r}, file {path}: N4 bias correction gave {bad_field} bias-field voxels that are "
+                         f"not finite and > 0 and {bad_image} NaN or infinite voxels in the corrected image; check "
+                         "the scan (is it a head? the N4 QC image), or turn steps.n4 off for this dataset")
 
 
 def register_case(case: str, images: dict[str, str], seg: str | None, reference: str, out_images: dict[str, str],
@@ -213,14 +228,19 @@ def _load(case: str, images: dict[str, str], mask: str | None) -> tuple[dict[str
     return arrays, brain
 
 
+def _check_brain(case: str, brain: np.ndarray, images: Mapping[str, str], mask: str | None) -> None:
+    """Raise InputError naming the case and the files if there is no brain left to normalise."""
+    if not brain.any():
+        raise InputError(f"case {case!r}, file {mask}: the brain mask is empty: no brain voxels to compute intensity "
+                         "statistics on or normalise (check the skull-stripping QC image)" if mask else
+                         f"case {case!r}, files {sorted(images.values())}: every voxel is 0 in every modality: no "
+                         "brain voxels to compute intensity statistics on or normalise")
+
+
 def case_quantiles(case: str, images: dict[str, str], mask: str | None) -> dict:
     """The case's intensity quantiles inside its brain (what fitting a fold reads)."""
     arrays, brain = _load(case, images, mask)
-    if not brain.any():
-        raise InputError(f"case {case}: brain mask {mask} is empty: cannot compute intensity statistics "
-                         "(check the skull-stripping QC image)" if mask else
-                         f"case {case}: every voxel of {sorted(images.values())} is 0: nothing to compute "
-                         "intensity statistics on")
+    _check_brain(case, brain, images, mask)
     return {"case": case, **brain_quantiles(arrays, brain)}
 
 
@@ -290,6 +310,7 @@ def normalized_arrays(case: str, images: dict[str, str], mask: str | None, model
     nearest neighbour).
     """
     arrays, brain = _load(case, images, mask)
+    _check_brain(case, brain, images, mask)
     folds = []
     for model in fold_models(model_jsons):
         norm = normalize(arrays, brain, model, cfg)
