@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lesion_pairs import make_pair  # BraTS 2023 labels: the script's get_TissueWiseSeg expects them
 from medseg.evaluate.lesionwise import lesionwise_metrics
 from medseg.labels import REGIONS, labels_to_regions
 
@@ -22,8 +23,6 @@ pytest.importorskip("cc3d")
 pytest.importorskip("pandas")
 
 REF_DIR = Path(__file__).parent / "reference" / "brats_metrics"
-SHAPE = (48, 48, 48)
-NCR, ED, ET = 1, 2, 3  # BraTS 2023 labels: the script's get_TissueWiseSeg expects them
 CHALLENGE = {"2023-glioma": "BraTS-GLI", "2023-metastases": "BraTS-MET", "2023-meningioma": "BraTS-MEN"}
 # (seed, spacing in mm of the array axes, edition): 1 mm like BraTS, and anisotropic grids
 PAIRS = [(0, (1.0, 1.0, 1.0), "2023-glioma"), (1, (1.0, 1.0, 1.0), "2023-glioma"),
@@ -54,49 +53,6 @@ def reference():
         sys.path.remove(str(REF_DIR))
         for name in [n for n in sys.modules if n == "metrics_2023" or n.startswith("brats_surface_distance")]:
             del sys.modules[name]
-
-
-def _ball(shape, center, radius):
-    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in shape)]
-    return (zz - center[0]) ** 2 + (yy - center[1]) ** 2 + (xx - center[2]) ** 2 <= radius ** 2
-
-
-def _lobulated(rng, shape, center, radius):
-    """A lesion: a ball plus 2-4 overlapping lobes (several components after region splits)."""
-    mask = _ball(shape, center, radius)
-    for _ in range(rng.integers(2, 5)):
-        off = rng.normal(0, radius * 0.6, 3)
-        mask |= _ball(shape, np.add(center, off), radius * rng.uniform(0.4, 0.8))
-    return mask
-
-
-def _tumour(rng, labels, center, radius):
-    """Nested ED > NCR > ET lesion written into ``labels``."""
-    wt = _lobulated(rng, labels.shape, center, radius)
-    core = _lobulated(rng, labels.shape, np.add(center, rng.normal(0, 1, 3)), radius * 0.6) & wt
-    et = core & ~_ball(labels.shape, np.add(center, rng.normal(0, 1, 3)), radius * 0.35)
-    labels[wt & (labels == 0)] = ED
-    labels[core] = NCR
-    labels[et] = ET
-
-
-def make_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A reference with several lesions (one tiny, one split) and a prediction that misses, shifts, adds."""
-    rng = np.random.default_rng(seed)
-    ref = np.zeros(SHAPE, np.uint8)
-    n = int(rng.integers(3, 6))
-    centers = [rng.uniform(9, 39, 3) for _ in range(n)]
-    for c in centers:
-        _tumour(rng, ref, c, rng.uniform(2.5, 5.5))
-    ref[_ball(SHAPE, rng.uniform(4, 44, 3), 1.5)] = ET  # a small lesion (under 50 mm³)
-    pred = np.zeros_like(ref)
-    for i, c in enumerate(centers):
-        if i == 0 and seed % 3 == 0:
-            continue  # missed lesion
-        _tumour(rng, pred, np.add(c, rng.normal(0, 1.2, 3)), rng.uniform(2.5, 5.5))
-    for _ in range(int(rng.integers(1, 3))):  # false positives, some tiny
-        _tumour(rng, pred, rng.uniform(6, 42, 3), rng.uniform(1.0, 3.5))
-    return ref, pred
 
 
 def _save(arr, spacing, path):
