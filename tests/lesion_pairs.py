@@ -36,8 +36,11 @@ def _tumour(rng, labels, center, radius):
     labels[et] = ET
 
 
-def make_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A reference with several lesions (one tiny, one split) and a prediction that misses, shifts, adds."""
+def make_pair(seed: int, no_et: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A reference with several lesions (one tiny, one split) and a prediction that misses, shifts, adds.
+
+    ``no_et``: ``"ref"``, ``"pred"`` or ``"both"`` relabels ET as NCR there (empty-ET edge cases).
+    """
     rng = np.random.default_rng(seed)
     ref = np.zeros(SHAPE, np.uint8)
     n = int(rng.integers(3, 6))
@@ -52,4 +55,7 @@ def make_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
         _tumour(rng, pred, np.add(c, rng.normal(0, 1.2, 3)), rng.uniform(2.5, 5.5))
     for _ in range(int(rng.integers(1, 3))):  # false positives, some tiny
         _tumour(rng, pred, rng.uniform(6, 42, 3), rng.uniform(1.0, 3.5))
+    for side, arr in (("ref", ref), ("pred", pred)):
+        if no_et in (side, "both"):
+            arr[arr == ET] = NCR
     return ref, pred

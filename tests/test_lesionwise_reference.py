@@ -1,4 +1,4 @@
-"""medseg's BraTS 2023 lesion-wise scores against the organisers' own script, run here.
+"""medseg's BraTS 2023 lesion-wise (and legacy) scores against the organisers' own script, run here.
 
 The reference is a test-only Apache-2.0 copy in ``tests/reference/brats_metrics`` (source,
 commit, licence and the three marked changes in its README). It reads NIfTI files, so each
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lesion_pairs import make_pair  # BraTS 2023 labels: the script's get_TissueWiseSeg expects them
+from medseg.evaluate import metrics
 from medseg.evaluate.lesionwise import lesionwise_metrics
 from medseg.labels import REGIONS, labels_to_regions
 
@@ -30,6 +31,9 @@ PAIRS = [(0, (1.0, 1.0, 1.0), "2023-glioma"), (1, (1.0, 1.0, 1.0), "2023-glioma"
          (4, (1.2, 0.9, 2.0), "2023-glioma"), (5, (0.8, 0.8, 1.5), "2023-metastases"),
          (6, (1.0, 1.0, 1.0), "2023-glioma"), (7, (2.0, 1.0, 1.0), "2023-meningioma"),
          (8, (1.0, 1.0, 1.0), "2023-metastases"), (9, (1.0, 1.0, 1.0), "2023-glioma")]
+PAIRS = [(*p, "") for p in PAIRS] + [  # empty-ET edge cases (ET relabelled NCR in ref, pred or both)
+    (10, (1.0, 1.0, 1.0), "2023-glioma", "pred"), (11, (1.0, 1.0, 1.0), "2023-glioma", "ref"),
+    (12, (1.0, 1.0, 1.0), "2023-metastases", "both")]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +73,9 @@ def test_generated_pairs_have_several_lesions_per_region():
         assert ndimage.label(wt_p, np.ones((3, 3, 3)))[1] >= 2, r
 
 
-@pytest.mark.parametrize("seed, spacing, edition", PAIRS)
-def test_matches_brats_2023_script(reference, tmp_path, seed, spacing, edition):
-    ref, pred = make_pair(seed)
+@pytest.mark.parametrize("seed, spacing, edition, no_et", PAIRS)
+def test_matches_brats_2023_script(reference, tmp_path, seed, spacing, edition, no_et):
+    ref, pred = make_pair(seed, no_et)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table, lesions = reference.get_LesionWiseResults(_save(pred, spacing, tmp_path / "pred.nii.gz"),
@@ -92,5 +96,10 @@ def test_matches_brats_2023_script(reference, tmp_path, seed, spacing, edition):
         got_l = sorted((les["volume_mm3"], les["dice"], les["hd95"]) for les in g["lesions"])
         assert len(exp_l) == len(got_l), region
         np.testing.assert_allclose(np.array(got_l, float).reshape(-1, 3), np.array(exp_l, float).reshape(-1, 3), rtol=0, atol=1e-6)
+        # the script's legacy (whole-region) columns: medseg's region metrics with hd95_method surfel, hd_max 374 mm
+        legacy = metrics.all_metrics(labels_to_regions(ref, "2023")[REGIONS.index(region)], labels_to_regions(pred, "2023")[REGIONS.index(region)],
+                                     spacing, hd95_method="surfel", hd_max_mm=374.0)
+        for ours, theirs in (("dice", "Legacy_Dice"), ("hd95", "Legacy_HD95"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity")):
+            assert abs(legacy[ours] - e[theirs]) <= 1e-6, (region, ours)
         worst[region] = (abs(g["dice"] - e["LesionWise_Score_Dice"]), abs(g["hd95"] - e["LesionWise_Score_HD95"]))
     print(f"seed {seed} {edition} max |diff| (dice, hd95) per region: {worst}")
