@@ -33,9 +33,11 @@ spacing is passed in array axis order. ``brats-evaluation`` reads NIfTI paths, a
 order: identical on isotropic grids (BraTS' 1 mm), axis-swapped (neither mm nor voxels)
 elsewhere. medseg always passes the spacing in array order.
 
-Undefined values (NaN: e.g. ``sq_dsc`` without a matched pair, ``precision`` with no
-prediction) and infinite HD95 are written as ``null`` (JSON has neither); ``brats-evaluation``'s
-result parser replaces an infinite HD95 by 373 mm and averages over cases skipping NaN.
+Undefined values (NaN: every score when neither side has an instance, ``precision`` with no
+prediction, ``recall`` with no reference instance, a ``*_std`` without matched pairs) and an
+infinite HD95 (no matched pair; ``global_hd95`` with one side empty) are returned as ``None``,
+``null`` in JSON; ``brats-evaluation``'s result parser replaces an infinite HD95 by 373 mm and
+averages over cases skipping NaN.
 """
 from __future__ import annotations
 
