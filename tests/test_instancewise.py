@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lesion_pairs import make_pair
-from medseg.evaluate import instancewise
+from medseg.evaluate import instancewise, metrics
 from medseg.evaluate.lesionwise import lesionwise_metrics
 from medseg.labels import REGIONS, labels_to_regions
 
@@ -115,6 +115,8 @@ def test_matches_panoptica_configured_like_brats_evaluation(official, seed):
         _compare(got, exp[GROUP[region]], f"seed {seed} {region}")
         assert got["tp"] + got["fn"] == got["n_ref_instances"] and got["tp"] + got["fp"] == got["n_pred_instances"]
         assert got["n_ref_instances"] >= 2
+        # units: per-instance HD95 in mm, global HD95 in voxels (panoptica drops the spacing there)
+        assert got["global_hd95"] == pytest.approx(metrics.hd95(r_ref[region], r_pred[region], (1.0, 1.0, 1.0)))
 
 
 def test_nifti_paths_as_brats_evaluation_reads_them(official, tmp_path):
@@ -153,6 +155,7 @@ def test_2026_editions_add_instancewise_per_region():
     ref, pred = make_pair(2)
     out = lesionwise_metrics(_regions(ref), _regions(pred), (1.0, 1.0, 1.0), "2026-glioma")
     assert out["edition"]["instancewise"] and out["units"]["instancewise"]["sq_hd95"] == "mm"
+    assert out["units"]["instancewise"]["global_hd95"].startswith("voxels")
     for region in REGIONS:
         r = out["regions"][region]
         assert {"dice", "hd95", "n_tp", "n_fp", "n_fn"} <= set(r)  # lesion-wise keys stay
@@ -167,3 +170,19 @@ def test_validation():
         instancewise.instancewise_region(m, m[:3], (1, 1, 1))
     with pytest.raises(ValueError, match="spacing must be 3 positive"):
         instancewise.instancewise_region(m, m, (1, 0, 1))
+
+
+def test_units_of_one_matched_pair():
+    """One instance per side, anisotropic grid: per-instance HD95 is medseg's pooled HD95 in mm,
+    the global one the same on a unit grid (voxels)."""
+    zz, yy, xx = np.ogrid[:30, :30, :30]
+    ref = (zz - 15) ** 2 + (yy - 15) ** 2 + (xx - 15) ** 2 <= 49
+    pred = (zz - 16) ** 2 + (yy - 14) ** 2 + (xx - 15) ** 2 <= 64
+    sp = (2.0, 1.5, 3.0)
+    got = instancewise.instancewise_region(ref, pred, sp)
+    assert (got["tp"], got["fp"], got["fn"]) == (1, 0, 0)
+    assert got["sq_hd95"] == pytest.approx(metrics.hd95(ref, pred, sp))
+    assert got["instances"][0]["hd95"] == got["sq_hd95"]
+    assert got["instances"][0]["volume_mm3"] == pytest.approx(ref.sum() * 9.0)
+    assert got["global_hd95"] == pytest.approx(metrics.hd95(ref, pred, (1.0, 1.0, 1.0)))
+    assert got["sq_hd95"] != pytest.approx(got["global_hd95"])

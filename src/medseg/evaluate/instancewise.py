@@ -26,12 +26,18 @@ Metrics returned (panoptica's names in brackets):
   ``hd95``, ``nsd``.
 
 HD95 is panoptica's (MedPy's): the 95th percentile of the pooled border-voxel distances of both
-masks (:mod:`medseg.evaluate.metrics` ``pooled``). NSD uses panoptica's default tolerance,
-0.5 (in the unit of the spacing). **Units**: distances in mm and volumes in mm³ because the
-spacing is passed in array axis order. ``brats-evaluation`` reads NIfTI paths, and panoptica
-2.1.7 then pairs SimpleITK's ``(z, y, x)`` array with ``GetSpacing()`` in ``(x, y, z)``
-order: identical on isotropic grids (BraTS' 1 mm), axis-swapped (neither mm nor voxels)
-elsewhere. medseg always passes the spacing in array order.
+masks (:mod:`medseg.evaluate.metrics` ``pooled``). **Units**, as panoptica 2.1.7 computes them:
+
+* per-instance metrics (``sq_*``, ``instances``) use the spacing: HD95 in mm, NSD with a
+  tolerance of ``min(spacing)`` mm (one voxel of the finest axis), volumes in mm³;
+* global metrics (``global_*``) are computed **without the spacing**: ``global_hd95`` is in
+  voxels (a unit-spaced grid) and ``global_nsd`` uses a tolerance of 0.5 voxel. On BraTS' 1 mm
+  grid voxels and mm coincide.
+
+medseg passes the spacing in array axis order. ``brats-evaluation`` hands panoptica NIfTI paths;
+panoptica 2.1.7 reads them with SimpleITK and pairs the ``(z, y, x)`` array with the ``(x, y,
+z)`` spacing, so on an anisotropic grid its per-instance distances are those of the reversed
+spacing (identical on isotropic grids).
 
 Undefined values (NaN: every score when neither side has an instance, ``precision`` with no
 prediction, ``recall`` with no reference instance, a ``*_std`` without matched pairs) and an
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -64,8 +71,10 @@ _SUMMARY_KEYS: dict[str, str] = {  # medseg name -> panoptica result key
     "global_dsc": "global_bin_dsc", "global_hd95": "global_bin_hd95", "global_nsd": "global_bin_nsd",
 }
 _INSTANCE_KEYS: dict[str, str] = {"volume_mm3": "volume", "matched": "is_matched", "dsc": "sq_dsc", "hd95": "sq_hd95", "nsd": "sq_nsd"}
-UNITS = {"hd95": "mm", "sq_hd95": "mm", "sq_hd95_std": "mm", "global_hd95": "mm", "volume_mm3": "mm3",
-         "nsd_tolerance": "mm (0.5)"}
+UNITS = {"sq_hd95": "mm", "sq_hd95_std": "mm", "instances.hd95": "mm", "instances.volume_mm3": "mm3",
+         "sq_nsd tolerance": "min(spacing) mm", "global_hd95": "voxels (panoptica ignores the spacing here)",
+         "global_nsd tolerance": "0.5 voxel"}
+"""Units of the instance-wise numbers (the rest are counts or fractions in [0, 1])."""
 
 
 def brats_evaluator(groups: dict[str, Any] | None = None):
@@ -145,5 +154,7 @@ def instancewise_region(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[flo
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be 3 positive voxel sizes in mm (array axis order), got {tuple(spacing)}")
-    res = _region_evaluator().evaluate(pred.astype(np.uint8), ref.astype(np.uint8), voxelspacing=sp, verbose=False)
+    with warnings.catch_warnings():  # panoptica warns on every call that global NSD uses its 0.5 default
+        warnings.filterwarnings("ignore", message="The threshold is set to 0.5", category=UserWarning)
+        res = _region_evaluator().evaluate(pred.astype(np.uint8), ref.astype(np.uint8), voxelspacing=sp, verbose=False)
     return from_panoptica(res[REGION_GROUP].to_dict(True))
