@@ -8,9 +8,11 @@ of variance up to 0.1 with probability 0.1). Left out: Gaussian blur and simulat
 
 One sample at a time: the image is ``(C, Z, Y, X)`` float32 and the target either regions
 ``(K, Z, Y, X)`` or labels ``(Z, Y, X)``. The geometric warp samples the image trilinearly and the
-target with nearest neighbour on the same grid (``torch.nn.functional.grid_sample`` on the CPU,
-about 2x faster than ``scipy.ndimage.affine_transform`` for a 4-channel 64^3 patch), so image and
-target stay aligned; outside the input both read 0 (the padding value of :mod:`medseg.data3d`).
+target with nearest neighbour on the same coordinates (``torch.nn.functional.grid_sample`` on the
+CPU, about 2x faster than ``scipy.ndimage.affine_transform`` for a 4-channel 64^3 patch; the
+target by direct indexing), so image and target stay aligned; outside the input both read 0 (the
+padding value of :mod:`medseg.data3d`). Cost (2 cores shared with other jobs, one thread): about
+10 ms per 2 x 4 x 64^3 batch with the defaults, 85 ms with rotation and zoom on every sample.
 The warp may read a larger input than it writes (``out_shape``): the patch sampler crops the
 region :func:`input_extent` asks for, so a rotated or zoomed-out patch sees real neighbouring
 tissue instead of zeros, as nnU-Net's enlarged initial patch does.
@@ -162,11 +164,13 @@ def warp(x: np.ndarray, y: np.ndarray, draw: SpatialDraw, out_shape: tuple[int, 
     g = torch.from_numpy(np.ascontiguousarray(norm[..., ::-1]))[None]  # grid_sample wants (x, y, z)
     xo = F.grid_sample(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None], g, mode="bilinear",
                        padding_mode="zeros", align_corners=True)[0].numpy()
-    labels = y.ndim == x.ndim - 1
-    yt = torch.from_numpy(np.ascontiguousarray(y[None] if labels else y).astype(np.float32))[None]
-    yo = F.grid_sample(yt, g, mode="nearest", padding_mode="zeros", align_corners=True)[0].numpy()
-    yo = (yo[0] if labels else yo).astype(y.dtype)
-    return xo, yo
+    # nearest neighbour for the target by direct indexing: ~10x cheaper than grid_sample's kernel
+    idx = np.rint(coords).astype(np.int64)
+    inside = np.all((idx >= 0) & (idx < in_shape.astype(np.int64)), -1)
+    flat = np.ravel_multi_index(tuple(np.moveaxis(idx, -1, 0)), x.shape[1:], mode="clip")
+    lead = y.shape[:-3]
+    yo = np.ascontiguousarray(y).reshape(*lead, -1)[..., flat] * inside.astype(y.dtype)
+    return xo, yo.reshape(*lead, *out_shape)
 
 
 def _intensity(x: np.ndarray, rng: np.random.Generator, cfg: Augment3DConfig) -> np.ndarray:
