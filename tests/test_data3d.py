@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from medseg.augment3d import Augment3DConfig, SpatialDraw, augment3d, input_extent, warp
-from medseg.data3d import (Patch3DConfig, VolumeSet3D, crop_pad, locations_path, make_batch3d, sample_patch,
-                           write_class_locations)
+from medseg.data import Prefetcher
+from medseg.data3d import (Patch3DConfig, PoolPrefetcher, VolumeSet3D, crop_pad, locations_path, make_batch3d,
+                           sample_patch, write_class_locations)
 
 NO_AUG = Augment3DConfig(p_rotate=0, p_scale=0, p_flip=0, p_brightness=0, p_contrast=0, p_gamma=0, p_noise=0)
 
@@ -176,3 +177,15 @@ def test_stale_sidecar_is_rebuilt(tmp_path):
     side.unlink()
     with pytest.raises(ValueError, match="missing"):
         VolumeSet3D(images, targets, "labels", 4, build_locations=False)
+
+
+def test_prefetchers_give_the_inline_batches(label_set):
+    cfg = Patch3DConfig(patch_size=(10, 12, 8))
+    make = lambda s: make_batch3d(label_set, s, 5, 2, cfg, Augment3DConfig(p_rotate=1))  # noqa: E731
+    inline = [make(s) for s in range(3, 9)]
+    for pre in (Prefetcher(make, 3, 9), PoolPrefetcher(make, 3, 9, workers=3, depth=4)):
+        got = list(pre)
+        assert [s for s, _ in got] == list(range(3, 9))
+        for (_, (x, y)), (xi, yi) in zip(got, inline):
+            np.testing.assert_array_equal(x, xi)
+            np.testing.assert_array_equal(y, yi)

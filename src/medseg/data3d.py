@@ -20,14 +20,18 @@ The voxels of each class are found once per case and kept in a small sidecar bes
 like nnU-Net's ``class_locations``), so sampling never scans a volume.
 
 Sample ``i`` of batch ``step`` is a pure function of ``(seed, step, i)``: a resumed run sees the
-same batches, :class:`medseg.data.Prefetcher` can build them ahead, and a DDP rank builds just
-its own share of the global batch (:func:`medseg.ddp.shard`).
+same batches, :class:`medseg.data.Prefetcher` (one thread) or :class:`PoolPrefetcher` (several)
+can build them ahead, and a DDP rank builds just its own share of the global batch
+(:func:`medseg.ddp.shard`).
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,3 +268,30 @@ def make_batch3d(vols: VolumeSet3D, step: int, seed: int, batch_size: int, cfg: 
         raise ValueError(f"samples must be a non-empty sub-range of range({batch_size}), got {samples}")
     xs, ys = zip(*(sample_patch(vols, seed, step, i, cfg, aug)[:2] for i in samples))
     return np.stack(xs), np.stack(ys)
+
+
+class PoolPrefetcher:
+    """Build batches ``start .. stop-1`` on ``workers`` threads, yielded in order (same as inline).
+
+    :class:`medseg.data.Prefetcher` with several builders: a 3-D batch with spatial augmentation
+    costs tens of milliseconds of mostly GIL-free numpy/torch work, more than a GPU step may
+    last, so several batches are built at once. At most ``depth`` batches are in flight.
+    """
+
+    def __init__(self, fn: Callable[[int], tuple[np.ndarray, np.ndarray]], start: int, stop: int,
+                 workers: int = 2, depth: int = 4) -> None:
+        if workers < 1 or depth < workers:
+            raise ValueError(f"training.data_workers must be >= 1 and depth >= workers, got {workers}, {depth}")
+        self._fn, self._range, self._workers, self._depth = fn, range(start, stop), workers, depth
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+        steps = iter(self._range)
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="batch3d") as pool:
+            pending = deque((s, pool.submit(self._fn, s)) for s in islice(steps, self._depth))
+            while pending:
+                step, fut = pending.popleft()
+                batch = fut.result()
+                nxt = next(steps, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(self._fn, nxt)))
+                yield step, batch
