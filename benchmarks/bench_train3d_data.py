@@ -22,7 +22,7 @@ from torch import nn
 
 from medseg.augment3d import Augment3DConfig
 from medseg.data import Prefetcher
-from medseg.data3d import Patch3DConfig, VolumeSet3D, make_batch3d
+from medseg.data3d import Patch3DConfig, PoolPrefetcher, VolumeSet3D, make_batch3d
 
 
 def make_volumes(folder: Path, n: int = 4, shape=(96, 128, 112), channels: int = 4) -> VolumeSet3D:
@@ -62,13 +62,20 @@ class SmallUNet3D(nn.Module):
 
 
 def data_wait_share(model: nn.Module, vols: VolumeSet3D, steps: int, batch: int, patch: tuple[int, int, int],
-                    aug: Augment3DConfig | None, prefetch: bool = True, loss_fn=None) -> tuple[float, float]:
-    """Train ``steps`` steps; returns ``(share of time waiting for the next batch, seconds per step)``."""
+                    aug: Augment3DConfig | None, prefetch: bool = True, loss_fn=None, workers: int = 1) -> tuple[float, float]:
+    """Train ``steps`` steps; returns ``(share of time waiting for the next batch, seconds per step)``.
+
+    ``prefetch`` builds batches ahead on one thread (:class:`medseg.data.Prefetcher`), or on
+    ``workers`` threads when ``workers > 1`` (:class:`medseg.data3d.PoolPrefetcher`).
+    """
     loss_fn = loss_fn or (lambda lg, y: F.binary_cross_entropy_with_logits(lg, y))
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     cfg = Patch3DConfig(patch_size=patch)
     make = lambda s: make_batch3d(vols, s, 0, batch, cfg, aug)  # noqa: E731
-    it = iter(Prefetcher(make, 0, steps)) if prefetch else ((s, make(s)) for s in range(steps))
+    if not prefetch:
+        it = ((s, make(s)) for s in range(steps))
+    else:
+        it = iter(PoolPrefetcher(make, 0, steps, workers, 2 * workers) if workers > 1 else Prefetcher(make, 0, steps))
     wait = compute = 0.0
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -90,6 +97,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--patch", type=int, nargs=3, default=(64, 64, 64))
     ap.add_argument("--width", type=int, default=16, help="channels of the small U-Net's first level")
+    ap.add_argument("--workers", type=int, default=1, help="batch-building threads (> 1: PoolPrefetcher)")
     args = ap.parse_args()
     patch = tuple(args.patch)
     with tempfile.TemporaryDirectory() as d:
@@ -101,13 +109,14 @@ def main() -> None:
         torch.manual_seed(0)
         model = SmallUNet3D(vols.n_channels, 3, args.width)
         data_wait_share(model, vols, 2, args.batch, patch, Augment3DConfig())  # warm-up
-        f_pre, t_pre = data_wait_share(model, vols, args.steps, args.batch, patch, Augment3DConfig(), prefetch=True)
+        f_pre, t_pre = data_wait_share(model, vols, args.steps, args.batch, patch, Augment3DConfig(), prefetch=True,
+                                       workers=args.workers)
         f_inl, t_inl = data_wait_share(model, vols, args.steps, args.batch, patch, Augment3DConfig(), prefetch=False)
     print(f"steps={args.steps} batch={args.batch} patch={patch} model=SmallUNet3D(width={args.width}) "
           f"torch threads={torch.get_num_threads()}; memory-mapped float16 volumes, default Augment3DConfig")
     print(f"building one batch: {1000 * build:.0f} ms")
-    print(f"medseg (prefetch thread): data wait {100 * f_pre:5.1f}% of step time, {t_pre:.3f} s/step  (target <= 10%)")
-    print(f"inline batches          : data wait {100 * f_inl:5.1f}% of step time, {t_inl:.3f} s/step")
+    print(f"medseg (prefetch, {args.workers} thread(s)): data wait {100 * f_pre:5.1f}% of step time, {t_pre:.3f} s/step  (target <= 10%)")
+    print(f"inline batches                : data wait {100 * f_inl:5.1f}% of step time, {t_inl:.3f} s/step")
 
 
 if __name__ == "__main__":
