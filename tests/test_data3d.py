@@ -132,6 +132,13 @@ def test_augment_keeps_image_and_target_aligned():
         # trilinear image = 1 exactly only where every neighbour is 1, so nearest must say 1 there
         assert (y[0][x[0] == 1] == 1).all() and (y[0][x[0] == 0] == 0).all()
         assert ((x[0] > 0.5) == (y[0] == 1)).mean() > 0.97
+    # label maps (softmax targets): a one-hot image is 1 exactly only where nearest picks that label
+    labels = lab + (np.indices(lab.shape)[0] > 12).astype(np.uint8) * 2  # values 0..3
+    onehot = np.stack([labels == k for k in range(4)]).astype(np.float32)
+    x, y = augment3d(onehot, labels.copy(), np.random.default_rng(9), cfg)
+    assert y.shape == labels.shape and y.dtype == np.uint8
+    for k in range(4):
+        assert (y[x[k] == 1] == k).all()
     # flips only: an exact copy of the geometry
     x, y = augment3d(lab[None].astype(np.float32), lab, rng, replace(NO_AUG, p_flip=1.0))
     np.testing.assert_array_equal(x[0], y)
@@ -189,3 +196,23 @@ def test_prefetchers_give_the_inline_batches(label_set):
         for (_, (x, y)), (xi, yi) in zip(got, inline):
             np.testing.assert_array_equal(x, xi)
             np.testing.assert_array_equal(y, yi)
+
+
+def test_from_tiles_reads_the_folds_channels_and_masks(tmp_path):
+    """The 2.5-D tile format: F*C normalised channels (fold-major) then WT/TC/ET float16 masks."""
+    rng = np.random.default_rng(2)
+    arr = rng.normal(size=(2 * 2 + 3, 12, 14, 10)).astype(np.float16)
+    arr[4:] = 0
+    arr[4:, 3:7, 4:9, 2:6] = 1
+    arr[6, 4:5, 5:6, 3:4] = 0  # ET smaller than WT
+    np.save(tmp_path / "c.npy", arr)
+    (tmp_path / "c.json").write_text('{"n_image_channels": 2, "n_folds": 2}')
+    vols = VolumeSet3D.from_tiles([tmp_path / "c.npy"], fold=1)
+    assert isinstance(vols.images[0], np.memmap) and vols.n_channels == 2 and vols.n_classes == 3
+    assert (tmp_path / "c.locations.npz").exists()
+    x, y, info = sample_patch(vols, 0, 0, 0, Patch3DConfig(patch_size=(8, 8, 8), fg_fraction=1.0), None)
+    np.testing.assert_array_equal(x, crop_pad(arr[2:4], info["start"], (8, 8, 8)).astype(np.float32))
+    np.testing.assert_array_equal(y, crop_pad(arr[4:], info["start"], (8, 8, 8)).astype(np.float32))
+    assert y[info["cls"]].any()
+    with pytest.raises(ValueError, match="fold 2"):
+        VolumeSet3D.from_tiles([tmp_path / "c.npy"], fold=2)

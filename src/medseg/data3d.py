@@ -111,9 +111,15 @@ def compute_class_locations(target: np.ndarray, target_kind: str, n_classes: int
             "shape": np.asarray(spatial, np.int64)}
 
 
-def write_class_locations(target_path: str | Path, target_kind: str, n_classes: int) -> Path:
-    """Scan a target once and write its sidecar (atomically: concurrent writers are harmless)."""
-    target = np.load(target_path, mmap_mode="r")
+def write_class_locations(target_path: str | Path, target_kind: str, n_classes: int,
+                          target: np.ndarray | None = None) -> Path:
+    """Scan a target once and write its sidecar (atomically: concurrent writers are harmless).
+
+    ``target`` is the array if it is a view of the file (e.g. the masks of a tile array);
+    by default the whole file is the target.
+    """
+    if target is None:
+        target = np.load(target_path, mmap_mode="r")
     out = locations_path(target_path)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **compute_class_locations(target, target_kind, n_classes))
@@ -147,7 +153,8 @@ class VolumeSet3D:
 
     Args:
         images: ``.npy`` paths, each ``(C, Z, Y, X)`` float16/float32 (same C for all cases).
-        targets: ``.npy`` paths, regions ``(K, Z, Y, X)`` or labels ``(Z, Y, X)``, uint8.
+        targets: ``.npy`` paths, regions ``(K, Z, Y, X)`` or labels ``(Z, Y, X)``, uint8 (regions
+            may also be float16/float32 binary masks).
         target_kind: ``"regions"`` (sigmoid) or ``"labels"`` (softmax), as ``task.target_kind``.
         n_classes: K, the model's output channels (labels: number of labels + 1).
         build_locations: write a missing or stale sidecar (older than its target) instead of
@@ -156,26 +163,55 @@ class VolumeSet3D:
 
     def __init__(self, images: Sequence[str | Path], targets: Sequence[str | Path], target_kind: str,
                  n_classes: int, build_locations: bool = True) -> None:
-        if target_kind not in TARGET_KINDS:
-            raise ValueError(f"target_kind must be one of {TARGET_KINDS}, got {target_kind!r}")
         if not images or len(images) != len(targets):
             raise ValueError(f"need one target per image and at least one case, got {len(images)} images and {len(targets)} targets")
+        self._attach([np.load(p, mmap_mode="r") for p in images], [np.load(p, mmap_mode="r") for p in targets],
+                     [Path(p) for p in images], [Path(p) for p in targets], target_kind, n_classes, build_locations)
+
+    @classmethod
+    def from_tiles(cls, npys: Sequence[str | Path], fold: int = 0, build_locations: bool = True) -> VolumeSet3D:
+        """The 2.5-D pipeline's tile arrays (:func:`medseg.tiling.tile_case`) as 3-D training volumes.
+
+        Each tile holds ``n_folds * C`` normalised image channels (fold-major) then the WT/TC/ET
+        masks; its ``.json`` table gives ``n_image_channels`` and ``n_folds``. The sidecar sits
+        beside the tile (``x.locations.npz``).
+        """
+        import json
+
+        if not npys:
+            raise ValueError("no training tiles: the fold has no training cases")
+        images, targets = [], []
+        for p in npys:
+            table = json.loads(Path(p).with_suffix(".json").read_text())
+            c, n_folds = table["n_image_channels"], table.get("n_folds", 1)
+            if not 0 <= fold < n_folds:
+                raise ValueError(f"{p} holds {n_folds} fold(s); fold {fold} was asked for: re-run tile_case")
+            arr = np.load(p, mmap_mode="r")
+            images.append(arr[fold * c: (fold + 1) * c])
+            targets.append(arr[n_folds * c:])
+        self = cls.__new__(cls)
+        paths = [Path(p) for p in npys]
+        self._attach(images, targets, paths, paths, "regions", targets[0].shape[0], build_locations)
+        return self
+
+    def _attach(self, images: list[np.ndarray], targets: list[np.ndarray], image_paths: list[Path],
+                target_paths: list[Path], target_kind: str, n_classes: int, build_locations: bool) -> None:
+        if target_kind not in TARGET_KINDS:
+            raise ValueError(f"target_kind must be one of {TARGET_KINDS}, got {target_kind!r}")
         self.target_kind, self.n_classes = target_kind, int(n_classes)
-        self.images = [np.load(p, mmap_mode="r") for p in images]
-        self.targets = [np.load(p, mmap_mode="r") for p in targets]
-        self.locations = []
-        n_channels = {im.shape[0] for im in self.images}
+        self.images, self.targets, self.locations = images, targets, []
+        n_channels = {im.shape[0] for im in images}
         if len(n_channels) != 1:
             raise ValueError(f"images have different channel counts {sorted(n_channels)}")
         self.n_channels = n_channels.pop()
-        for im_path, t_path, im, t in zip(images, targets, self.images, self.targets):
+        for im_path, t_path, im, t in zip(image_paths, target_paths, images, targets):
             self._check(im_path, t_path, im, t)
             side = locations_path(t_path)
-            if not side.exists() or side.stat().st_mtime < Path(t_path).stat().st_mtime:
+            if not side.exists() or side.stat().st_mtime < t_path.stat().st_mtime:
                 if not build_locations:
                     raise ValueError(f"{side} is missing or older than {t_path}: run medseg.data3d.write_class_locations")
                 log.info("scanning %s once for its class locations", t_path)
-                write_class_locations(t_path, target_kind, n_classes)
+                write_class_locations(t_path, target_kind, n_classes, target=t)
             with np.load(side) as z:
                 loc = ClassLocations(dict(z))
             if loc.shape != im.shape[1:] or len(loc.classes) != (n_classes if target_kind == "regions" else n_classes - 1):
@@ -186,7 +222,8 @@ class VolumeSet3D:
         if im.ndim != 4 or im.dtype not in (np.float16, np.float32):
             raise ValueError(f"{im_path} must be (C, Z, Y, X) float16/float32, got {im.shape} {im.dtype}")
         want = (self.n_classes, *im.shape[1:]) if self.target_kind == "regions" else im.shape[1:]
-        if t.shape != want or t.dtype != np.uint8:
+        dtypes = (np.uint8, np.float16, np.float32) if self.target_kind == "regions" else (np.uint8,)
+        if t.shape != want or t.dtype not in dtypes:
             raise ValueError(f"{t_path} must be {self.target_kind} {want} uint8 to match {im_path}, got {t.shape} {t.dtype}")
 
     def __len__(self) -> int:
