@@ -7,6 +7,7 @@ prefetcher and once building each batch inline, and prints both wait shares.
 number for the registry's 3-D models.
 
     python benchmarks/bench_train3d_data.py [--steps 20] [--batch 2] [--patch 64 64 64]
+    python benchmarks/bench_train3d_data.py --augment-only   # ms per augmented batch, no training
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.augment3d import Augment3DConfig
+from medseg.augment3d import Augment3DConfig, augment3d
 from medseg.data import Prefetcher
 from medseg.data3d import Patch3DConfig, PoolPrefetcher, VolumeSet3D, make_batch3d
 
@@ -91,6 +92,24 @@ def data_wait_share(model: nn.Module, vols: VolumeSet3D, steps: int, batch: int,
     return wait / (wait + compute), (wait + compute) / steps
 
 
+def augment_ms(batch: int, patch: tuple[int, int, int], channels: int = 4, reps: int = 10) -> dict[str, float]:
+    """Milliseconds of :func:`medseg.augment3d.augment3d` per ``(batch, channels, *patch)`` batch."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, channels, *patch)).astype(np.float32)
+    y = (rng.random((batch, 3, *patch)) < 0.1).astype(np.uint8)
+    out = {}
+    for name, cfg in (("defaults", Augment3DConfig()),
+                      ("rotation+zoom every sample", Augment3DConfig(p_rotate=1, p_scale=1)),
+                      ("rotation+zoom+elastic every sample", Augment3DConfig(p_rotate=1, p_scale=1, p_elastic=1))):
+        t = time.perf_counter()
+        for r in range(reps):
+            g = np.random.default_rng(r)
+            for b in range(batch):
+                augment3d(x[b], y[b], g, cfg)
+        out[name] = 1000 * (time.perf_counter() - t) / reps
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
@@ -98,8 +117,13 @@ def main() -> None:
     ap.add_argument("--patch", type=int, nargs=3, default=(64, 64, 64))
     ap.add_argument("--width", type=int, default=16, help="channels of the small U-Net's first level")
     ap.add_argument("--workers", type=int, default=1, help="batch-building threads (> 1: PoolPrefetcher)")
+    ap.add_argument("--augment-only", action="store_true", help="only time augment3d per batch")
     args = ap.parse_args()
     patch = tuple(args.patch)
+    if args.augment_only:
+        for name, ms in augment_ms(args.batch, patch).items():
+            print(f"augment3d {name}: {ms:.1f} ms per {args.batch} x 4 x {patch} batch (torch threads={torch.get_num_threads()})")
+        return
     with tempfile.TemporaryDirectory() as d:
         vols = make_volumes(Path(d))
         t = time.perf_counter()

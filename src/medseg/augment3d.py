@@ -11,8 +11,9 @@ One sample at a time: the image is ``(C, Z, Y, X)`` float32 and the target eithe
 target with nearest neighbour on the same coordinates (``torch.nn.functional.grid_sample`` on the
 CPU, about 2x faster than ``scipy.ndimage.affine_transform`` for a 4-channel 64^3 patch; the
 target by direct indexing), so image and target stay aligned; outside the input both read 0 (the
-padding value of :mod:`medseg.data3d`). Cost (2 cores shared with other jobs, one thread): about
-10 ms per 2 x 4 x 64^3 batch with the defaults, 85 ms with rotation and zoom on every sample.
+padding value of :mod:`medseg.data3d`). Cost on one thread of 2 cores shared with other jobs (load
+7-10): 11-33 ms per 2 x 4 x 64^3 batch with the defaults, 85-240 ms with rotation and zoom on
+every sample (``python benchmarks/bench_train3d_data.py --augment-only``).
 The warp may read a larger input than it writes (``out_shape``): the patch sampler crops the
 region :func:`input_extent` asks for, so a rotated or zoomed-out patch sees real neighbouring
 tissue instead of zeros, as nnU-Net's enlarged initial patch does.
