@@ -229,7 +229,7 @@ def test_shipped_configs_pass_check_config():
     import yaml
     from conftest import REPO
 
-    from medseg.config import check_config
+    from medseg.config_check import check_config
 
     for path in (REPO / "config.yaml", *sorted((REPO / "tests" / "configs").glob("*.yaml"))):
         check_config(yaml.safe_load(path.read_text()))
@@ -256,7 +256,7 @@ def test_config_errors_name_their_key_at_load(section, key, value, match, monkey
     """Typos passed a dry run and failed after all preprocessing (training.stpes, resnet999 ...)."""
     import timm
 
-    from medseg.config import check_config
+    from medseg.config_check import check_config
 
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("check_config must not build a model"))
     config = _config()
@@ -269,7 +269,7 @@ def test_config_errors_name_their_key_at_load(section, key, value, match, monkey
 
 
 def test_config_sections_that_are_not_mappings():
-    from medseg.config import check_config
+    from medseg.config_check import check_config
 
     config = _config()
     config["training"] = 5

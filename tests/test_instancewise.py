@@ -18,7 +18,14 @@ import pytest
 from lesion_pairs import make_pair
 from medseg.evaluate import instancewise, metrics
 from medseg.evaluate.lesionwise import lesionwise_metrics
-from medseg.labels import REGIONS, labels_to_regions
+from medseg.tasks import brats_task
+
+REGIONS = ("WT", "TC", "ET")
+
+
+def labels_to_regions(labels, convention):
+    """``(3, *spatial)`` WT, TC, ET masks of a BraTS label map."""
+    return brats_task("brats", convention).encode(labels)
 
 panoptica = pytest.importorskip("panoptica")
 nib = pytest.importorskip("nibabel")

@@ -17,7 +17,14 @@ import pytest
 from lesion_pairs import make_pair  # BraTS 2023 labels: the script's get_TissueWiseSeg expects them
 from medseg.evaluate import metrics
 from medseg.evaluate.lesionwise import lesionwise_metrics
-from medseg.labels import REGIONS, labels_to_regions
+from medseg.tasks import brats_task
+
+REGIONS = ("WT", "TC", "ET")
+
+
+def labels_to_regions(labels, convention):
+    """``(3, *spatial)`` WT, TC, ET masks of a BraTS label map."""
+    return brats_task("brats", convention).encode(labels)
 
 nib = pytest.importorskip("nibabel")
 pytest.importorskip("cc3d")

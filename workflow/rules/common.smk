@@ -13,7 +13,7 @@ export_package_path()
 
 from medseg.cohort.plan import dataset_plan
 from medseg.cohort.sheet import sheet_problems
-from medseg.config import check_config
+from medseg.config_check import check_config
 
 validate(config, schema="../schemas/config.schema.yaml")
 
