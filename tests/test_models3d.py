@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from medseg.losses import LOSSES
-from medseg.models import (REGISTRY, FactorizedUNetConfig, ModelConfig, Tiramisu3DConfig, UNet3DConfig, build_model,
-                           model_config_from_mapping, with_io_channels)
+from medseg.models import (
+    REGISTRY,
+    FactorizedUNetConfig,
+    ModelConfig,
+    Tiramisu3DConfig,
+    UNet3DConfig,
+    build_model,
+    model_config_from_mapping,
+    with_io_channels,
+)
 from medseg.models.memory import count_saved_activations, estimate_training_memory, max_batch, plan
 
 TINY = {
@@ -149,7 +157,7 @@ def test_registry_configs_and_errors():
     assert set(REGISTRY) == {"timm_unet", "unet3d", "tiramisu3d", "factorized_unet"}
     for arch, spec in REGISTRY.items():
         assert spec.config().arch == arch  # defaults build (no model: timm would need a download-free encoder)
-        assert getattr(spec.model, "default_loss") in LOSSES
+        assert spec.model.default_loss in LOSSES
     with pytest.raises(ValueError, match=r"models.arch must be one of \['factorized_unet', 'timm_unet'"):
         model_config_from_mapping({"arch": "vnet"})
     with pytest.raises(ValueError, match=r"models\.u3\.encoder"):

@@ -125,15 +125,30 @@ def estimate_training_memory(cfg, patch: Sequence[int] | None = None, batch: int
     patch = tuple(patch if patch is not None else (cfg.patch_size or ()))
     if len(patch) != cfg.spatial_dims:
         raise ValueError(f"patch must have {cfg.spatial_dims} sizes for {cfg.arch}, got {patch or None}")
-    model = _meta_model(cfg)
+    return estimate_module_memory(_meta_model(cfg), (cfg.in_channels, *patch), batch, amp=amp,
+                                  optimizer_slots=optimizer_slots, fragmentation=fragmentation, reserve_gb=reserve_gb)
+
+
+def estimate_module_memory(model: nn.Module, sample_shape: Sequence[int], batch: int = 2, *, amp: bool = True,
+                           optimizer_slots: int = 2, fragmentation: float = 1.15,
+                           reserve_gb: float = 1.0) -> MemoryEstimate:
+    """:func:`estimate_training_memory` for any ``nn.Module`` (e.g. a MONAI network) on inputs
+    ``(batch, *sample_shape)``; ``model`` is best built under ``torch.device("meta")`` (it is
+    converted to bfloat16 in place when ``amp``)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    device = next(model.parameters()).device
     n_weights = sum(p.numel() for p in model.parameters())
-    per = count_saved_activations(model.to(torch.bfloat16) if amp else model,
-                                                 (1, cfg.in_channels, *patch), torch.bfloat16 if amp else torch.float32)
+    dtype = torch.bfloat16 if amp else torch.float32
+    per = count_saved_activations(model.to(dtype), (1, *sample_shape), dtype, device)
     logits_fp32 = per.output * (2 if amp else 1)  # the loss runs on float32 logits
-    return MemoryEstimate(
+    est = MemoryEstimate(
         weights=4 * n_weights, gradients=4 * n_weights, optimizer=4 * n_weights * optimizer_slots,
         activations=per.saved * batch, workspace=(2 * per.largest + 4 * logits_fp32) * batch,
         fragmentation=fragmentation, reserve=int(reserve_gb * GIB))
+    log.debug("%s on %s x %d (amp %s): %.2f GiB (%s)", type(model).__name__, tuple(sample_shape), batch, amp,
+              est.total_gb, est)
+    return est
 
 
 def max_batch(cfg, gpu_gb: float, patch: Sequence[int] | None = None, *, limit: int = 1024, **kw) -> int:

@@ -102,7 +102,7 @@ class UNet3D(SegmentationNet):
         self.channels_last = cfg.channels_last
         f = cfg.features
         self.divisor = 2 ** (len(f) - 1)
-        kw = dict(norm=cfg.norm, act=cfg.act, norm_momentum=cfg.norm_momentum)
+        kw = {"norm": cfg.norm, "act": cfg.act, "norm_momentum": cfg.norm_momentum}
         self.enc = nn.ModuleList([ConvNormAct(nd, cfg.in_channels, f[0], **kw)])
         for lvl in range(1, len(f)):
             self.enc.append(nn.Sequential(ConvNormAct(nd, f[lvl - 1], f[lvl], 3, 2, **kw),
