@@ -220,3 +220,15 @@ def test_memory_estimate_scales_and_max_batch_fits():
     assert max_batch(cfg, 0.01, (32, 32, 32)) == 0  # the 1 GiB reserve alone does not fit
     with pytest.raises(ValueError, match="patch must have 3 sizes"):
         estimate_training_memory(cfg, (32, 32), 1)
+
+
+def test_memory_cli_prints_a_plan(capsys):
+    from medseg.models.memory import main
+
+    main(["unet3d", "--gpu-gb", "1.1", "--patch", "16", "16", "16", "--patch", "32", "32", "32",
+          "--set", "features=[4,8,16]", "--set", "seg_levels=2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("unet3d on 1.1 GiB") and lines[2].split()[0] == "32x32x32"
+    assert int(lines[3].split()[1]) > int(lines[2].split()[1]) >= 1  # smaller patch, larger batch
+    with pytest.raises(ValueError, match="--set encoder"):
+        main(["unet3d", "--gpu-gb", "8", "--set", "encoder=resnet18"])

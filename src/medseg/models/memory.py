@@ -183,3 +183,34 @@ def plan(cfg, gpu_gb: float, patches: Iterable[Sequence[int]] | None = None, **k
         est = estimate_training_memory(cfg, p, max(b, 1), **kw)
         rows.append({"patch": tuple(p), "max_batch": b, "total_gb": round(est.total_gb, 2), "voxels": math.prod(p)})
     return sorted(rows, key=lambda r: -r["voxels"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m medseg.models.memory unet3d --gpu-gb 24 [--in-channels 4] [--set features=[16,32,64,128]]``:
+    print which patch and batch fit a GPU of that size."""
+    import argparse
+
+    import yaml
+
+    from medseg.models import model_config_from_mapping
+
+    ap = argparse.ArgumentParser(description="Which patch/batch fits a GPU (preflight estimate, no GPU needed).")
+    ap.add_argument("arch")
+    ap.add_argument("--gpu-gb", type=float, required=True, help="GPU memory, GiB")
+    ap.add_argument("--in-channels", type=int, default=4)
+    ap.add_argument("--out-channels", type=int, default=3)
+    ap.add_argument("--patch", type=int, nargs="+", action="append", help="candidate patch (repeatable)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML", help="a model config value")
+    ap.add_argument("--no-amp", action="store_true", help="float32 training")
+    args = ap.parse_args(argv)
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    cfg = model_config_from_mapping({"arch": args.arch, "in_channels": args.in_channels,
+                                     "out_channels": args.out_channels, **overrides}, "--set ")
+    print(f"{args.arch} on {args.gpu_gb:g} GiB, {'float32' if args.no_amp else 'AMP (16-bit activations)'}")
+    print(f"{'patch':>18s} {'max batch':>9s} {'GiB at max':>10s}")
+    for row in plan(cfg, args.gpu_gb, args.patch, amp=not args.no_amp):
+        print(f"{'x'.join(map(str, row['patch'])):>18s} {row['max_batch']:9d} {row['total_gb']:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
