@@ -64,6 +64,25 @@ def test_unet3d_sums_upsampled_segmentation_maps_into_one_output():
     torch.testing.assert_close(out, torch.tensor([1.5, -2.0]).view(1, 2, 1, 1, 1).expand_as(out))
 
 
+def test_unet3d_layout_follows_the_paper_table_7():
+    """Kayalibay et al. Table 7: feature maps of every 3x3x3 convolution (contracting stage 8 | 8, 16 |
+    32, 32 | 64, 64; expanding stage deconv/conv 32, 64 | 16, 32 | 8, 16). One stated deviation:
+    the first stride-2 convolution already has 16 maps."""
+    model = build_model(UNet3DConfig())
+    def convs(module):
+        return [m for m in module.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size == (3, 3, 3)]
+
+    assert [c.out_channels for c in convs(model.enc)] == [8, 16, 16, 32, 32, 64, 64]
+    assert [c.stride[0] for c in convs(model.enc)] == [1, 2, 1, 2, 1, 2, 1]
+    expanding = [c.out_channels for up, dec in zip(model.up, model.dec) for c in convs(up) + convs(dec)]
+    assert expanding == [32, 64, 16, 32, 8, 16]
+    assert all(isinstance(up[0].up, torch.nn.Upsample) and up[0].up.mode == "nearest" for up in model.up)
+    reducers = [m.out_channels for m in model.reduce]  # 1x1x1 convolutions halving the maps
+    assert reducers == [32, 32, 16]
+    assert isinstance(model.enc[1][0][1], torch.nn.BatchNorm3d) and isinstance(model.enc[1][0][2], torch.nn.PReLU)
+    assert model.enc[1][0][1].momentum == 0.5  # alpha = 0.5 in Appendix A, eq. 6
+
+
 def test_tiramisu_parameter_counts_match_the_paper_table():
     """Seed 001 Table 1 (Keras counts without batch-norm scale/shift): p4a and p3b within 0.05 %."""
     for layers, paper in (((9, 10, 12, 15, 17, 20, 17, 15, 12), 49_382_353), ((12,) * 7, 23_487_169)):
