@@ -45,6 +45,9 @@ rule n4_correct:
         files=lambda w: {m: plan(w).raw(w.case, m) for m in plan(w).modalities},
         channels=lambda w: dict(plan(w).files[w.case].channels),
         spacing_mm=lambda w: dataset_cfg(w).get("spacing_mm"),
+        # without registration the working space is the native grid in one orientation (LPS),
+        # so 2-D/2.5-D slices of every case run along the same anatomical axis
+        orientation=lambda w: None if step_on(w, "register") else "LPS",
         enabled=lambda w: step_on(w, "n4"),
         n4=n4_settings,
         # the demo cohort's applied bias fields, scored in n4_qc.json (absent for real data)
