@@ -351,8 +351,8 @@ def train_step(model: EDPCNN, x: torch.Tensor, masks: torch.Tensor, opt_unet: to
     opt_unet.zero_grad(set_to_none=True)
     loss.backward()
     opt_unet.step()
-    return {"sg_loss_first": sg_first, "sg_loss": sg_last, "sg_gt_loss": float(sg_gt),
-            "centre_loss": float(centre_loss), "loss": float(loss)}
+    return {"sg_loss_first": sg_first, "sg_loss": sg_last, "sg_gt_loss": float(sg_gt.detach()),
+            "centre_loss": float(centre_loss.detach()), "loss": float(loss.detach())}
 
 
 def build_edpcnn(unet: ModelConfig, **settings) -> EDPCNN:
