@@ -13,7 +13,9 @@ Reported (mean Dice over held-out slices, whole tumour):
 * ``unet``: sigmoid > 0.5, the whole mask;
 * ``unet_cc``: the paper's fair protocol (Sec. 3.2): only the connected component holding the
   ground-truth centroid (else the largest);
-* ``edpcnn``: star centre from the U-Net's own output (no ground truth at inference);
+* ``edpcnn``: star centre from the U-Net's own output (no ground truth at inference), the
+  model's default ``centre_method="midrange"``;
+* ``edpcnn_thr``: the same with ``centre_method="threshold"`` (map > 0);
 * ``edpcnn_gtc``: star centre = ground-truth centroid (the paper's protocol, Sec. 3.2).
 
 Run: ``PYTHONPATH=src python benchmarks/bench_edpcnn.py [--cases 16 --test-cases 5 --iters 300]``
@@ -21,6 +23,8 @@ Run: ``PYTHONPATH=src python benchmarks/bench_edpcnn.py [--cases 16 --test-cases
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import logging
 import sys
@@ -148,17 +152,21 @@ def evaluate(unet: TimmUNet, edp: EDPCNN, x: np.ndarray, y: np.ndarray, batch: i
     unet.eval()
     yb = y.astype(bool)
     centres = gt_centres(y)
-    scores: dict[str, list[float]] = {"unet": [], "unet_cc": [], "edpcnn": [], "edpcnn_gtc": []}
+    scores: dict[str, list[float]] = {"unet": [], "unet_cc": [], "edpcnn": [], "edpcnn_thr": [], "edpcnn_gtc": []}
+    edp_thr = copy.copy(edp)  # shares the weights; only the centre rule differs
+    edp_thr.cfg = dataclasses.replace(edp.cfg, centre_method="threshold")
     for s in range(0, len(x), batch):
         xb = torch.from_numpy(x[s:s + batch])
         pu = (unet(xb)[:, 0] > 0).numpy()
         pe = edp.predict_mask(xb).numpy().astype(bool)
+        pt = edp_thr.predict_mask(xb).numpy().astype(bool)
         pg = edp.predict_mask(xb, centres=centres[s:s + batch]).numpy().astype(bool)
         for i in range(len(xb)):
             t = yb[s + i]
             scores["unet"].append(dice(pu[i], t))
             scores["unet_cc"].append(dice(component_at(pu[i], tuple(centres[s + i].tolist())), t))
             scores["edpcnn"].append(dice(pe[i], t))
+            scores["edpcnn_thr"].append(dice(pt[i], t))
             scores["edpcnn_gtc"].append(dice(pg[i], t))
     return {k: (float(np.mean(v)), float(np.std(v))) for k, v in scores.items()}
 
@@ -225,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nEDPCNN vs U-Net, whole tumour, demo BraTS ({args.crop * 2} mm window at {args.size}x{args.size}), "
           f"{len(xte)} held-out slices from {len(test_cases)} cases; {args.iters} iterations x batch {args.batch}")
     print("Dice mean (sd)   unet = sigmoid>0.5; unet_cc = component at GT centroid (paper Sec. 3.2);")
-    print("                 edpcnn = centre from U-Net output; edpcnn_gtc = GT centre (paper's protocol)")
-    print(f"{'n_train':>8} | {'unet':>13} | {'unet_cc':>13} | {'edpcnn':>13} | {'edpcnn_gtc':>13}")
+    print("                 edpcnn = centre from U-Net output (midrange); edpcnn_thr = same, map > 0;")
+    print("                 edpcnn_gtc = GT centre (paper's protocol)")
+    cols = ("unet", "unet_cc", "edpcnn", "edpcnn_thr", "edpcnn_gtc")
+    print(f"{'n_train':>8} | " + " | ".join(f"{c:>13}" for c in cols))
     for r in rows:
-        cells = " | ".join(f"{r[k]:.3f} ({r[k + '_sd']:.3f})" for k in ("unet", "unet_cc", "edpcnn", "edpcnn_gtc"))
+        cells = " | ".join(f"{r[k]:.3f} ({r[k + '_sd']:.3f})" for k in cols)
         print(f"{r['n_train']:>8} | {cells}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:

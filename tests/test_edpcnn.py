@@ -207,6 +207,20 @@ def test_centre_comes_from_the_unet_output_and_mask_follows_it():
     assert pred2[1].sum() > 0
 
 
+def test_midrange_centre_ignores_a_large_weakly_positive_region():
+    # the map is a foreground logit up to an offset: a broad region slightly above 0 must not win
+    h, w = 48, 48
+    tumour = _disc(h, w, 12.0, 14.0, 5.0)
+    maps = np.full((h, w), -3.0, np.float32)
+    maps[24:, :] = 0.5  # larger than the tumour, barely positive
+    maps[tumour] = 4.0
+    maps = torch.from_numpy(maps)[None]
+    mid = EDPCNN(_tiny_cfg()).centres_from_maps(maps)[0][0]
+    thr = EDPCNN(_tiny_cfg(centre_method="threshold")).centres_from_maps(maps)[0][0]
+    assert torch.allclose(mid, torch.tensor([12.0, 14.0]), atol=0.5)
+    assert thr[0] > 24  # the threshold rule picks the broad region
+
+
 def test_shapes_and_config_errors():
     model = build_edpcnn(ModelConfig(encoder="resnet10t", in_channels=2, out_channels=3,
                                      decoder_channels=(16, 16, 8, 8, 8)), n_rays=8, n_points=6, radius_px=6.0)
@@ -216,6 +230,8 @@ def test_shapes_and_config_errors():
         build_edpcnn(ModelConfig(encoder="resnet10t"), rays=3)
     with pytest.raises(ValueError, match="delta"):
         _tiny_cfg(delta=-1)
+    with pytest.raises(ValueError, match="centre_method"):
+        _tiny_cfg(centre_method="oracle")
     with pytest.raises(ValueError, match="out_channels"):
         EDPCNNConfig(unet=ModelConfig(out_channels=3))
     with pytest.raises(ValueError, match="cost must be"):

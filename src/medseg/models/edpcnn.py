@@ -25,9 +25,15 @@ Centre of the star pattern:
   ventricle center for an image serves as the center of the star pattern"; automatic placement
   is named future work in Sec. 4). :meth:`EDPCNN.predict_mask` accepts such centres; without
   them (the default here, and the only option in a workflow) the centre is taken from the
-  U-Net's own output: the centre of mass of the largest connected component of
-  ``map > centre_threshold`` (:func:`medseg.models.star_dp.largest_component_centre`); no
-  component -> empty mask. This is a deviation needed to run without a human in the loop.
+  U-Net's own output: the centre of mass of the largest connected component of the map above
+  a level (:func:`medseg.models.star_dp.largest_component_centre`), the level being
+  ``(max + median) / 2`` of the map (``centre_method="midrange"``, default) or
+  ``centre_threshold`` (``"threshold"``); a map whose maximum is not above ``centre_threshold``
+  gives an empty mask. This is a deviation needed to run without a human in the loop.
+  Measured on the demo cohort (``benchmarks/bench_edpcnn.py``, all training slices): Dice 0.599
+  with ``"threshold"`` (the map is > 0 on 5 % of the background, so the largest component is often
+  a false one), 0.882 with ``"midrange"`` (centre inside the tumour on 100 % of held-out slices),
+  0.887 with ground-truth centres.
 
 Deviations from the paper (besides those listed in :mod:`medseg.models.star_dp`):
 
@@ -50,6 +56,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -95,7 +102,10 @@ class EDPCNNConfig:
         angle_jitter: random rotation of the star pattern in ``[-a, a]`` radians while training
             (authors' code: pi).
         centre_loss_weight: weight of the pixel BCE on the map (deviation, see module doc).
-        centre_threshold: logit threshold of the map for the inference centre.
+        centre_method: ``"midrange"`` (map above ``(max + median) / 2``) or ``"threshold"`` (map
+            above ``centre_threshold``): the region whose largest component gives the inference centre.
+        centre_threshold: logit level of the map: no pixel above it -> empty mask (and the region
+            of ``centre_method="threshold"``).
         eval_output: what ``forward`` returns in eval mode: ``"mask_logits"`` (the EDPCNN mask
             as +-10 logits, so sigmoid > 0.5 reproduces :meth:`EDPCNN.predict_mask`) or ``"map"``.
     """
@@ -117,6 +127,7 @@ class EDPCNNConfig:
     centre_jitter: bool = True
     angle_jitter: float = math.pi
     centre_loss_weight: float = 0.1
+    centre_method: str = "midrange"
     centre_threshold: float = 0.0
     eval_output: str = "mask_logits"
     spatial_dims: ClassVar[int] = 2
@@ -132,6 +143,8 @@ class EDPCNNConfig:
             raise ValueError(f"models.edpcnn.delta must be >= 0, got {self.delta}")
         if self.interp not in ("bilinear", "nearest"):
             raise ValueError(f"models.edpcnn.interp must be 'bilinear' or 'nearest', got {self.interp!r}")
+        if self.centre_method not in ("midrange", "threshold"):
+            raise ValueError(f"models.edpcnn.centre_method must be 'midrange' or 'threshold', got {self.centre_method!r}")
         if self.eval_output not in ("mask_logits", "map"):
             raise ValueError(f"models.edpcnn.eval_output must be 'mask_logits' or 'map', got {self.eval_output!r}")
         if self.sg_steps < 1 or self.noise_samples < 1 or self.sg_depth < 1 or self.sg_base_channels < 1:
@@ -216,11 +229,14 @@ class EDPCNN(nn.Module):
             centres ``(B, 2)`` ``(y, x)`` pixels and ``found`` ``(B,)`` bool (False: no pixel of
             the map above ``centre_threshold``; the centre is then the image centre).
         """
-        fg = (maps.detach() > self.cfg.centre_threshold).cpu().numpy()
+        mp = maps.detach().float().cpu().numpy()
         h, w = maps.shape[-2:]
         out, found = [], []
-        for m in fg:
-            c = largest_component_centre(m)
+        for m in mp:
+            c = None
+            if m.max() > self.cfg.centre_threshold:
+                level = (m.max() + np.median(m)) / 2 if self.cfg.centre_method == "midrange" else self.cfg.centre_threshold
+                c = largest_component_centre(m > level)
             found.append(c is not None)
             out.append(c if c is not None else ((h - 1) / 2, (w - 1) / 2))
         return torch.tensor(out, dtype=torch.float32, device=maps.device), torch.tensor(found, device=maps.device)
