@@ -39,8 +39,9 @@ Deviations from the paper (besides those listed in :mod:`medseg.models.star_dp`)
 
 * ``centre_loss_weight`` (default 0.1) adds a pixel-wise BCE on the U-Net map, so that the map
   is a foreground logit from which the inference centre can be read. The paper trains the
-  U-Net through ``F`` only (set the weight to 0 for that; then the map is defined only up to
-  an offset and centres must be supplied).
+  U-Net through ``F`` only (set the weight to 0 for that; the map is then defined only up to
+  an offset, so keep ``centre_method="midrange"`` and set ``centre_threshold=-inf``, or supply
+  centres).
 * ``F`` sees the radial cost ``g(n, i) - g(n, i-1)`` (as in the authors' code) rather than the
   warped map itself, and noise is added to that cost (as in the authors' code).
 * ``F`` is a 3-level U-Net with ``base_channels = 8`` as in Sec. 3.3, with batch norm; padding is
