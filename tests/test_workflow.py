@@ -216,6 +216,22 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     ref = sitk.ReadImage(str(data / case / f"{case}_t1ce.nii.gz"))
     assert pred.GetSize() == ref.GetSize() and pred.GetOrigin() == ref.GetOrigin()
     assert "left out of training and evaluation" in (work / "results/brats/logs/case_sheet.log").read_text()
+    # what reruns when (issue 14): a replaced reference label map reruns that case's evaluation only,
+    # and a fixed file brings its case back through the case sheet
+    seg = data / case / f"{case}_seg.nii.gz"
+    seg.write_bytes(seg.read_bytes())  # new mtime, as a replaced file has
+    dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
+    counts = _job_counts(dry.stdout)
+    assert counts.get("evaluate_case") == 1 and "n4_correct" not in counts and "train_model" not in counts, dry.stdout
+    r = smk(work, "--cores", "2", "results/brats_timm.json", configs=configs)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    shutil.copy(tiny_run / f"results/brats/demo/images/{bad}/{bad}_t1.nii.gz", t1)
+    dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
+    assert _job_counts(dry.stdout).get("case_sheet") == 1, dry.stdout  # ... which brings the case back
+    r = smk(work, "--cores", "2", "results/brats_timm.json", configs=configs)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    res = json.loads((work / "results/brats_timm.json").read_text())
+    assert res["excluded_cases"] == {} and (work / f"results/brats/tiles/{bad}.npy").exists()
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@
 rule predict_case:
     input:
         unpack(atlas_transforms),
-        raw_inputs,
+        raw_images,
         norm=f"{CASE_DIR}/norm.npz",
         models=fold_models,
         images=stage_dir,

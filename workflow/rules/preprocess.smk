@@ -22,7 +22,7 @@ rule prepare_atlas:
 rule n4_correct:
     # the first stage to read the scans: writes n4/<mod>.nii.gz and n4/bias_<mod>.nii.gz
     input:
-        raw_inputs,
+        raw_images,
         sheet=ancient(SHEET),
     output:
         images=directory(f"{CASE_DIR}/n4"),
@@ -59,7 +59,7 @@ rule n4_correct:
 
 rule register_atlas:
     input:
-        raw_inputs,
+        raw_seg,
         sheet=ancient(SHEET),
         images=f"{CASE_DIR}/n4",
         atlas=f"{ATLAS_DIR}/head.nii.gz",
