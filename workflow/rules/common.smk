@@ -21,7 +21,10 @@ RESULTS = "results"
 PLANS = {
     name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()
 }
-check_config(config, PLANS)  # unknown keys, encoders, losses: fail now, not hours later
+if workflow.is_main_process:  # once, not again in every job of a cluster run
+    check_config(
+        config, PLANS
+    )  # unknown keys, encoders, losses: fail now, not hours later
 
 
 def _alternatives(values):
@@ -117,7 +120,11 @@ def raw_images(wildcards):
     """The case's source scans (real data), so that a changed scan reruns the jobs that read it;
     the demo's files come from synth_cohort (its manifest is the sheet's input)."""
     p = plan(wildcards)
-    return [] if p.is_demo else list(dict.fromkeys(p.files[wildcards.case].images.values()))
+    return (
+        []
+        if p.is_demo
+        else list(dict.fromkeys(p.files[wildcards.case].images.values()))
+    )
 
 
 def raw_seg(wildcards):
