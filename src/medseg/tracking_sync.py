@@ -33,6 +33,7 @@ LOCK_FILE = ".sync.lock"
 
 
 def _client():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the workflow's log readable
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri())

@@ -255,14 +255,17 @@ def invocation_datasets(targets):
     found = [
         d
         for d in PLANS
-        if any(str(t).startswith((f"{RESULTS}/{d}_", f"{RESULTS}/{d}/")) for t in targets)
+        if any(
+            str(t).startswith((f"{RESULTS}/{d}_", f"{RESULTS}/{d}/")) for t in targets
+        )
     ]
     return found or list(PLANS)
 
 
 def start_tracking():
     """One MLflow parent run per dataset of this invocation (named after the targets), nesting the
-    jobs' runs; a background thread logs the jobs' spooled records while the workflow runs."""
+    jobs' runs; a background thread logs the jobs' spooled records while the workflow runs.
+    """
     from medseg import provenance, tracking, tracking_sync
 
     targets = sorted(str(t) for t in (workflow.dag_settings.targets or ()))

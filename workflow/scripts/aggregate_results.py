@@ -9,7 +9,8 @@ with job(snakemake) as p:
                         inputs=[*inp.models, *inp.metrics], rule=snakemake.rule, wildcards=dict(w.items()),
                         montage_png=out.montage, case_files=files, excluded=p["excluded"],
                         predicted_only=dict(zip(p["unlabelled"], inp.unlabelled)),
-                        dataset=w.dataset, model=w.model, model_files=list(inp.models), sheet=inp.sheet)
+                        dataset=w.dataset, model=w.model, model_files=list(inp.models), sheet=inp.sheet,
+                        out_html=out.summary)
     # mean test scores per region (or label), named alike in every run: comparable in the MLflow UI
     section = "regions" if res.get("regions") else "labels"
     scores = {f"{metric}_{name}": s[metric]["mean"] for name, s in res[section].items()
@@ -21,5 +22,5 @@ with job(snakemake) as p:
     tracking.log_invocation_metrics({f"{w.model}/{k}": v for k, v in scores.items()})
     tracking.set_tags({"model.arch": res["model"]["arch"], "model.encoder": res["model"]["encoder"],
                        "model.n_parameters": res["model"]["n_parameters"]})
-    for f in (out.json, out.csv, out.boxplots, out.montage):
+    for f in (out.json, out.csv, out.summary, out.boxplots, out.montage):
         tracking.log_artifact(f)

@@ -22,7 +22,7 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
                   case_files: Mapping[str, tuple] | None = None,
                   excluded: Mapping[str, str] | None = None, predicted_only: Mapping[str, str] | None = None,
                   dataset: str | None = None, model: str | None = None, model_files: Sequence[str | Path] = (),
-                  sheet: str | Path | None = None) -> dict:
+                  sheet: str | Path | None = None, out_html: str | Path | None = None) -> dict:
     """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict.
 
     ``montage_png`` + ``case_files`` (case -> (image, reference, prediction) paths): overlay montage
@@ -33,7 +33,8 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
     ``dataset``, ``model`` (the config's model name) and ``model_files`` (each fold's ``model.pt``)
     describe the model (:func:`model_block`); ``sheet``: the dataset's case sheet, whose split
     column names every case's split (``splits``) and whose files are checksummed for the scored
-    and predicted cases (``source_scans``). Schema: ``docs/results_schema.md``.
+    and predicted cases (``source_scans``). ``out_html``: the summary table page
+    (:func:`write_summary_html`). Schema: ``docs/results_schema.md``.
     """
     if not case_jsons:
         raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
@@ -54,6 +55,8 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
     split_of = {c: v["split"] for c, v in results["splits"].items()}
     write_cases_csv(cases, out_csv, {"split": split_of, "model": {r["case"]: model or "" for r in cases}})
     plot_boxplots(cases, out_png)
+    if out_html is not None:
+        write_summary_html(results, cases, split_of, out_html)
     if montage_png is not None and case_files:
         picks = select_montage_cases(cases)
         section = scored_section(cases[0])
@@ -84,3 +87,45 @@ def model_block(name: str | None, model_files: Sequence[str | Path], config: Map
             "encoder": first.get("encoder", section.get("encoder")), "n_parameters": first.get("n_parameters"),
             "config": first.get("model_config", section),
             "folds": [{"fold": k, "file": f["file"], "sha256": f["sha256"]} for k, f in enumerate(folds)]}
+
+
+TABLE_METRICS = ("dice", "hd95")
+_STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}"
+          "th,td{border:1px solid #bbb;padding:.25em .6em;text-align:right}th{background:#eee}"
+          "td:first-child,th:first-child{text-align:left}caption{text-align:left;font-weight:bold;margin:.3em 0}")
+
+
+def write_summary_html(results: Mapping[str, Any], cases: Sequence[Mapping[str, Any]], split_of: Mapping[str, str],
+                       out_html: str | Path) -> None:
+    """One HTML page: mean ± std Dice and HD95 (mm) per region (or label) over the held-out cases,
+    then every case's values with its split (the report's *results table*)."""
+    import html
+
+    section = scored_section(cases[0])
+    names = list(results[section])
+    model = results.get("model") or {}
+    head = "".join(f"<th>{html.escape(n)} {m}{' (mm)' if m == 'hd95' else ''}</th>" for n in names for m in TABLE_METRICS)
+
+    def cell(v: float) -> str:
+        return f"<td>{v:.4g}</td>"
+
+    summary = "".join(
+        f"<tr><td>{m}{' (mm)' if m == 'hd95' else ''}</td>"
+        + "".join(f"<td>{results[section][n][m]['mean']:.4g} ± {results[section][n][m]['std']:.2g}</td>" for n in names)
+        + "</tr>" for m in TABLE_METRICS)
+    rows = "".join(
+        f"<tr><td>{html.escape(r['case'])}</td><td>{html.escape(split_of.get(r['case'], ''))}</td>"
+        + "".join(cell(r[section][n][m]) for n in names for m in TABLE_METRICS) + "</tr>" for r in cases)
+    title = f"{results.get('dataset') or ''} · {model.get('name') or ''}"
+    n_excluded = len(results.get("excluded_cases") or {})
+    excluded = f"; {n_excluded} case(s) excluded (see the results JSON)" if n_excluded else ""
+    body = (f"<h1>Results: {html.escape(title)}</h1>"
+            f"<p>Model {html.escape(str(model.get('arch')))} / {html.escape(str(model.get('encoder')))}, "
+            f"{model.get('n_parameters') or 0:,} parameters; {results['n_cases']} held-out test cases"
+            f"{excluded}.</p>"
+            f"<table id='summary'><caption>Mean ± std over the test cases</caption><tr><th>metric</th>"
+            + "".join(f"<th>{html.escape(n)}</th>" for n in names) + f"</tr>{summary}</table>"
+            f"<table id='cases'><caption>Per case</caption><tr><th>case</th><th>split</th>{head}</tr>{rows}</table>")
+    Path(out_html).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_html).write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                              f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
