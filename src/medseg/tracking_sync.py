@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 PARENTS_FILE = "parents.json"  # {invocation id: {experiment: parent run id}}
 STATE_FILE = "synced.json"  # {record id: {"run_id", "metrics": n logged, "params": [keys logged]}}
 LOCK_FILE = ".sync.lock"
+# MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI traces overview)
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _client():
@@ -54,10 +56,12 @@ def _experiment_id(client, name: str, cache: dict) -> str:
     if name not in cache:
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            exp_id = client.create_experiment(name)
+            exp_id = client.create_experiment(name, tags={EXPERIMENT_KIND: MODEL_TRAINING})
             _relative_artifacts(exp_id)
         else:
             exp_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
         cache[name] = exp_id
     return cache[name]
 
