@@ -177,3 +177,22 @@ def test_live_sync_parent_per_dataset_and_relative_artifacts(spool, monkeypatch)
     monkeypatch.chdir(moved)
     cfg = MlflowClient().download_artifacts(parent.info.run_id, "config.yaml", str(spool))
     assert "steps: 3" in open(cfg).read()
+
+
+def test_killed_invocation_is_closed_by_the_next(spool):
+    """Snakemake killed mid-job: the next invocation closes the old parent run and the job's run as KILLED."""
+    tracking.start_invocation("first", experiments={"brats": "medseg-test"})
+    tracking._current = None
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.job_run("medseg-test", "train"):
+            tracking.log_metrics({"loss": 1.0}, step=1)
+            tracking_sync.sync()  # the live run is in MLflow
+            rec = next((spool / "spool").glob("run-*.json"))
+            frozen = rec.read_text()
+            raise KeyboardInterrupt
+    rec.write_text(frozen)  # kill -9: the record never got its final state
+    tracking.start_invocation("second", experiments={"brats": "medseg-test"})
+    assert tracking_sync.sync()["failed"] == 0
+    _, runs = _runs(os.environ["MLFLOW_TRACKING_URI"])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("first · brats", "KILLED"), ("train", "KILLED")]
+    assert not list((spool / "spool").glob("run-*.json"))

@@ -90,14 +90,21 @@ def start_invocation(name: str = "snakemake", tags: Mapping[str, str] | None = N
            "status": "RUNNING", "config": json.loads(json.dumps(config or {}, default=str)),
            "experiments": dict(experiments or {}), "register_model": bool(register_model)}
     if enabled():
+        end_invocation("KILLED")  # a previous invocation that never ended (Snakemake killed): close it
         _write_record(inv, spool_dir() / INVOCATION_FILE)
     return inv["id"]
 
 
 def end_invocation(status: str = "FINISHED") -> None:
+    """Close the current invocation with ``status``: the next sync terminates its parent run(s), and
+    marks its jobs' runs that never ended (killed jobs) ``KILLED``."""
     path = spool_dir() / INVOCATION_FILE
     if enabled() and path.exists():
-        inv = json.loads(path.read_text())
+        try:
+            inv = json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            return
         inv.update(end=_now(), status=status)
         _write_record(inv, spool_dir() / f"invocation-{inv['id']}.json")
         path.unlink(missing_ok=True)
