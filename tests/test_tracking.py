@@ -8,8 +8,21 @@ import pytest
 from medseg import tracking, tracking_sync
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """An initialised, empty MLflow SQLite store (creating its tables takes ~10 s: once per module)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def spool(tmp_path, monkeypatch):
+def spool(tmp_path, monkeypatch, empty_store):
+    import shutil
+
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     monkeypatch.setenv("MEDSEG_TRACKING", "1")
     monkeypatch.setenv(tracking.SPOOL_ENV, str(tmp_path / "spool"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -140,6 +153,7 @@ def test_live_sync_parent_per_dataset_and_relative_artifacts(spool, monkeypatch)
 
     proj = spool / "proj"
     proj.mkdir()
+    shutil.copyfile(spool / "mlflow.db", proj / "mlflow.db")
     monkeypatch.chdir(proj)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv(tracking.SPOOL_ENV, str(proj / ".medseg/tracking"))
