@@ -217,9 +217,13 @@ class _Syncer:
                         self.client.set_terminated(self.state.pop(rec["id"])["run_id"], status="KILLED", end_time=end)
                         path.unlink()
                         self._save_state()
+                if any(_read(p, {}).get("invocation") == inv_id for p in self.spool.glob("run-*.json")):
+                    continue  # records kept for retry still need the parent run
                 for run_id in self.parents.get(inv_id, {}).values():
                     self.client.set_terminated(run_id, status=meta["status"], end_time=end)
                 (self.spool / f"invocation-{inv_id}.json").unlink(missing_ok=True)
+                if self.parents.pop(inv_id, None) is not None:
+                    _write(self.spool / PARENTS_FILE, self.parents)
             except Exception as e:  # noqa: BLE001
                 log.warning("tracking failed (closing parent run of %s): %s", inv_id, e)
 
