@@ -210,3 +210,26 @@ def test_killed_invocation_is_closed_by_the_next(spool):
     _, runs = _runs(os.environ["MLFLOW_TRACKING_URI"])
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [("first · brats", "KILLED"), ("train", "KILLED")]
     assert not list((spool / "spool").glob("run-*.json"))
+
+
+def test_bundle_is_logged_as_a_registered_model(spool):
+    """tracking.register_model: the bundle becomes the run's pyfunc model and a registered version."""
+    from mlflow.tracking import MlflowClient
+
+    bundle = spool / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text("{}")
+    tracking.start_invocation("t", experiments={"brats": "medseg-test"}, register_model=True)
+    with tracking.job_run("medseg-test", "export_bundle:brats:timm"):
+        tracking.log_model_bundle(bundle, "medseg-brats-timm")
+    tracking.end_invocation("FINISHED")
+    assert tracking_sync.sync() == {"runs": 1, "failed": 0}
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (version,) = client.search_model_versions("name = 'medseg-brats-timm'")
+    run = client.get_run(version.run_id)
+    assert run.info.run_name == "export_bundle:brats:timm" and run.info.status == "FINISHED"
+    from mlflow.artifacts import download_artifacts
+
+    local = download_artifacts(f"models:/medseg-brats-timm/{version.version}", dst_path=str(spool / "model"))
+    assert os.path.exists(os.path.join(local, "MLmodel"))
+    assert json.loads(open(os.path.join(local, "artifacts", "bundle", "bundle.json")).read()) == {}
