@@ -102,7 +102,7 @@ def test_aggregate_statistics_and_edge_counts():
     agg = aggregate(res, provenance={"git": "x"})
     vals = [r["regions"]["WT"]["dice"] for r in res]
     d = agg["regions"]["WT"]["dice"]
-    assert agg["schema_version"] == 3 and agg["n_cases"] == 5 and agg["cases"] == [f"c{i}" for i in range(5)]
+    assert agg["schema_version"] == 4 and agg["n_cases"] == 5 and agg["cases"] == [f"c{i}" for i in range(5)]
     assert d["mean"] == pytest.approx(np.mean(vals)) and d["median"] == pytest.approx(np.median(vals))
     assert d["q1"] == pytest.approx(np.percentile(vals, 25)) and d["values"] == {r["case"]: r["regions"]["WT"]["dice"] for r in res}
     assert agg["edge_cases"]["ET"] == {"none": 0, "both_empty": 5, "ref_empty": 0, "pred_empty": 0}

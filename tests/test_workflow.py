@@ -257,16 +257,90 @@ def test_tiny_config_end_to_end(tiny_run):
     # normaliser fitted on training cases only
     norm = json.loads((tmp_path / "results/brats/normalizer_0.json").read_text())
     assert not set(norm["cases"]) & set(res["cases"])
-    # one MLflow run per job, nested under the invocation's run
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    # the results explain themselves: split of every case, model, config, scan checksums (schema 4)
+    assert res["schema_version"] == 4 and res["dataset"] == "brats" and res["config"]["training"]["steps"] == 12
+    assert {res["splits"][c]["split"] for c in res["cases"]} == {"test"} and len(res["splits"]) == 5
+    assert res["model"]["encoder"] == "resnet10t" and res["model"]["n_parameters"] > 0
+    assert set(res["source_scans"]) == set(res["cases"]) and "seg" in res["source_scans"][case]
+    assert (tmp_path / "results/brats_timm_summary.html").exists()
+
+
+@pytest.mark.slow
+def test_tiny_run_in_mlflow(tiny_run, monkeypatch, tmp_path):
+    """The demo's mlflow.db as a user opens it (MLflow client, no special environment variables, in the
+    project folder like `mlflow ui`): one parent run named after target and dataset with the config,
+    git commit and test scores; every job's run nested under it; training curves and system
+    metrics; the bundle as an MLflow model that loads and predicts a case as the workflow did."""
+    import mlflow
+    import SimpleITK as sitk
+    import yaml
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient((tmp_path / "mlruns").as_uri())
-    runs = client.search_runs([client.get_experiment_by_name("medseg-brats").experiment_id], max_results=500)
-    children = [x for x in runs if "mlflow.parentRunId" in x.data.tags]
-    n_jobs = sum(1 for _ in (tmp_path / "results/brats/logs").rglob("*.log"))
-    assert len(runs) - len(children) == 1 and len(children) == n_jobs
-    assert not list((tmp_path / ".medseg/tracking").glob("run-*.json"))
+    res = json.loads((tiny_run / "results/brats_timm.json").read_text())
+    monkeypatch.chdir(tiny_run)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.delenv(var, raising=False)
+    client = MlflowClient("sqlite:///mlflow.db")
+    exp = client.get_experiment_by_name("medseg-brats")
+    assert exp.artifact_location == f"mlartifacts/{exp.experiment_id}"  # relative: the project can move
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    n_jobs = sum(1 for _ in (tiny_run / "results/brats/logs").rglob("*.log")) + 1  # + prepare_atlas (shared)
+    assert len(children) == n_jobs and {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert parent.info.run_name == "results/brats_timm.json · brats"
+    assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
+    for region in ("WT", "TC", "ET"):
+        assert parent.data.metrics[f"timm/dice_{region}"] == pytest.approx(res["regions"][region]["dice"]["mean"])
+        assert parent.data.metrics[f"timm/hd95_{region}"] == pytest.approx(res["regions"][region]["hd95"]["mean"])
+    config = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "config.yaml", str(tmp_path))))
+    assert config["training"]["steps"] == 12 and parent.data.params["training.steps"] == "12"
+    by_name = {r.info.run_name: r for r in children}
+    train = by_name["train_model:brats:timm:0"]
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "dice_mean")] == [6, 12]  # each validation
+    assert client.get_metric_history(train.info.run_id, "system/cpu_utilization_percentage")
+    assert by_name["aggregate_results:brats:timm"].data.metrics["dice_WT"] == pytest.approx(res["regions"]["WT"]["dice"]["mean"])
+    model = mlflow.pyfunc.load_model(f"runs:/{by_name['export_bundle:brats:timm'].info.run_id}/model")
+    case = res["cases"][0]
+    scans = {m: str(tiny_run / f"results/brats/demo/images/{case}/{case}_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")}
+    labels = model.predict({"case": case, **scans})
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tiny_run / f"results/brats/predictions/timm/{case}.nii.gz")))
+    assert np.array_equal(labels, expected)
+    assert not list((tiny_run / ".medseg/tracking").glob("run-*.json"))
+
+
+@pytest.mark.slow
+def test_report_describes_the_workflow_and_shows_the_results_table(tiny_run, tmp_path):
+    """`snakemake --report` after the run: the landing page is the workflow description, the results
+    come first (table, plots), training curves next, QC grouped per case; rendered in headless
+    Chromium when it is installed (the DOM then holds the description and the results table)."""
+    import re
+    import shutil
+
+    out = tmp_path / "report.html"
+    r = smk(tiny_run, "--report", str(out), "results/brats_timm.json", configs=("tests/configs/tiny.yaml",))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    page = out.read_text()
+    assert "brain-tumour MRI segmentation from raw scans to scored results" in page
+    cats = json.loads(re.search(r"var categories = (\{.*?\});\n", page).group(1))
+    assert sorted(cats) == ["1. Results", "2. Training", "3. Quality control"]
+    assert "results/brats_timm_summary.html" in cats["1. Results"]["brats: timm"]
+    assert len(cats["3. Quality control"]) == 5  # one group per case: N4, registration, brain mask
+    assert all(len(files) == 3 for files in cats["3. Quality control"].values())
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return
+    # open the results category as a click on it would; the description stays in the main panel
+    js = "<script>setTimeout(function(){app.showCategory('1. Results');}, 300);</script>"
+    i = page.rindex("</body>")
+    (tmp_path / "click.html").write_text(page[:i] + js + page[i:])
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000", "--dump-dom",
+                          (tmp_path / "click.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r"<h1[^>]*>medseg: brain-tumour MRI segmentation", dom)  # rendered, not only a JS string
+    assert "1. results table" in dom and "2. box plots" in dom
 
 
 def _msd_folder(root: Path, n_cases: int = 6, n_unlabelled: int = 1) -> Path:

@@ -25,6 +25,8 @@ from medseg.provenance import collect, digest
 
 log = logging.getLogger(__name__)
 
+SYSTEM_METRICS_RULES = frozenset({"train_model"})  # jobs whose runs get psutil system metrics
+
 
 def export_package_path() -> None:
     """Put this package's source folder on ``PYTHONPATH`` so every job imports the same medseg
@@ -82,7 +84,7 @@ def job(smk: Any) -> Iterator[dict]:
                      **{f"seed.{k}": str(v) for k, v in prov["seeds"].items()},
                      **{f"package.{k}": str(v) for k, v in prov["packages"].items()}})
     log.info("job %s starting", name)
-    with tracking.job_run(experiment, name, tags):
+    with tracking.job_run(experiment, name, tags, system_metrics=smk.rule in SYSTEM_METRICS_RULES):
         tracking.log_params(params)
         if prov:
             tracking.log_dict(prov, "provenance.json")

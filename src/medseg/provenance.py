@@ -7,11 +7,15 @@ outside the ``provenance.volatile`` block.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
+import pickle
 import platform
 import socket
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Any
 
 from medseg.io import sha256
 
-PACKAGES = ("medseg", "numpy", "scipy", "SimpleITK", "itk-elastix", "torch", "timm", "snakemake", "mlflow-skinny", "nibabel", "nilearn")
+PACKAGES = ("medseg", "numpy", "scipy", "SimpleITK", "itk-elastix", "torch", "timm", "snakemake", "mlflow", "nibabel", "nilearn")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -57,6 +61,60 @@ def digest(checksums: Mapping[str, str]) -> str:
 
 def checksums(paths: Iterable[str | Path]) -> dict[str, str]:
     return {str(p): sha256(p) for p in sorted(map(str, paths))}
+
+
+class _Stub:
+    """Stands in for any class a torch checkpoint's pickle names (reading without torch)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args = args
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+
+class _Tensor:
+    def __init__(self, size) -> None:
+        self.numel = math.prod(int(s) for s in size)
+
+
+def _rebuild_tensor(storage, offset, size, *args, **kwargs) -> _Tensor:
+    return _Tensor(size)
+
+
+def _read_torch_pickle(path: str | Path) -> Any:
+    """The object of a ``torch.save`` zip file, tensors replaced by their element counts, without
+    importing torch (the evaluate env has none); anything else torch-specific becomes a stub."""
+    with zipfile.ZipFile(path) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, qualname: str):
+                if qualname.startswith("_rebuild_tensor") or qualname == "_rebuild_parameter":
+                    return _rebuild_tensor if qualname.startswith("_rebuild_tensor") else (lambda t, *a, **k: t)
+                if module in ("collections", "builtins") and qualname in ("OrderedDict", "dict", "list", "tuple", "set"):
+                    return super().find_class(module, qualname)
+                return _Stub
+
+            def persistent_load(self, pid):
+                return None
+
+        return Unpickler(io.BytesIO(zf.read(name))).load()
+
+
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def model_facts(model_pt: str | Path) -> dict[str, Any]:
+    """Architecture, encoder, parameter count and SHA-256 of a trained ``model.pt`` (``medseg.train``:
+    ``{"state_dict", "meta": {"model_config", ...}}``). Parameters exclude normalisation buffers."""
+    obj = _read_torch_pickle(model_pt)
+    state = obj.get("state_dict", {}) if isinstance(obj, dict) else {}
+    meta = obj.get("meta", {}) if isinstance(obj, dict) else {}
+    mcfg = meta.get("model_config", {}) if isinstance(meta, dict) else {}
+    n = sum(t.numel for k, t in state.items() if isinstance(t, _Tensor) and not k.endswith(BUFFER_SUFFIXES))
+    return {"arch": mcfg.get("arch"), "encoder": mcfg.get("encoder"), "n_parameters": int(n),
+            "sha256": sha256(model_pt), "model_config": mcfg}
 
 
 def collect(config: Mapping[str, Any] | None = None, inputs: Iterable[str | Path] = (), seeds: Mapping[str, int] | None = None,

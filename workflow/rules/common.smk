@@ -264,28 +264,67 @@ def tracking_on():
     return config.get("tracking", {}).get("enabled", True)
 
 
+def invocation_datasets(targets):
+    """The datasets an invocation works on: those its target files belong to (all for rule names)."""
+    found = [
+        d
+        for d in PLANS
+        if any(
+            str(t).startswith((f"{RESULTS}/{d}_", f"{RESULTS}/{d}/")) for t in targets
+        )
+    ]
+    return found or list(PLANS)
+
+
+def start_tracking():
+    """One MLflow parent run per dataset of this invocation (named after the targets), nesting the
+    jobs' runs; a background thread logs the jobs' spooled records while the workflow runs.
+    """
+    from medseg import provenance, tracking, tracking_sync
+
+    targets = sorted(str(t) for t in (workflow.dag_settings.targets or ()))
+    git = provenance.git_state(workflow.basedir)
+    tags = {
+        "mlflow.source.name": os.path.join(workflow.basedir, "Snakefile"),
+        "mlflow.source.type": "PROJECT",
+        "config.hash": provenance.config_hash(config),
+        "git.dirty": str(git["dirty"]),
+    }
+    if git["commit"]:
+        tags["mlflow.source.git.commit"] = git["commit"]
+    prefix = config.get("tracking", {}).get("experiment_prefix", "medseg-")
+    tracking.start_invocation(
+        (", ".join(targets) or "all")[:200],
+        tags,
+        config=config,
+        experiments={d: prefix + d for d in invocation_datasets(targets)},
+        register_model=config.get("tracking", {}).get("register_model", False),
+    )
+    tracking_sync.start_background()
+
+
+def end_tracking(status):
+    from medseg import tracking, tracking_sync
+
+    tracking_sync.stop_background()
+    tracking.end_invocation(status)
+    tracking_sync.sync()
+
+
 onstart:
     if not tracking_on():
         from medseg import tracking
 
         tracking.disable()
     else:
-        from medseg import tracking
-
-        tracking.start_invocation("snakemake")
+        start_tracking()
 
 
 onsuccess:
     if tracking_on():
-        from medseg import tracking, tracking_sync
-
-        tracking.end_invocation("FINISHED")
-        tracking_sync.sync()
+        end_tracking("FINISHED")
 
 
 onerror:
     if tracking_on():
-        from medseg import tracking, tracking_sync
-
-        tracking.end_invocation("FAILED")
-        tracking_sync.sync()
+        end_tracking("FAILED")

@@ -30,9 +30,9 @@ rule n4_correct:
         qc_png=report(
             f"{CASE_DIR}/qc_n4.png",
             caption="../report/qc_n4.rst",
-            category="QC",
-            subcategory="N4",
-            labels={"case": "{case}"},
+            category="3. Quality control",
+            subcategory="{dataset}: {case}",
+            labels={"step": "1. N4 bias field"},
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/n4_correct/{{case}}.log",
@@ -71,9 +71,9 @@ rule register_atlas:
         qc_png=report(
             f"{CASE_DIR}/qc_register.png",
             caption="../report/qc_register.rst",
-            category="QC",
-            subcategory="registration",
-            labels={"case": "{case}"},
+            category="3. Quality control",
+            subcategory="{dataset}: {case}",
+            labels={"step": "2. atlas registration"},
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/register_atlas/{{case}}.log",
@@ -105,9 +105,9 @@ rule skullstrip_brain:
         qc_png=report(
             f"{CASE_DIR}/qc_mask.png",
             caption="../report/qc_mask.rst",
-            category="QC",
-            subcategory="brain mask",
-            labels={"case": "{case}"},
+            category="3. Quality control",
+            subcategory="{dataset}: {case}",
+            labels={"step": "3. brain mask"},
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/skullstrip_brain/{{case}}.log",

@@ -15,7 +15,8 @@ rule train_model:
         curves=report(
             f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/curves.png",
             caption="../report/curves.rst",
-            category="Training",
+            category="2. Training",
+            subcategory="{dataset}",
             labels={"model": "{model}", "fold": "{fold}"},
         ),
         summary=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/summary.json",

@@ -4,6 +4,8 @@ from medseg.cohort.sheet import read_task
 from medseg.jobs import job
 
 with job(snakemake) as p:
-    inp = snakemake.input
+    inp, w = snakemake.input, snakemake.wildcards
     export_bundle(snakemake.output.bundle, read_task(inp.task), inp.normalizers, inp.models, p["settings"])
     tracking.log_artifact(f"{snakemake.output.bundle}/bundle.json", "bundle")
+    # the MLflow model (pyfunc: raw scans -> label map), logged from the bundle by the syncer
+    tracking.log_model_bundle(snakemake.output.bundle, f"medseg-{w.dataset}-{w.model}")

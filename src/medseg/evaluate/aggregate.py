@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from medseg.io import atomic_path
 __all__ = ["aggregate", "overlay_montage", "plot_boxplots", "select_montage_cases", "summary", "write_cases_csv"]
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: excluded_cases is {case id: reason}; 3: any task (task, predicted_only, label-only edge cases)
+SCHEMA_VERSION = 4  # 2: excluded_cases is {case id: reason}; 3: any task (task, predicted_only, label-only edge cases);
+# 4: dataset, model (arch, encoder, parameters, weights checksums), config, splits, source_scans; CSV rounded with split, model
+CSV_DECIMALS = 4
 SECTIONS = ("regions", "labels", "lesionwise")
 CSV_PREFIX = {"regions": "", "labels": "label_", "lesionwise": "lesionwise_"}
 
@@ -111,15 +113,24 @@ def aggregate(case_results: list[dict], *, provenance: dict | None = None) -> di
     return out
 
 
-def write_cases_csv(case_results: Sequence[dict], path: str | Path) -> None:
-    """Write one row per case, columns ``case`` then ``<region>_<metric>`` (``label_<label>_<metric>``,
-    ``lesionwise_<region>_<metric>``) plus ``<region>_edge_case``; atomically.
+def _round(v: float, decimals: int) -> float | int:
+    r = round(v, decimals)
+    return int(r) if r == int(r) and abs(r) < 2**53 else r
+
+
+def write_cases_csv(case_results: Sequence[dict], path: str | Path, leading: Mapping[str, Mapping[str, Any]] | None = None,
+                    decimals: int = CSV_DECIMALS) -> None:
+    """Write one row per case, columns ``case``, the ``leading`` columns (name -> {case: value}, e.g.
+    ``split``, ``model``), then ``<region>_<metric>`` (``label_<label>_<metric>``,
+    ``lesionwise_<region>_<metric>``, values rounded to ``decimals`` decimals) plus
+    ``<region>_edge_case``; atomically.
     """
     rows = []
     for res in case_results:
         row: dict[str, Any] = {"case": res["case"]}
+        row |= {col: values.get(res["case"], "") for col, values in (leading or {}).items()}
         for section in SECTIONS:
-            row |= {f"{CSV_PREFIX[section]}{n}_{m}": v for n, m, v in iter_values(res, section)}
+            row |= {f"{CSV_PREFIX[section]}{n}_{m}": _round(v, decimals) for n, m, v in iter_values(res, section)}
         row |= {f"{CSV_PREFIX[scored_section(res)]}{n}_edge_case": ms["edge_case"] for n, ms in res[scored_section(res)].items()}
         rows.append(row)
     columns = list(dict.fromkeys(k for row in rows for k in row))
