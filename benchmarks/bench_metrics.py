@@ -14,7 +14,9 @@ from scipy import ndimage
 
 from medseg.evaluate import metrics
 from medseg.evaluate.lesionwise import lesionwise_region
-from medseg.labels import REGIONS
+from medseg.tasks.presets import BRATS_REGIONS
+
+REGIONS = tuple(BRATS_REGIONS)
 
 log = logging.getLogger("bench_metrics")
 SHAPE = (155, 240, 240)  # (z, y, x)

@@ -14,7 +14,7 @@ from medseg.evaluate import aggregate, evaluate_case, write_cases_csv
 from medseg.evaluate.aggregate import overlay_montage, plot_boxplots, select_montage_cases
 from medseg.evaluate.commands import case_id_from_path, match_cases, register
 from medseg.io import InputError
-from medseg.labels import ConventionError
+from medseg.tasks import LabelError as ConventionError
 
 SPACING_XYZ = (0.5, 1.0, 2.0)  # SimpleITK order; array (z, y, x) spacing is (2.0, 1.0, 0.5)
 SHAPE_ZYX = (10, 16, 20)
@@ -78,7 +78,7 @@ def test_geometry_mismatch_names_both_files(tmp_path):
 def test_convention_mismatch_says_which_is_which(tmp_path):
     ref = write(tmp_path / "ref.nii.gz", tumour(convention="2021"))
     pred = write(tmp_path / "pred.nii.gz", tumour(convention="2023"))
-    with pytest.raises(ConventionError, match=r"prediction .*pred\.nii\.gz uses BraTS 2023.*reference .*ref\.nii\.gz uses BraTS 2021"):
+    with pytest.raises(ConventionError, match=r"prediction .*pred\.nii\.gz: label values .* are BraTS 2023 labels but the dataset is BraTS 2021"):
         evaluate_case(pred, ref, case_id="c")
     ref23 = write(tmp_path / "ref23.nii.gz", tumour(convention="2023"))
     with pytest.raises(ConventionError, match="prediction"):
@@ -102,7 +102,7 @@ def test_aggregate_statistics_and_edge_counts():
     agg = aggregate(res, provenance={"git": "x"})
     vals = [r["regions"]["WT"]["dice"] for r in res]
     d = agg["regions"]["WT"]["dice"]
-    assert agg["schema_version"] == 2 and agg["n_cases"] == 5 and agg["cases"] == [f"c{i}" for i in range(5)]
+    assert agg["schema_version"] == 3 and agg["n_cases"] == 5 and agg["cases"] == [f"c{i}" for i in range(5)]
     assert d["mean"] == pytest.approx(np.mean(vals)) and d["median"] == pytest.approx(np.median(vals))
     assert d["q1"] == pytest.approx(np.percentile(vals, 25)) and d["values"] == {r["case"]: r["regions"]["WT"]["dice"] for r in res}
     assert agg["edge_cases"]["ET"] == {"none": 0, "both_empty": 5, "ref_empty": 0, "pred_empty": 0}

@@ -94,13 +94,15 @@ def test_truncated_gzip_is_an_error_not_zeros(tmp_path, dtype):
 
 def test_4d_image_is_caught_by_the_case_sheet(tmp_path):
     from medseg.cohort.sheet import build_case_sheet, case_row
+    from medseg.tasks import brats_task
+    from medseg.tasks.layouts import discover
 
     make_case(tmp_path, "four")
     four_d = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((6, 8, 8), np.float32))] * 3)
     sitk.WriteImage(four_d, str(tmp_path / "four" / "four_t2.nii.gz"))
-    build_case_sheet(tmp_path, "brats2021", ["four"], {"four": {"split": "test", "fold": None}}, MODS, "auto",
+    build_case_sheet(brats_task("b", "2021"), discover(tmp_path).cases, {"four": {"split": "test", "fold": None}},
                      tmp_path / "cases.tsv")
-    with pytest.raises(InputError, match=r"case four: four_t2\.nii\.gz is 4-D .* expected 3-D.*exclude"):
+    with pytest.raises(InputError, match=r"four_t2\.nii\.gz: is 4-D .* expected 3-D.*exclude"):
         case_row(tmp_path / "cases.tsv", "four")
 
 
@@ -108,15 +110,17 @@ def test_empty_label_map_is_a_valid_training_case(tmp_path):
     """No tumour: the sheet accepts it (with a warning), it tiles, and batches come from brain slices."""
     from medseg.cohort.sheet import build_case_sheet, case_row
     from medseg.data import AugmentConfig, TileSet, make_batch
+    from medseg.tasks import brats_task
+    from medseg.tasks.layouts import discover
     from medseg.tiling import tile_case
 
     make_case(tmp_path, "empty", labels=(0,))
-    build_case_sheet(tmp_path, "brats2021", ["empty"], {"empty": {"split": "train", "fold": 0}}, MODS, "auto",
-                     tmp_path / "cases.tsv")
+    task = brats_task("b", "2021")
+    build_case_sheet(task, discover(tmp_path).cases, {"empty": {"split": "train", "fold": 0}}, tmp_path / "cases.tsv")
     assert case_row(tmp_path / "cases.tsv", "empty")["convention"] == "2021"
     data = {"image": np.random.default_rng(0).random((1, 4, 6, 8, 8)).astype(np.float32),
             "brain": np.ones((6, 8, 8), np.uint8), "labels": np.zeros((6, 8, 8), np.uint8)}
-    table = tile_case("empty", data, "2021", tmp_path / "empty.npy", tmp_path / "empty.json")
+    table = tile_case("empty", data, task, tmp_path / "empty.npy", tmp_path / "empty.json")
     assert table["fg_slices"] == [] and len(table["brain_slices"]) == 6
     x, y = make_batch(TileSet([str(tmp_path / "empty.npy")], [str(tmp_path / "empty.json")]), 0, 0, 4, 1, 1.0, None,
                       AugmentConfig())

@@ -6,6 +6,7 @@ import torch
 from medseg.data import AugmentConfig, TileSet, make_batch
 from medseg.io import write_json
 from medseg.models import ModelConfig
+from medseg.tasks import brats_task
 from medseg.train import TrainConfig, load_model, train
 from medseg.volume_inference import InferenceConfig
 
@@ -30,6 +31,7 @@ def make_tiles(folder, n=3, shape=(6, 24, 20)):
     return npys, jsons
 
 
+TASK = brats_task("brats", "2021")
 MODEL = ModelConfig(encoder="resnet10t", decoder_channels=(16, 16, 8, 8, 8))
 CFG = TrainConfig(steps=6, batch_size=2, checkpoint_every=2, val_every=3, threads=1, warmup=2, device="cpu")
 
@@ -37,10 +39,10 @@ CFG = TrainConfig(steps=6, batch_size=2, checkpoint_every=2, val_every=3, thread
 def _run(tmp_path, name, stop_after=None, resume_steps=()):
     npys, jsons = make_tiles(tmp_path)
     out = tmp_path / name
-    train((npys[:2], jsons[:2]), (npys[2:], jsons[2:]), out, MODEL, CFG, InferenceConfig(device="cpu"), ["t1", "t1ce", "t2", "flair"],
+    train((npys[:2], jsons[:2]), (npys[2:], jsons[2:]), out, MODEL, CFG, InferenceConfig(device="cpu"), TASK,
           stop_after=stop_after)
     for _ in resume_steps:
-        train((npys[:2], jsons[:2]), (npys[2:], jsons[2:]), out, MODEL, CFG, InferenceConfig(device="cpu"), ["t1", "t1ce", "t2", "flair"])
+        train((npys[:2], jsons[:2]), (npys[2:], jsons[2:]), out, MODEL, CFG, InferenceConfig(device="cpu"), TASK)
     return out
 
 
@@ -89,7 +91,7 @@ def test_one_tile_file_serves_every_fold(tmp_path):
     image = rng.normal(0, 1, (2, 4, 6, 24, 20)).astype(np.float32)  # (folds, C, z, y, x)
     labels = np.zeros((6, 24, 20), np.uint8)
     labels[2:4, 5:9, 5:9] = 4
-    table = tile_case("c0", {"image": image, "brain": np.ones((6, 24, 20), np.uint8), "labels": labels}, "2021",
+    table = tile_case("c0", {"image": image, "brain": np.ones((6, 24, 20), np.uint8), "labels": labels}, TASK,
                       tmp_path / "c0.npy", tmp_path / "c0.json")
     assert table["n_folds"] == 2 and table["n_image_channels"] == 4 and table["fg_slices"] == [2, 3]
     for fold in (0, 1):

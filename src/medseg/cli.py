@@ -19,7 +19,7 @@ COMMAND_MODULES = (
     "medseg.cohort.commands",
     "medseg.preprocess.commands",
     "medseg.train_commands",
-    "medseg.predict",
+    "medseg.bundle_predict",
     "medseg.evaluate.commands",
     "medseg.wsi.commands",
     "medseg.tracking_sync",

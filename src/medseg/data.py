@@ -50,7 +50,8 @@ class TileSet:
     """The training (or validation) cases of one fold: memory-mapped tile arrays + slice tables.
 
     A tile array holds every fold's normalisation of the case (``n_folds * n_image`` channels,
-    fold-major) then the 3 region masks (see :func:`medseg.tiling.tile_case`); ``fold`` picks one.
+    fold-major) then the target (K region masks or one class-index map; see
+    :func:`medseg.tiling.tile_case`); ``fold`` picks the fold's image channels.
     """
 
     def __init__(self, npys: Sequence[str], jsons: Sequence[str], fold: int = 0) -> None:
@@ -59,6 +60,8 @@ class TileSet:
         self.arrays = [np.load(p, mmap_mode="r") for p in npys]
         self.tables = [read_json(j) for j in jsons]
         self.n_image = self.tables[0]["n_image_channels"]
+        self.n_folds = self.tables[0].get("n_folds", 1)
+        self.target_kind = self.tables[0].get("target_kind", "regions")
         for path, table in zip(jsons, self.tables):
             if not 0 <= fold < table.get("n_folds", 1):
                 raise ValueError(f"{path} holds {table.get('n_folds', 1)} fold(s); fold {fold} was asked for: re-run tile_case")
@@ -73,8 +76,8 @@ class TileSet:
         return self.arrays[i][self.fold * self.n_image: (self.fold + 1) * self.n_image]
 
     def target(self, i: int) -> np.ndarray:
-        """Case ``i``'s WT/TC/ET masks, ``(3, z, y, x)``."""
-        return self.arrays[i][-3:]
+        """Case ``i``'s target, ``(T, z, y, x)``: K region masks, or 1 map of class indices."""
+        return self.arrays[i][self.n_folds * self.n_image:]
 
 
 def _crop_or_pad(x: np.ndarray, size: tuple[int, int], centre: tuple[int, int] | None, rng: np.random.Generator) -> np.ndarray:
@@ -95,7 +98,8 @@ def _crop_or_pad(x: np.ndarray, size: tuple[int, int], centre: tuple[int, int] |
 
 def make_batch(tiles: TileSet, step: int, seed: int, batch_size: int, context: int, fg_prob: float,
                patch: tuple[int, int] | None, aug: AugmentConfig | None) -> tuple[np.ndarray, np.ndarray]:
-    """Batch ``step``: ``(B, C*(2*context+1), H, W)`` float32 inputs and ``(B, 3, H, W)`` targets."""
+    """Batch ``step``: ``(B, C*(2*context+1), H, W)`` float32 inputs and ``(B, T, H, W)`` float32 targets
+    (T region masks, or T = 1 map of class indices: see :func:`as_loss_target`)."""
     rng = np.random.default_rng([seed, step])
     size = patch or tiles.plane
     xs, ys = [], []
@@ -109,7 +113,7 @@ def make_batch(tiles: TileSet, step: int, seed: int, batch_size: int, context: i
         tgt = np.asarray(tiles.target(i)[:, z])
         centre = None
         if use_fg and patch is not None:
-            pts = np.argwhere(tgt[0] > 0)
+            pts = np.argwhere(tgt.any(axis=0))
             centre = tuple(pts[rng.integers(len(pts))])
         both = _crop_or_pad(np.concatenate([img, tgt]).astype(np.float32), size, centre, rng)
         xs.append(both[: img.shape[0]])
@@ -142,6 +146,14 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, aug: Augment
         bias = 1 + aug.bias * (rng.uniform(-1, 1) * gy + rng.uniform(-1, 1) * gx) / 2
         x[i] = x[i] * scale * bias + shift + rng.standard_normal((c, h, w)) * rng.uniform(0, aug.noise_std)
     return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
+
+
+def as_loss_target(y: np.ndarray, target_kind: str) -> np.ndarray:
+    """A batch's targets as :mod:`medseg.losses` takes them: regions ``(B, K, H, W)`` float32, labels
+    ``(B, H, W)`` int64 class indices (from the single target channel)."""
+    if target_kind == "labels":
+        return np.rint(y[:, 0]).astype(np.int64)
+    return y
 
 
 class Prefetcher:

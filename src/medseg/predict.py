@@ -1,15 +1,15 @@
-"""Inference for one case: ensemble the folds in atlas space, return to native space, write labels.
+"""Inference for one case: ensemble the folds in the working space, return to native space, write labels.
 
-Region probabilities (WT, TC, ET) are averaged over folds, zeroed outside the (dilated) brain
-mask, resampled back to the case's native
-grid with the inverse of its atlas transform (the affine inverted exactly, a B-spline warp
-numerically on the atlas grid; linear interpolation of probabilities, then the
-threshold: smoother borders than nearest-neighbour on labels), nested (ET in TC in WT) and
-written in the case's own BraTS label convention with the native image's geometry.
+Probabilities (sigmoid regions or softmax labels, from the task) are averaged over folds, set
+to background outside the (dilated) foreground mask (the brain, or the voxels nonzero in any
+modality), resampled back to the case's native grid (with the inverse of its atlas transform:
+the affine inverted exactly, a B-spline warp numerically on the atlas grid; without
+registration through physical coordinates alone), linearly interpolated as probabilities, then
+decoded into the task's own label values (:meth:`medseg.tasks.Task.decode`: thresholded and
+nested regions, or the most probable label) and written with the native image's geometry.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 
@@ -17,9 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from medseg.cohort.sources import read_source
 from medseg.io import array_to_image, read_image, write_image
-from medseg.labels import regions_to_labels
 from medseg.preprocess.warp import moving_to_fixed
+from medseg.tasks.definition import Task
 from medseg.volume_inference import InferenceConfig, predict_volume
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,17 @@ def to_native(probs: np.ndarray, atlas_grid: sitk.Image, native_to_atlas: sitk.T
     return np.stack(out)
 
 
+def outside_is_background(probs: np.ndarray, mask: np.ndarray, activation: str) -> np.ndarray:
+    """``probs`` ``(K, ...)`` with every voxel outside ``mask`` set to background (in place)."""
+    probs[:, ~mask] = 0.0
+    if activation == "softmax":
+        probs[0, ~mask] = 1.0
+    return probs
+
+
 def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_grid: str, transform: str | None,
-                 native_image: str, convention: str, out_path: str, cfg: InferenceConfig,
-                 out_probs: str | None = None, warp: str | None = None) -> dict:
+                 native_image: str, task: Task, out_path: str, cfg: InferenceConfig,
+                 out_probs: str | None = None, warp: str | None = None, native_channel: int | None = None) -> dict:
     """Predict ``case`` and write its native-space label map.
 
     Args:
@@ -51,8 +60,9 @@ def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_gri
             ``None``: identity (no registration: ``atlas_grid`` is a native-space image).
         warp: displacement field on the atlas grid completing ``transform`` (``warp_atlas.nii.gz``;
             ``None`` or all zero: affine only).
-        native_image: the case's original reference image (grid of the output).
-        convention: BraTS label convention of the case (``2021`` or ``2023``).
+        native_image: the case's original reference image (grid of the output); ``native_channel``:
+            its channel in a 4-D source file.
+        task: the dataset's task (activation, label values).
     """
     from medseg.train import load_model
     from medseg.volume_inference import resolve_device
@@ -66,43 +76,28 @@ def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_gri
     probs = None
     for fold_image, mpath in zip(image, model_paths):
         model, meta = load_model(mpath)
-        p = predict_volume([model], fold_image, meta["context"], cfg)
+        if meta.get("task") and meta["task"]["labels"] != dict(task.labels):
+            log.warning("case %s: %s was trained with labels %s, the dataset's are %s", case, mpath,
+                        meta["task"]["labels"], dict(task.labels))
+        p = predict_volume([model], fold_image, meta["context"], cfg, task.activation)
         probs = p if probs is None else probs + p
-    # tumour lies inside the brain: drop predictions outside the (slightly dilated) brain mask
-    brain = ndi.binary_dilation(data["brain"] > 0, iterations=2)
-    probs = probs / len(model_paths) * brain[None]
+    # structures lie inside the brain / imaged foreground: drop predictions outside the (dilated) mask
+    fg = ndi.binary_dilation(data["brain"] > 0, iterations=2)
+    probs = outside_is_background(probs / len(model_paths), fg, task.activation)
     grid = read_image(atlas_grid, case=case)
-    native = read_image(native_image, case=case)
+    native = read_source(native_image, case, native_channel)
     field = read_image(warp, case=case, pixel_type=sitk.sitkVectorFloat32) if warp else None
     affine = sitk.ReadTransform(transform) if transform else sitk.Transform(3, sitk.sitkIdentity)
     native_probs = to_native(probs, grid, moving_to_fixed(affine, field), native)
-    labels = regions_to_labels(native_probs > cfg.threshold, convention)
+    if task.activation == "softmax":  # outside the working grid (resampled with 0): background
+        native_probs[0][native_probs.sum(0) < 1e-6] = 1.0
+    labels = task.decode(native_probs, cfg.threshold)
     write_image(array_to_image(labels, native), out_path)
     if out_probs:
         img = sitk.GetImageFromArray(np.moveaxis(native_probs, 0, -1).astype(np.float32), isVector=True)
         img.CopyInformation(native)
         write_image(img, out_probs)
-    vols = {r: float((native_probs[i] > cfg.threshold).sum() * np.prod(native.GetSpacing()) / 1000) for i, r in enumerate(("WT", "TC", "ET"))}
+    voxel_ml = float(np.prod(native.GetSpacing())) / 1000
+    vols = {n: float(m.sum() * voxel_ml) for n, m in task.masks(labels).items()}
     log.info("case %s: predicted volumes (mL) %s", case, {k: round(v, 1) for k, v in vols.items()})
     return {"case": case, "volumes_ml": vols, "n_models": len(model_paths)}
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment one preprocessed case with trained fold models")
-    p.add_argument("--norm", required=True, help="normalised case .npz (every fold's normalisation)")
-    p.add_argument("--models", nargs="+", required=True, help="model.pt per fold (same order)")
-    p.add_argument("--atlas-grid", required=True, help="image on the atlas grid (e.g. reg_t1ce.nii.gz)")
-    p.add_argument("--transform", required=True, help="atlas -> native transform (.tfm)")
-    p.add_argument("--warp", help="atlas-grid displacement field completing --transform (warp_atlas.nii.gz)")
-    p.add_argument("--native", required=True, help="native reference image (output grid)")
-    p.add_argument("--convention", default="2021", choices=["2021", "2023"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--case", default="case")
-    p.add_argument("--tta", action="store_true")
-    p.set_defaults(func=_cli)
-
-
-def _cli(a: argparse.Namespace) -> int:
-    predict_case(a.case, a.norm, a.models, a.atlas_grid, a.transform, a.native, a.convention, a.out, InferenceConfig(tta=a.tta),
-                 warp=a.warp)
-    return 0

@@ -1,9 +1,11 @@
 """Tiling: turn a normalised atlas-space case into 2-D/2.5-D training slices.
 
-A tile file is one ``.npy`` array ``(F * C + 3, z, y, x)`` float16 -- the case's C image channels
-as normalised for each of the F folds (fold-major), then the WT/TC/ET region masks -- memory-
+A tile file is one ``.npy`` array ``(F * C + T, z, y, x)`` float16 -- the case's C image channels
+as normalised for each of the F folds (fold-major), then the task's training target (T = K
+region masks, or T = 1 map of class indices; :meth:`medseg.tasks.Task.encode`) -- memory-
 mappable so training never loads a whole cohort, plus a JSON slice table with the axial slices
-that hold brain and those that hold tumour (for foreground oversampling). One file per case
+that hold brain (foreground of the images) and those that hold any label (for foreground
+oversampling). One file per case
 serves every fold (:class:`medseg.data.TileSet` picks the fold's channels).
 """
 from __future__ import annotations
@@ -15,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.io import atomic_path, write_json
-from medseg.labels import labels_to_regions
+from medseg.tasks.definition import Task
 
 log = logging.getLogger(__name__)
 
 
-def tile_case(case: str, data: Mapping[str, np.ndarray], convention: str, out_npy: str | Path,
+def tile_case(case: str, data: Mapping[str, np.ndarray], task: Task, out_npy: str | Path,
               out_json: str | Path) -> dict:
     """Write the tile array and slice table of one case.
 
@@ -30,18 +32,20 @@ def tile_case(case: str, data: Mapping[str, np.ndarray], convention: str, out_np
     """
     if "labels" not in data:
         raise ValueError(f"case {case}: no labels; only cases with a segmentation can be tiled")
-    regions = labels_to_regions(data["labels"], convention)
+    target = task.encode(data["labels"])
+    target = target if target.ndim == data["labels"].ndim + 1 else target[None]
     image = data["image"]
     n_folds, n_channels = image.shape[:2]
-    arr = np.concatenate([image.reshape(n_folds * n_channels, *image.shape[2:]), regions]).astype(np.float16)
+    arr = np.concatenate([image.reshape(n_folds * n_channels, *image.shape[2:]), target]).astype(np.float16)
     with atomic_path(out_npy, suffix=".npy") as tmp:
         np.save(tmp, arr)
     brain_slices = np.flatnonzero(data["brain"].any(axis=(1, 2)))
-    fg_slices = np.flatnonzero(regions[0].any(axis=(1, 2)))
+    fg_slices = np.flatnonzero((data["labels"] > 0).any(axis=(1, 2)))
     table = {"case": case, "shape": list(arr.shape), "n_image_channels": int(n_channels), "n_folds": int(n_folds),
+             "n_target_channels": int(target.shape[0]), "target_kind": task.target_kind,
              "brain_slices": brain_slices.tolist(), "fg_slices": fg_slices.tolist()}
     write_json(table, out_json)
-    log.info("tiled %s: %d brain slices, %d with tumour", case, len(brain_slices), len(fg_slices))
+    log.info("tiled %s: %d brain slices, %d with a label", case, len(brain_slices), len(fg_slices))
     return table
 
 

@@ -22,11 +22,12 @@ import torch
 from tqdm import tqdm
 
 from medseg import tracking
-from medseg.data import AugmentConfig, Prefetcher, TileSet, make_batch
+from medseg.data import AugmentConfig, Prefetcher, TileSet, as_loss_target, make_batch
 from medseg.evaluate.metrics import dice
 from medseg.io import atomic_path, write_json
 from medseg.losses import get_loss
 from medseg.models import ModelConfig, build_model
+from medseg.tasks.definition import Task
 from medseg.volume_inference import InferenceConfig, predict_volume, resolve_device
 
 log = logging.getLogger(__name__)
@@ -99,26 +100,40 @@ def _save(obj: dict, path: Path) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+def structures(task: Task) -> tuple[str, ...]:
+    """What validation scores: the regions (sigmoid tasks) or the foreground labels (softmax tasks)."""
+    return tuple(task.regions) if task.regions else tuple(task.labels)
+
+
 def validate(model: torch.nn.Module, cases: Sequence[tuple[np.ndarray, np.ndarray]], context: int,
-             icfg: InferenceConfig) -> dict[str, float]:
-    """Mean Dice per region on whole validation volumes, stitched like at inference."""
+             icfg: InferenceConfig, task: Task) -> dict[str, float]:
+    """Mean Dice per region (or label) on whole validation volumes, stitched like at inference.
+
+    ``cases``: ``(image (C, z, y, x), target (T, z, y, x))`` as tiled (:func:`medseg.tiling.tile_case`).
+    """
+    names = structures(task)
     scores = []
-    for image, regions in cases:
-        probs = predict_volume([model], image, context, icfg)
-        scores.append([dice(regions[k] > 0, probs[k] > icfg.threshold) for k in range(regions.shape[0])])
+    for image, target in cases:
+        probs = predict_volume([model], image, context, icfg, task.activation)
+        if task.regions:
+            scores.append([dice(target[k] > 0, probs[k] > icfg.threshold) for k in range(len(names))])
+        else:
+            pred, ref = probs.argmax(0), np.rint(target[0])
+            scores.append([dice(ref == i, pred == i) for i in range(1, len(names) + 1)])
     model.train()
     s = np.mean(scores, axis=0)
-    return {"dice_WT": float(s[0]), "dice_TC": float(s[1]), "dice_ET": float(s[2]), "dice_mean": float(s.mean())}
+    return {**{f"dice_{n}": float(v) for n, v in zip(names, s)}, "dice_mean": float(s.mean())}
 
 
 def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Sequence[str], Sequence[str]],
           out_dir: str | Path, mcfg: ModelConfig, cfg: TrainConfig, icfg: InferenceConfig,
-          modalities: Sequence[str], stop_after: int | None = None, fold: int = 0) -> dict:
+          task: Task, stop_after: int | None = None, fold: int = 0) -> dict:
     """Train one fold; write ``model.pt``, ``checkpoint.pt``, ``metrics.csv``, ``curves.png``.
 
     Args:
         train_tiles, val_tiles: ``(npy paths, json paths)`` of tiled cases.
         out_dir: fold folder.
+        task: the dataset's task: input modalities, output channels and their activation.
         fold: which of the tiles' per-fold normalisations to train on.
         stop_after: stop (as if killed) after this many steps; for tests of resuming.
 
@@ -136,7 +151,10 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     tiles = TileSet(*train_tiles, fold=fold)
-    mcfg = dataclasses.replace(mcfg, in_channels=tiles.n_image * (2 * cfg.context + 1), out_channels=3)
+    if tiles.n_image != len(task.modalities):
+        raise ValueError(f"tiles hold {tiles.n_image} image channels but the task has {len(task.modalities)} "
+                         f"modalities {list(task.modalities)}: re-run tile_case")
+    mcfg = dataclasses.replace(mcfg, in_channels=tiles.n_image * (2 * cfg.context + 1), out_channels=task.n_outputs)
     model = build_model(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
@@ -165,7 +183,7 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
     for step, (xb, yb) in Prefetcher(make, start, end):
         t0 = time.perf_counter()
         wait += t0 - t_last
-        x, y = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
+        x, y = torch.from_numpy(xb).to(device), torch.from_numpy(as_loss_target(yb, task.target_kind)).to(device)
         with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
             outs = model(x)
             outs = outs if isinstance(outs, list) else [outs]
@@ -185,11 +203,12 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
         done = step + 1
         row = {"step": done, "loss": float(loss.item()), "lr": opt.param_groups[0]["lr"]}
         if val_cases and (done % cfg.val_every == 0 or done == cfg.steps):
-            row.update(validate(model, val_cases, cfg.context, icfg))
+            row.update(validate(model, val_cases, cfg.context, icfg, task))
             if row["dice_mean"] > best["dice_mean"]:
                 best = {"dice_mean": row["dice_mean"], "step": done}
                 _save({"model": model.state_dict()}, out / "best_weights.pt")
-            log.info("step %d: loss %.4f, val Dice WT %.3f TC %.3f ET %.3f", done, row["loss"], row["dice_WT"], row["dice_TC"], row["dice_ET"])
+            log.info("step %d: loss %.4f, val Dice %s", done, row["loss"],
+                     " ".join(f"{n} {row[f'dice_{n}']:.3f}" for n in structures(task)))
         history.append(row)
         tracking.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
         if done % cfg.checkpoint_every == 0 or done == end:
@@ -204,11 +223,11 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
         return {"stopped_at": end}
     weights = torch.load(out / "best_weights.pt", weights_only=True)["model"] if (out / "best_weights.pt").exists() else model.state_dict()
     meta = {"model_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(mcfg).items()},
-            "context": cfg.context, "modalities": list(modalities), "regions": ["WT", "TC", "ET"],
+            "context": cfg.context, "modalities": list(task.modalities), "task": task.to_dict(),
             "best": best, "steps": cfg.steps, "seed": cfg.seed}
     _save({"state_dict": weights, "meta": meta}, out / "model.pt")
     _write_history(history, out / "metrics.csv")
-    plot_curves(history, out / "curves.png")
+    plot_curves(history, out / "curves.png", structures(task))
     summary = {**meta, "data_wait_fraction": wait / max(wait + compute, 1e-9)}
     write_json(summary, out / "summary.json")
     return summary
@@ -222,8 +241,8 @@ def _write_history(history: list[dict], path: Path) -> None:
         w.writerows(history)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss (left) and validation Dice per region (right) against steps."""
+def plot_curves(history: list[dict], path: Path, names: Sequence[str] = ()) -> None:
+    """Loss (left) and validation Dice per region or label (right) against steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,10 +253,12 @@ def plot_curves(history: list[dict], path: Path) -> None:
     a.plot(steps, [r["loss"] for r in history], lw=0.8)
     a.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
     val = [r for r in history if "dice_mean" in r]
-    for k in ("dice_WT", "dice_TC", "dice_ET", "dice_mean"):
-        b.plot([r["step"] for r in val], [r[k] for r in val], marker="o", label=k[5:])
+    for k in (*(f"dice_{n}" for n in names), "dice_mean"):
+        if val and k in val[0]:
+            b.plot([r["step"] for r in val], [r[k] for r in val], marker="o", label=k[5:])
     b.set(xlabel="step", ylabel="Dice", ylim=(0, 1), title="validation (whole cases, stitched)")
-    b.legend()
+    if val:
+        b.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)

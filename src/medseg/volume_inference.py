@@ -69,9 +69,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
 def predict_volume(models: Sequence[torch.nn.Module], volume: np.ndarray, context: int, cfg: InferenceConfig,
-                   progress: bool = False) -> np.ndarray:
-    """Region probabilities ``(K, Z, Y, X)`` float32 for a normalised volume ``(C, Z, Y, X)``."""
+                   activation: str = "sigmoid", progress: bool = False) -> np.ndarray:
+    """Probabilities ``(K, Z, Y, X)`` float32 for a normalised volume ``(C, Z, Y, X)``.
+
+    ``activation``: ``sigmoid`` (regions, independent channels) or ``softmax`` (labels, over
+    channels), from the task (:attr:`medseg.tasks.Task.activation`); applied per window before
+    blending, so overlapping windows average probabilities.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     device = resolve_device(cfg.device)
     stack = torch.from_numpy(context_volume(volume.astype(np.float32), context))
     patch = (1, *(cfg.patch_size or stack.shape[2:]))
@@ -82,7 +92,9 @@ def predict_volume(models: Sequence[torch.nn.Module], volume: np.ndarray, contex
         def predictor(x: torch.Tensor, model=model) -> torch.Tensor:
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 logits = model(x[:, :, 0])
-            return torch.sigmoid(logits.float()).unsqueeze(2)
+            logits = logits.float()
+            probs = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, 1)
+            return probs.unsqueeze(2)
 
         probs = sliding_window_inference(stack, predictor, patch, overlap=cfg.overlap, mode=cfg.mode,
                                          sigma_scale=cfg.sigma_scale, batch_size=cfg.batch_size, tta=cfg.tta,

@@ -1,4 +1,4 @@
-# The demo cohort (when a dataset's source is "demo") and the validated case sheet.
+# The demo cohort (when a dataset's source is "demo") and the validated case sheet + resolved task.
 
 
 rule synth_cohort:
@@ -21,24 +21,20 @@ rule synth_cohort:
 # A checkpoint: once the sheet is written, Snakemake re-evaluates the jobs that read it, and with
 # bad_cases: skip those that list cases (training, normalisers, aggregation) drop the ones the
 # sheet found unusable. Before it exists every planned case is in the DAG, so a dry run of a new
-# dataset still shows every job.
+# dataset still shows every job. Every source file is an input: fixing one reruns the sheet.
 checkpoint case_sheet:
     input:
         sheet_inputs,
     output:
         tsv=f"{RESULTS}/{{dataset}}/cases.tsv",
+        task=f"{RESULTS}/{{dataset}}/task.json",
     log:
         f"{RESULTS}/{{dataset}}/logs/case_sheet.log",
     conda:
         "../../envs/preprocess.yaml"
     threads: 8  # reading every scan of a 1,000-case dataset: ~1.75 CPU-s per BraTS case
     params:
-        root=lambda w: plan(w).root,
-        layout=lambda w: plan(w).layout,
-        cases=lambda w: list(plan(w).cases),
-        splits=lambda w: plan(w).splits,
-        modalities=lambda w: list(plan(w).modalities),
-        convention=lambda w: str(dataset_cfg(w).get("convention", "auto")),
+        dataset=lambda w: dataset_cfg(w),
         validate=lambda w: dataset_cfg(w).get("validate", "full"),
         register=lambda w: step_on(w, "register"),
         bad_cases=lambda w: dataset_cfg(w).get("bad_cases", "skip"),

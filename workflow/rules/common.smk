@@ -1,6 +1,5 @@
-# Validation, dataset plans (case ids, splits), wildcard constraints, generic input functions.
+# Validation, dataset plans (tasks, case files, splits), wildcard constraints, generic input functions.
 import os
-import re
 import sys
 
 from snakemake.utils import validate
@@ -21,14 +20,11 @@ RESULTS = "results"
 PLANS = {
     name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()
 }
-ALL_MODS = list(next(iter(PLANS.values())).modalities)
-if any(list(p.modalities) != ALL_MODS for p in PLANS.values()):
-    raise ValueError(
-        "all datasets of one config must use the same datasets.<name>.modalities; split the config"
-    )
 
 
 def _alternatives(values):
+    import re
+
     return "|".join(re.escape(v) for v in values) or "NO_MATCH"
 
 
@@ -36,13 +32,12 @@ wildcard_constraints:
     dataset=_alternatives(PLANS),
     model=_alternatives(config["models"]),
     case=r"[^/]+",  # case ids are validated (no separators); an alternation of 1,000 ids slows every match
-    mod=_alternatives(ALL_MODS),
     fold=r"\d+",
     spacing=r"[0-9.]+",
 
 
 def plan(wildcards):
-    """Every case of the dataset (config exclusions aside): what per-case jobs are built from."""
+    """Every case of the dataset (config exclusions and unusable folders aside)."""
     return PLANS[wildcards.dataset]
 
 
@@ -69,8 +64,35 @@ def dataset_cfg(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+RECIPE_STEPS = {
+    "brain": {"n4": True, "register": True, "skullstrip": True},
+    "generic": {"n4": True, "register": False, "skullstrip": False},
+}
+
+
 def step_on(wildcards, step):
-    return dataset_cfg(wildcards).get("steps", {}).get(step, True)
+    """A preprocessing step of the dataset: datasets.<name>.steps, else its recipe's default."""
+    default = RECIPE_STEPS[plan(wildcards).task.recipe][step]
+    return dataset_cfg(wildcards).get("steps", {}).get(step, default)
+
+
+def n4_settings(wildcards):
+    """preprocessing.n4, with the generic recipe's classic N4 (Otsu mask, no atlas priors)."""
+    n4 = dict(cfg_section("preprocessing", "n4"))
+    if plan(wildcards).task.recipe == "generic":
+        n4.update(mask="otsu", tissue_prior=False)
+    return n4
+
+
+def normalize_settings(wildcards):
+    """preprocessing.normalize updated with datasets.<name>.normalize (generic recipe default: z-score)."""
+    norm = dict(cfg_section("preprocessing", "normalize"))
+    if plan(wildcards).task.recipe == "generic" and "method" not in dataset_cfg(
+        wildcards
+    ).get("normalize", {}):
+        norm["method"] = "zscore"
+    norm.update(dataset_cfg(wildcards).get("normalize", {}))
+    return norm
 
 
 # the MLflow experiment of a dataset's jobs; a string template (not a function) because Snakemake
@@ -85,14 +107,23 @@ EXPERIMENT = (
 
 
 SHEET = f"{RESULTS}/{{dataset}}/cases.tsv"
+TASK = f"{RESULTS}/{{dataset}}/task.json"
+CASE_DIR = f"{RESULTS}/{{dataset}}/preprocess/{{case}}"
 
 
 def raw_inputs(wildcards):
-    """The case's source files (real data) so edits re-trigger its jobs; the demo is generated."""
+    """The case's source files (real data), so that a changed file reruns the case's jobs; the
+    demo's files come from synth_cohort (its manifest is the sheet's input)."""
+    p = plan(wildcards)
+    return [] if p.is_demo else p.raw_files(wildcards.case)
+
+
+def sheet_inputs(wildcards):
+    """Every source file of the dataset (a fixed file brings its case back), or the demo's manifest."""
     p = plan(wildcards)
     if p.is_demo:
-        return []
-    return [p.raw(wildcards.case, m) for m in p.modalities]
+        return [f"{RESULTS}/{wildcards.dataset}/demo/cohort.json"]
+    return [f for c in p.files for f in p.raw_files(c)]
 
 
 def cfg_section(*keys):
@@ -100,11 +131,6 @@ def cfg_section(*keys):
     for k in keys:
         node = node.get(k, {}) if isinstance(node, dict) else {}
     return node
-
-
-def sheet_inputs(wildcards):
-    p = plan(wildcards)
-    return [f"{RESULTS}/{wildcards.dataset}/demo/cohort.json"] if p.is_demo else []
 
 
 ATLAS_DIR = "{}/atlas/icbm152_{:g}mm".format(
@@ -115,20 +141,12 @@ ATLAS_DIR = "{}/atlas/icbm152_{:g}mm".format(
 )
 
 
-def image_path(wildcards, case, mod):
-    """A modality as the stages after registration read it: reg_<mod> (atlas space), or with
-    steps.register off the N4 output itself (native space): no register job, no copy of the scan.
+def stage_dir(wildcards, case=None):
+    """The folder of a case's images as the stages after registration read them: reg/ (atlas space),
+    or with steps.register off n4/ itself (native or resampled grid): no register job, no copy.
     """
     stage = "reg" if step_on(wildcards, "register") else "n4"
-    return f"{RESULTS}/{wildcards.dataset}/preprocess/{case}/{stage}_{mod}.nii.gz"
-
-
-def case_image(wildcards, mod):
-    return image_path(wildcards, wildcards.case, mod)
-
-
-def case_images(wildcards):
-    return [case_image(wildcards, m) for m in ALL_MODS]
+    return f"{RESULTS}/{wildcards.dataset}/preprocess/{case or wildcards.case}/{stage}"
 
 
 def case_mask(wildcards):
@@ -144,22 +162,20 @@ def case_mask(wildcards):
 
 def stats_inputs(wildcards):
     """What the normalisers' intensity table is gathered from: each training case's
-    brain_stats.json, or with steps.skullstrip off its images (the table job computes them).
+    brain_stats.json, or with steps.skullstrip off its image folder (the table job reads them).
     """
     cases = usable(wildcards).trained_cases()
     if step_on(wildcards, "skullstrip"):
         return {"stats": case_files(wildcards.dataset, cases, "brain_stats.json")}
-    return {"images": [image_path(wildcards, c, m) for c in cases for m in ALL_MODS]}
+    return {"images": [stage_dir(wildcards, c) for c in cases]}
 
 
 def case_seg(wildcards):
-    """The label map in the space of case_image(): reg_seg, or with steps.register off the source
-    file (for the demo, whose files the sheet lists, none: the job reads it from the sheet).
-    """
+    """The label map in the space of stage_dir(): the register job's folder (reg/seg.nii.gz), or
+    with steps.register off the source file (none for the demo, generated by synth_cohort: the
+    job reads the file the plan names)."""
     if step_on(wildcards, "register"):
-        return (
-            f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/reg_seg.nii.gz"
-        )
+        return stage_dir(wildcards)
     p = plan(wildcards)
     return [] if p.is_demo else p.raw(wildcards.case, "seg")
 
@@ -172,11 +188,9 @@ def atlas_transforms(wildcards):
     return {"transform": f"{d}/tfm_atlas.tfm", "warp": f"{d}/warp_atlas.nii.gz"}
 
 
-def skullstrip_input(wildcards):
+def skullstrip_modality(wildcards):
     mod = cfg_section("preprocessing", "skullstrip").get("modality", "t1")
-    if mod not in plan(wildcards).modalities:
-        mod = plan(wildcards).reference
-    return case_image(wildcards, mod)
+    return mod if mod in plan(wildcards).modalities else plan(wildcards).reference
 
 
 def skullstrip_atlas(wildcards):
@@ -206,8 +220,19 @@ def fold_normalizers(wildcards):
     ]
 
 
+def fold_models(wildcards):
+    return [
+        f"{RESULTS}/{wildcards.dataset}/models/{wildcards.model}/fold_{k}/model.pt"
+        for k in plan(wildcards).folds()
+    ]
+
+
 def ref_mod(wildcards):
     return plan(wildcards).reference
+
+
+def modalities(wildcards):
+    return list(plan(wildcards).modalities)
 
 
 def preflight_inputs():

@@ -1,10 +1,13 @@
-# Per-case metrics on held-out cases (native space, BraTS regions) and the aggregate results JSON.
+# Per-case metrics on held-out labelled cases (native space, the task's regions and labels) and the
+# aggregate results JSON (unlabelled cases listed as predicted only).
 
 
 rule evaluate_case:
     input:
+        raw_inputs,
         pred=f"{RESULTS}/{{dataset}}/predictions/{{model}}/{{case}}.nii.gz",
-        sheet=SHEET,
+        sheet=ancient(SHEET),
+        task=ancient(TASK),
     output:
         json=f"{RESULTS}/{{dataset}}/metrics/{{model}}/{{case}}.json",
     log:
@@ -12,6 +15,7 @@ rule evaluate_case:
     conda:
         "../../envs/evaluate.yaml"
     params:
+        seg=lambda w: plan(w).raw(w.case, "seg"),
         evaluation=cfg_section("evaluation"),
         experiment=EXPERIMENT,
     script:
@@ -28,19 +32,46 @@ rule aggregate_results:
             f"{RESULTS}/{w.dataset}/predictions/{w.model}/{{case}}.nii.gz",
             case=usable(w).test_cases(),
         ),
-        models=lambda w: [
-            f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
-            for k in plan(w).folds()
-        ],
-        sheet=SHEET,
+        unlabelled=lambda w: expand(
+            f"{RESULTS}/{w.dataset}/predictions/{w.model}/{{case}}.nii.gz",
+            case=usable(w).unlabelled_cases(),
+        ),
+        models=fold_models,
+        bundle=f"{RESULTS}/{{dataset}}/bundles/{{model}}",
+        sheet=ancient(SHEET),
+        task=ancient(TASK),
     output:
-        json=report(f"{RESULTS}/{{dataset}}_{{model}}.json", category="Results"),
-        csv=f"{RESULTS}/{{dataset}}_{{model}}_cases.csv",
+        json=report(
+            f"{RESULTS}/{{dataset}}_{{model}}.json",
+            caption="../report/results.rst",
+            category="Results",
+            labels={
+                "dataset": "{dataset}",
+                "model": "{model}",
+                "file": "results JSON",
+            },
+        ),
+        csv=report(
+            f"{RESULTS}/{{dataset}}_{{model}}_cases.csv",
+            caption="../report/cases.rst",
+            category="Results",
+            labels={
+                "dataset": "{dataset}",
+                "model": "{model}",
+                "file": "per-case table",
+            },
+        ),
         boxplots=report(
-            f"{RESULTS}/{{dataset}}_{{model}}_boxplots.png", category="Results"
+            f"{RESULTS}/{{dataset}}_{{model}}_boxplots.png",
+            caption="../report/boxplots.rst",
+            category="Results",
+            labels={"dataset": "{dataset}", "model": "{model}", "file": "box plots"},
         ),
         montage=report(
-            f"{RESULTS}/{{dataset}}_{{model}}_montage.png", category="Results"
+            f"{RESULTS}/{{dataset}}_{{model}}_montage.png",
+            caption="../report/montage.rst",
+            category="Results",
+            labels={"dataset": "{dataset}", "model": "{model}", "file": "montage"},
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/aggregate_results/{{model}}.log",
@@ -54,8 +85,13 @@ rule aggregate_results:
             "training": cfg_section("training").get("seed", 0),
         },
         cases=lambda w: usable(w).test_cases(),
+        unlabelled=lambda w: usable(w).unlabelled_cases(),
+        images=lambda w: {
+            c: (plan(w).raw(c, ref_mod(w)), plan(w).channel(c, ref_mod(w)))
+            for c in usable(w).test_cases()
+        },
+        segs=lambda w: {c: plan(w).raw(c, "seg") for c in usable(w).test_cases()},
         excluded=lambda w: dict(usable(w).excluded),
-        reference=lambda w: plan(w).reference,
         experiment=EXPERIMENT,
     script:
         "../scripts/aggregate_results.py"

@@ -9,7 +9,7 @@
 rule collect_brain_stats:
     input:
         unpack(stats_inputs),
-        sheet=SHEET,
+        sheet=ancient(SHEET),
     output:
         table=f"{RESULTS}/{{dataset}}/brain_stats.json",
     log:
@@ -19,7 +19,7 @@ rule collect_brain_stats:
     threads: 8  # steps.skullstrip off: reads every training case's images
     params:
         cases=lambda w: usable(w).trained_cases(),
-        modalities=ALL_MODS,
+        modalities=modalities,
         experiment=EXPERIMENT,
     script:
         "../scripts/collect_brain_stats.py"
@@ -31,7 +31,7 @@ rule fit_normalizer:
         # fold's normaliser is an input of every case's normalisation, and Snakemake scans a
         # producer's inputs for each such edge
         table=f"{RESULTS}/{{dataset}}/brain_stats.json",
-        sheet=SHEET,
+        sheet=ancient(SHEET),
     output:
         model=f"{RESULTS}/{{dataset}}/normalizer_{{fold}}.json",
     log:
@@ -40,8 +40,8 @@ rule fit_normalizer:
         "../../envs/preprocess.yaml"
     params:
         cases=lambda w: usable(w).train_cases(int(w.fold)),
-        modalities=ALL_MODS,
-        normalize=cfg_section("preprocessing", "normalize"),
+        modalities=modalities,
+        normalize=normalize_settings,
         experiment=EXPERIMENT,
     script:
         "../scripts/fit_normalizer.py"
@@ -64,20 +64,20 @@ rule gather_normalizers:
 
 
 rule normalize_case:
-    # held-out cases: every fold's normalisation, read by predict_case
+    # held-out and unlabelled cases: every fold's normalisation, read by predict_case
     input:
-        images=case_images,
+        images=stage_dir,
         mask=case_mask,
         models=f"{RESULTS}/{{dataset}}/normalizers.json",
     output:
-        npz=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm.npz",
+        npz=f"{CASE_DIR}/norm.npz",
     log:
         f"{RESULTS}/{{dataset}}/logs/normalize_case/{{case}}.log",
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=ALL_MODS,
-        normalize=cfg_section("preprocessing", "normalize"),
+        modalities=modalities,
+        normalize=normalize_settings,
         experiment=EXPERIMENT,
     script:
         "../scripts/normalize_case.py"
@@ -86,11 +86,12 @@ rule normalize_case:
 rule tile_case:
     # training and validation cases: normalised for every fold and tiled in one job
     input:
-        images=case_images,
+        images=stage_dir,
         mask=case_mask,
         seg=case_seg,
         models=f"{RESULTS}/{{dataset}}/normalizers.json",
-        sheet=SHEET,
+        sheet=ancient(SHEET),
+        task=ancient(TASK),
     output:
         npy=f"{RESULTS}/{{dataset}}/tiles/{{case}}.npy",
         table=f"{RESULTS}/{{dataset}}/tiles/{{case}}.json",
@@ -99,8 +100,10 @@ rule tile_case:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=ALL_MODS,
-        normalize=cfg_section("preprocessing", "normalize"),
+        modalities=modalities,
+        register=lambda w: step_on(w, "register"),
+        seg_file=lambda w: plan(w).raw(w.case, "seg"),
+        normalize=normalize_settings,
         experiment=EXPERIMENT,
     script:
         "../scripts/tile_case.py"

@@ -1,17 +1,16 @@
-# Inference on held-out cases: fold ensemble in atlas space (native with steps.register off),
-# labels back on the native grid.
+# Inference on held-out and unlabelled cases: fold ensemble in the working space (atlas space, or
+# native / resampled with steps.register off), labels back on the native grid in the task's values.
 
 
 rule predict_case:
     input:
         unpack(atlas_transforms),
-        norm=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/norm.npz",
-        models=lambda w: [
-            f"{RESULTS}/{w.dataset}/models/{w.model}/fold_{k}/model.pt"
-            for k in plan(w).folds()
-        ],
-        atlas_grid=lambda w: case_image(w, ref_mod(w)),
-        sheet=SHEET,
+        raw_inputs,
+        norm=f"{CASE_DIR}/norm.npz",
+        models=fold_models,
+        images=stage_dir,
+        sheet=ancient(SHEET),
+        task=ancient(TASK),
     output:
         labels=f"{RESULTS}/{{dataset}}/predictions/{{model}}/{{case}}.nii.gz",
     log:
@@ -25,7 +24,43 @@ rule predict_case:
         gpu=cfg_section("resources").get("gpu", 0),
     params:
         reference=ref_mod,
+        native=lambda w: plan(w).raw(w.case, ref_mod(w)),
+        native_channel=lambda w: plan(w).channel(w.case, ref_mod(w)),
         inference=cfg_section("inference"),
         experiment=EXPERIMENT,
     script:
         "../scripts/predict_case.py"
+
+
+rule export_bundle:
+    # weights of every fold + task + fitted normalisers + preprocessing settings: `medseg predict`
+    # segments raw scans of a new patient with it, no workflow needed
+    input:
+        models=fold_models,
+        normalizers=f"{RESULTS}/{{dataset}}/normalizers.json",
+        task=ancient(TASK),
+    output:
+        bundle=directory(f"{RESULTS}/{{dataset}}/bundles/{{model}}"),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/export_bundle/{{model}}.log",
+    conda:
+        "../../envs/train.yaml"
+    params:
+        settings=lambda w: {
+            "reference": ref_mod(w),
+            "steps": {s: step_on(w, s) for s in ("n4", "register", "skullstrip")},
+            "spacing_mm": dataset_cfg(w).get("spacing_mm"),
+            "n4": n4_settings(w),
+            "register": cfg_section("preprocessing", "register"),
+            "skullstrip": (
+                cfg_section("preprocessing", "skullstrip")
+                if step_on(w, "skullstrip")
+                else {"method": "nonzero"}
+            ),
+            "skullstrip_modality": skullstrip_modality(w),
+            "normalize": normalize_settings(w),
+            "inference": cfg_section("inference"),
+        },
+        experiment=EXPERIMENT,
+    script:
+        "../scripts/export_bundle.py"

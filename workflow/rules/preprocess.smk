@@ -1,4 +1,6 @@
-# Per-case MRI preprocessing: N4 -> registration (modalities to reference, reference to atlas) -> skull stripping.
+# Per-case MRI preprocessing: N4 (+ resampling, generic recipe) -> registration (modalities to
+# reference, reference to atlas) -> skull stripping. A case's images of one stage live in one
+# folder (n4/, reg/: <modality>.nii.gz), so one rule serves tasks of any modalities.
 
 
 rule prepare_atlas:
@@ -18,23 +20,19 @@ rule prepare_atlas:
 
 
 rule n4_correct:
+    # the first stage to read the scans: writes n4/<mod>.nii.gz and n4/bias_<mod>.nii.gz
     input:
         raw_inputs,
-        sheet=SHEET,
+        sheet=ancient(SHEET),
     output:
-        images=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz"
-            for m in ALL_MODS
-        ],
-        fields=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/bias_{m}.nii.gz"
-            for m in ALL_MODS
-        ],
-        qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_qc.json",
+        images=directory(f"{CASE_DIR}/n4"),
+        qc=f"{CASE_DIR}/n4_qc.json",
         qc_png=report(
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/qc_n4.png",
+            f"{CASE_DIR}/qc_n4.png",
+            caption="../report/qc_n4.rst",
             category="QC",
             subcategory="N4",
+            labels={"case": "{case}"},
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/n4_correct/{{case}}.log",
@@ -43,9 +41,12 @@ rule n4_correct:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=ALL_MODS,
+        modalities=modalities,
+        files=lambda w: {m: plan(w).raw(w.case, m) for m in plan(w).modalities},
+        channels=lambda w: dict(plan(w).files[w.case].channels),
+        spacing_mm=lambda w: dataset_cfg(w).get("spacing_mm"),
         enabled=lambda w: step_on(w, "n4"),
-        n4=cfg_section("preprocessing", "n4"),
+        n4=n4_settings,
         # the demo cohort's applied bias fields, scored in n4_qc.json (absent for real data)
         truth_dir=f"{RESULTS}/{{dataset}}/demo/truth/{{case}}",
         experiment=EXPERIMENT,
@@ -55,28 +56,21 @@ rule n4_correct:
 
 rule register_atlas:
     input:
-        sheet=SHEET,
-        images=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/n4_{m}.nii.gz"
-            for m in ALL_MODS
-        ],
+        raw_inputs,
+        sheet=ancient(SHEET),
+        images=f"{CASE_DIR}/n4",
         atlas=f"{ATLAS_DIR}/head.nii.gz",
     output:
-        images=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_{m}.nii.gz"
-            for m in ALL_MODS
-        ],
-        seg=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/reg_seg.nii.gz",
-        transforms=[
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_{m}.tfm" for m in ALL_MODS
-        ],
-        atlas_transform=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/tfm_atlas.tfm",
-        warp=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/warp_atlas.nii.gz",
-        qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/register_qc.json",
+        images=directory(f"{CASE_DIR}/reg"),
+        atlas_transform=f"{CASE_DIR}/tfm_atlas.tfm",
+        warp=f"{CASE_DIR}/warp_atlas.nii.gz",
+        qc=f"{CASE_DIR}/register_qc.json",
         qc_png=report(
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/qc_register.png",
+            f"{CASE_DIR}/qc_register.png",
+            caption="../report/qc_register.rst",
             category="QC",
             subcategory="registration",
+            labels={"case": "{case}"},
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/register_atlas/{{case}}.log",
@@ -85,8 +79,9 @@ rule register_atlas:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=ALL_MODS,
-        reference=lambda w: plan(w).reference,
+        modalities=modalities,
+        seg=lambda w: plan(w).files[w.case].seg,
+        reference=ref_mod,
         enabled=lambda w: step_on(w, "register"),
         skull_stripped=lambda w: not step_on(w, "skullstrip"),
         register=cfg_section("preprocessing", "register"),
@@ -98,17 +93,18 @@ rule register_atlas:
 rule skullstrip_brain:
     # the brain mask, and the intensity quantiles inside it (fitting the normalisers reads those)
     input:
-        image=skullstrip_input,
+        images=stage_dir,
         atlas=skullstrip_atlas,
-        images=case_images,
     output:
-        mask=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_mask.nii.gz",
-        stats=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/brain_stats.json",
-        qc=f"{RESULTS}/{{dataset}}/preprocess/{{case}}/skullstrip_qc.json",
+        mask=f"{CASE_DIR}/brain_mask.nii.gz",
+        stats=f"{CASE_DIR}/brain_stats.json",
+        qc=f"{CASE_DIR}/skullstrip_qc.json",
         qc_png=report(
-            f"{RESULTS}/{{dataset}}/preprocess/{{case}}/qc_mask.png",
+            f"{CASE_DIR}/qc_mask.png",
+            caption="../report/qc_mask.rst",
             category="QC",
             subcategory="brain mask",
+            labels={"case": "{case}"},
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/skullstrip_brain/{{case}}.log",
@@ -122,7 +118,8 @@ rule skullstrip_brain:
             if step_on(w, "skullstrip")
             else {"method": "nonzero"}
         ),
-        modalities=ALL_MODS,
+        modality=skullstrip_modality,
+        modalities=modalities,
         experiment=EXPERIMENT,
     script:
         "../scripts/skullstrip_brain.py"

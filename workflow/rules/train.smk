@@ -1,16 +1,23 @@
-# Training one model per fold (resumable: a restarted job continues from fold_K/checkpoint.pt).
+# Training one model per fold (resumable: a restarted job continues from fold_K/checkpoint.pt
+# when it was trained from the same config and inputs).
 
 
 rule train_model:
     input:
         train=lambda w: tiles(w, usable(w).train_cases(int(w.fold))),
         val=lambda w: tiles(w, usable(w).val_cases(int(w.fold))),
-        sheet=SHEET,
+        sheet=ancient(SHEET),
+        task=ancient(TASK),
         preflight=lambda w: preflight_inputs(),
     output:
         model=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/model.pt",
         metrics=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/metrics.csv",
-        curves=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/curves.png",
+        curves=report(
+            f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/curves.png",
+            caption="../report/curves.rst",
+            category="Training",
+            labels={"model": "{model}", "fold": "{fold}"},
+        ),
         summary=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/summary.json",
     log:
         f"{RESULTS}/{{dataset}}/logs/train_model/{{model}}_{{fold}}.log",
@@ -27,7 +34,6 @@ rule train_model:
         model=lambda w: config["models"][w.model],
         training=cfg_section("training"),
         inference=cfg_section("inference"),
-        modalities=ALL_MODS,
         experiment=EXPERIMENT,
     script:
         "../scripts/train_model.py"

@@ -3,14 +3,14 @@ from medseg.config import from_mapping
 from medseg.io import write_json
 from medseg.jobs import job
 from medseg.preprocess.skullstrip import SkullstripConfig
-from medseg.preprocess.stages import brain_stats, skullstrip_case
+from medseg.preprocess.stages import brain_stats, skullstrip_case, stage_images
 
 with job(snakemake) as p:
+    case, out = snakemake.wildcards.case, snakemake.output
+    images = stage_images(snakemake.input.images, p["modalities"])
     cfg = from_mapping(SkullstripConfig, p["skullstrip"], "preprocessing.skullstrip.")
-    qc = skullstrip_case(snakemake.wildcards.case, snakemake.input.image, snakemake.output.mask, cfg,
-                         qc_png=snakemake.output.qc_png)
-    write_json(qc, snakemake.output.qc)
-    brain_stats(snakemake.wildcards.case, dict(zip(p["modalities"], snakemake.input.images)), snakemake.output.mask,
-                snakemake.output.stats)
+    qc = skullstrip_case(case, images[p["modality"]], out.mask, cfg, qc_png=out.qc_png)
+    write_json(qc, out.qc)
+    brain_stats(case, images, out.mask, out.stats)
     tracking.log_metrics(qc)
-    tracking.log_artifact(snakemake.output.qc_png, "qc")
+    tracking.log_artifact(out.qc_png, "qc")

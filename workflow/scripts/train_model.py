@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from medseg import tracking
+from medseg.cohort.sheet import read_task
 from medseg.config import from_mapping
 from medseg.data import tile_pairs
 from medseg.jobs import job
@@ -13,7 +14,7 @@ with job(snakemake) as p:
     tcfg = from_mapping(TrainConfig, {"threads": snakemake.threads, **p["training"]}, "training.")
     summary = train(tile_pairs(inp.train), tile_pairs(inp.val), Path(snakemake.output.model).parent,
                     from_mapping(ModelConfig, p["model"], f"models.{snakemake.wildcards.model}."), tcfg,
-                    from_mapping(InferenceConfig, p["inference"], "inference."), p["modalities"],
+                    from_mapping(InferenceConfig, p["inference"], "inference."), read_task(inp.task),
                     fold=int(snakemake.wildcards.fold))
     tracking.log_metrics({"best_val_dice": summary["best"]["dice_mean"], "data_wait_fraction": summary["data_wait_fraction"]})
     for f in (snakemake.output.curves, snakemake.output.metrics, snakemake.output.model):

@@ -15,14 +15,15 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def _sheet(a: argparse.Namespace) -> int:
-    from medseg.cohort.layout import detect_layout, list_cases
-    from medseg.cohort.sheet import build_case_sheet
-    from medseg.cohort.splits import assign_splits
+    from pathlib import Path
 
-    layout = detect_layout(a.root)
-    cases = list_cases(a.root, layout)
-    splits = assign_splits(cases, a.test_fraction, a.folds, a.val_fraction, a.seed)
-    rows = build_case_sheet(a.root, layout, cases, splits, ("t1", "t1ce", "t2", "flair"), a.convention, a.out)
+    from medseg.cohort.plan import dataset_plan
+    from medseg.cohort.sheet import plan_sheet
+
+    ds = {"source": str(Path(a.root).resolve()), "convention": a.convention,
+          "split": {"test_fraction": a.test_fraction, "val_fraction": a.val_fraction, "n_folds": a.folds, "seed": a.seed}}
+    plan = dataset_plan(Path(a.root).name, ds)
+    rows = plan_sheet(plan, a.out, a.task, threads=a.threads)
     return 1 if any(r["problem"] for r in rows) else 0
 
 
@@ -36,12 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("case-sheet", help="validate a BraTS folder and write its case sheet (TSV)")
-    p.add_argument("root", help="BraTS folder (2021 or 2023+ layout)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--convention", default="auto", choices=["auto", "2021", "2023"])
-    p.add_argument("--test-fraction", type=float, default=0.25)
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--folds", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("case-sheet", help="validate a dataset folder and write its case sheet (TSV) and task (JSON)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("root", help="dataset folder: BraTS (2021 or 2023+), nnU-Net v2 raw or Decathlon (dataset.json)")
+    p.add_argument("--out", required=True, help="case sheet to write (TSV)")
+    p.add_argument("--task", default=None, help="also write the dataset's resolved task (JSON) here")
+    p.add_argument("--convention", default="auto", choices=["auto", "2021", "2023"], help="BraTS label convention")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="share of labelled cases held out for testing")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of training cases validating fold 0")
+    p.add_argument("--folds", type=int, default=1, help="cross-validation folds")
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--threads", type=int, default=1, help="cases inspected at a time")
     p.set_defaults(func=_sheet)

@@ -1,11 +1,17 @@
-"""The validated case sheet (``cases.tsv``): one row per case with files, split, fold, convention.
+"""The validated case sheet (``cases.tsv``) and the dataset's resolved task (``task.json``).
 
-Problems found here (missing, unreadable or truncated files, 4-D images, NaN/inf voxels,
-modalities on different grids, bad labels) are recorded in the row's ``problem`` column rather
-than raised. With ``datasets.<name>.bad_cases: skip`` (the default) the workflow then leaves
-the case out of training and evaluation, listed with its problem under ``excluded_cases`` in
-the results JSON; with ``fail`` the case stays in and fails its own jobs with that message.
-Either way every other case goes on.
+One row per case: split, fold, whether it is labelled, the files, and the ``problem`` found
+(missing, unreadable or truncated files, 4-D images, NaN/inf voxels, modalities on different
+grids, label values outside the task, a label convention other than the dataset's) or the
+reason discovery could not use it (split ``excluded``). With ``datasets.<name>.bad_cases:
+skip`` (the default) the workflow leaves a case with a problem out of training and evaluation,
+listed under ``excluded_cases`` in the results JSON; with ``fail`` it stays in and fails its own
+jobs with that message. Either way every other case goes on.
+
+BraTS datasets have one label convention: the configured one, or the one the label maps show
+(:func:`medseg.tasks.presets.dataset_convention`); cases whose labels fit both (no ET) take it.
+The resolved task (label values included) is written to ``task.json``, which every later job
+reads.
 """
 from __future__ import annotations
 
@@ -13,110 +19,154 @@ import csv
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.cohort.layout import case_file, check_case_id
-from medseg.io import InputError, atomic_path, read_image
-from medseg.labels import ConventionError, detect_convention, validate_labels
+from medseg.cohort.sources import header, read_source
+from medseg.io import InputError, atomic_path, read_json, read_labels, write_json
 from medseg.parallel import thread_map
+from medseg.tasks.definition import LabelError, Task
+from medseg.tasks.layouts.base import CaseFiles, check_case_id
+from medseg.tasks.presets import brats_task, convention_mismatch, dataset_convention, detect_convention
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("case_id", "split", "fold", "convention", "problem", "t1", "t1ce", "t2", "flair", "seg")
+EXCLUDED = "excluded"
+GRID_ATOL_MM = 1e-3  # origin / spacing tolerance of "same grid" (NIfTI stores float32 offsets)
+DIRECTION_ATOL = 1e-4
 
 
-def inspect_case(root: str | Path, case: str, layout: str, modalities: Sequence[str], convention: str,
-                 full: bool = True, same_space: bool = False) -> dict:
-    """Check one case's files (headers, grids, labels; with ``full`` also every voxel); return its sheet row.
+def columns(modalities: Sequence[str]) -> tuple[str, ...]:
+    return ("case_id", "split", "fold", "labelled", "convention", "problem", *modalities, "seg")
 
-    ``full`` reads each image whole, as the jobs will: a gzip stream truncated after an intact
-    header and NaN/inf voxels are then found here, before any job of the case runs.
-    ``same_space``: the files must also share origin and direction (no registration will align them).
+
+def inspect_case(case: str, files: CaseFiles, modalities: Sequence[str], full: bool = True,
+                 same_space: bool = False) -> tuple[dict, np.ndarray | None]:
+    """Check one case's files; return its sheet row and its label values (``None``: unlabelled or a problem).
+
+    ``full`` reads every voxel of every scan, as the jobs will: a gzip stream truncated after an
+    intact header and NaN/inf voxels are then found here, before any job of the case runs.
+    Label maps are always read whole. ``same_space``: the files must also share origin and
+    direction (no registration will align them).
     """
-    row: dict = {"case_id": case, "problem": ""}
+    row: dict = {"case_id": case, "problem": "", "labelled": str(files.seg is not None).lower(),
+                 **{m: files.images[m] for m in modalities}, "seg": files.seg or ""}
+    values = None
     try:
         check_case_id(case)
-        paths = {k: case_file(root, case, k, layout) for k in (*modalities, "seg")}
-        row.update({k: str(v) for k, v in paths.items()})
-        missing = [f"{k} ({p.name})" for k, p in paths.items() if not p.exists()]
-        if missing:
-            raise InputError(f"missing {', '.join(missing)} in {Path(root) / case}")
-        ref = _header(paths[modalities[0]], case)
-        for k in (*modalities[1:], "seg"):
-            other = _header(paths[k], case)
-            if other[0] != ref[0] or not np.allclose(other[1], ref[1], atol=1e-3):
-                raise InputError(f"{paths[k].name} has grid {other[0]} @ {other[1]} mm but "
-                                 f"{paths[modalities[0]].name} has {ref[0]} @ {ref[1]} mm; "
+        ref_mod = modalities[0]
+        ref = header(files.images[ref_mod], case, files.channels.get(ref_mod))
+        grids = [(m, files.images[m], header(files.images[m], case, files.channels.get(m))) for m in modalities[1:]]
+        if files.seg:
+            grids.append(("seg", files.seg, header(files.seg, case)))
+        for key, path, other in grids:
+            if other[0] != ref[0] or not np.allclose(other[1], ref[1], atol=GRID_ATOL_MM):
+                raise InputError(f"{Path(path).name} has grid {other[0]} @ {_r(other[1])} mm but "
+                                 f"{Path(files.images[ref_mod]).name} has {ref[0]} @ {_r(ref[1])} mm; "
                                  "resample all modalities of a case onto one grid")
-            if same_space and not (np.allclose(other[2], ref[2], atol=1e-2) and np.allclose(other[3], ref[3], atol=1e-4)):
-                raise InputError(f"{paths[k].name} has origin {_r(other[2])} and direction {_r(other[3])} but "
-                                 f"{paths[modalities[0]].name} has {_r(ref[2])} and {_r(ref[3])}: with "
-                                 "steps.register off the modalities are stacked voxel by voxel, so they must share "
-                                 "one space; turn steps.register on, or resample them onto one grid")
+            if (same_space or key == "seg") and not (np.allclose(other[2], ref[2], atol=GRID_ATOL_MM)
+                                                     and np.allclose(other[3], ref[3], atol=DIRECTION_ATOL)):
+                why = ("the label map must lie on its images' grid" if key == "seg" else
+                       "with steps.register off the modalities are stacked voxel by voxel, so they must share one "
+                       "space; turn steps.register on, or resample them onto one grid")
+                raise InputError(f"{Path(path).name} has origin {_r(other[2])} and direction {_r(other[3])} but "
+                                 f"{Path(files.images[ref_mod]).name} has {_r(ref[2])} and {_r(ref[3])}: {why}")
         if full:
-            for k in modalities:
-                read_image(paths[k], case=case, source=True)
-        seg = read_image(paths["seg"], case=case, source=full) if full else sitk.ReadImage(str(paths["seg"]))
-        values = np.unique(sitk.GetArrayViewFromImage(seg))
-        detected = detect_convention(values)
-        if convention == "auto":
-            row["convention"] = detected or "2021"
-        else:
-            validate_labels(values, convention, where=f"{paths['seg'].name}: ")
-            row["convention"] = convention
-        if detected is None and len(values) <= 1:
-            log.warning("case %s: label map %s is empty (no tumour)", case, paths["seg"].name)
-    except (InputError, ConventionError, RuntimeError) as e:
-        msg = str(e) if f"case {case!r}" in str(e) else f"case {case}: {e}"  # read_image names the case itself
-        row["problem"] = msg.replace("\t", " ").replace("\n", " ")
-        row.setdefault("convention", convention if convention != "auto" else "2021")
+            for m in modalities:
+                read_source(files.images[m], case, files.channels.get(m))
+        if files.seg:
+            seg = read_labels(files.seg, case=case)
+            values = np.unique(sitk.GetArrayViewFromImage(seg))
+            if len(values) <= 1:
+                log.warning("case %s: label map %s is empty (no foreground)", case, Path(files.seg).name)
+    except (InputError, RuntimeError) as e:
+        msg = str(e) if f"case {case!r}" in str(e) else f"case {case}: {e}"  # readers name the case themselves
+        row["problem"] = _one_line(msg)
         log.error("%s", row["problem"])
-    return row
+        values = None
+    return row, values
+
+
+def _one_line(msg: str) -> str:
+    return msg.replace("\t", " ").replace("\n", " ")
 
 
 def _r(values: Sequence[float]) -> list[float]:
     return [round(v, 3) for v in values]
 
 
-def _header(path: Path, case: str) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """(size, spacing, origin, direction) from the file header only."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise InputError(f"{path.name} cannot be read (corrupt or truncated?)") from e
-    if reader.GetDimension() != 3:
-        raise InputError(f"{path.name} is {reader.GetDimension()}-D with size {reader.GetSize()}, expected 3-D")
-    return reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+def resolve_task(task: Task, convention: str, rows: Sequence[dict], values: Mapping[str, np.ndarray],
+                 layout_hint: str | None = None) -> Task:
+    """The dataset's task with its label values settled; cases whose labels do not fit get a problem.
 
-
-def build_case_sheet(root: str | Path, layout: str, cases: Sequence[str], splits: dict[str, dict],
-                     modalities: Sequence[str], convention: str, out_tsv: str | Path, *, full: bool = True,
-                     same_space: bool = False, bad_cases: str = "skip", threads: int = 1) -> list[dict]:
-    """Inspect every case (``threads`` at a time) and write the sheet atomically; return the rows.
-
-    ``full``, ``same_space``: see :func:`inspect_case`.
-    ``bad_cases`` only changes what the log says will happen to a case with a problem
-    (``skip``: left out; ``fail``: its jobs fail).
+    BraTS (``task.preset``): one convention for the dataset (configured, or voted by the label
+    maps); other tasks: every value must be one of the task's labels.
     """
-    def one(case: str) -> dict:
-        row = inspect_case(root, case, layout, modalities, convention, full, same_space)
-        row.update(split=splits[case]["split"], fold="" if splits[case]["fold"] is None else splits[case]["fold"])
-        return row
+    by_case = {r["case_id"]: r for r in rows}
+    if task.preset and task.preset.startswith("brats"):
+        detected = {}
+        for c, v in values.items():
+            try:
+                detected[c] = detect_convention(v)
+            except LabelError:
+                detected[c] = None
+        conv = dataset_convention({c: d for c, d in detected.items() if d}, convention, layout_hint)
+        task = brats_task(task.name, conv, task.modalities, task.recipe)
+        for c, v in values.items():
+            why = convention_mismatch(v, conv, f"file {by_case[c]['seg']}: ")
+            if why:
+                by_case[c]["problem"] = _one_line(f"case {c}: {why}")
+        for r in rows:
+            r["convention"] = conv
+    else:
+        for c, v in values.items():
+            try:
+                task.check_values(v, f"case {c}, file {by_case[c]['seg']}: ")
+            except LabelError as e:
+                by_case[c]["problem"] = _one_line(str(e))
+    for c in values:
+        if by_case[c]["problem"]:
+            log.error("%s", by_case[c]["problem"])
+    return task
 
-    rows = thread_map(one, cases, threads, "case sheet", "case")
+
+def build_case_sheet(task: Task, files: Mapping[str, CaseFiles], splits: Mapping[str, dict], out_tsv: str | Path,
+                     out_task: str | Path | None = None, *, convention: str = "auto", layout_hint: str | None = None,
+                     excluded: Mapping[str, str] | None = None, full: bool = True, same_space: bool = False,
+                     bad_cases: str = "skip", threads: int = 1) -> list[dict]:
+    """Inspect every case (``threads`` at a time), settle the task, write the sheet (and ``task.json``).
+
+    ``files``/``splits``: the cases to inspect (a dataset plan's). ``excluded``: cases discovery
+    or the config left out (case -> reason), written as rows of split ``excluded``.
+    ``bad_cases`` only changes what the log says will happen to a case with a problem.
+    """
+    mods = list(task.modalities)
+
+    def one(case: str) -> tuple[dict, np.ndarray | None]:
+        row, values = inspect_case(case, files[case], mods, full, same_space)
+        row.update(split=splits[case]["split"], fold="" if splits[case]["fold"] is None else splits[case]["fold"])
+        return row, values
+
+    results = thread_map(one, list(splits), threads, "case sheet", "case")
+    rows = [r for r, _ in results]
+    values = {r["case_id"]: v for r, v in results if v is not None and not r["problem"]}
+    task = resolve_task(task, convention, rows, values, layout_hint)
+    for r in rows:
+        r.setdefault("convention", "")
+    rows += [{"case_id": c, "split": EXCLUDED, "fold": "", "labelled": "", "convention": "", "problem": _one_line(why)}
+             for c, why in sorted((excluded or {}).items())]
     with atomic_path(out_tsv) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, delimiter="\t", extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=columns(mods), delimiter="\t", extrasaction="ignore", restval="")
         w.writeheader()
         w.writerows(rows)
-    n_bad = sum(bool(r["problem"]) for r in rows)
-    log.info("case sheet: %d cases, %d with problems -> %s", len(rows), n_bad, out_tsv)
-    bad = [r["case_id"] for r in rows if r["problem"]]
+    if out_task is not None:
+        write_json(task.to_dict(), out_task)
+    bad = [r["case_id"] for r in rows if r["problem"] and r["split"] != EXCLUDED]
+    log.info("case sheet: %d cases, %d with problems, %d excluded before -> %s", len(rows) - len(excluded or {}),
+             len(bad), len(excluded or {}), out_tsv)
     if bad and bad_cases == "skip":
         log.error("%d case(s) left out of training and evaluation (bad_cases: skip), listed under excluded_cases in "
                   "the results JSON: %s. Fix their files and run again to bring them back.", len(bad), bad)
@@ -128,9 +178,22 @@ def build_case_sheet(root: str | Path, layout: str, cases: Sequence[str], splits
     return rows
 
 
+def plan_sheet(plan, out_tsv: str | Path, out_task: str | Path | None = None, **kwargs) -> list[dict]:
+    """:func:`build_case_sheet` of a :class:`~medseg.cohort.plan.DatasetPlan` (every planned case,
+    its exclusions as ``excluded`` rows); ``kwargs``: ``full``, ``same_space``, ``bad_cases``, ``threads``."""
+    hint = plan.task.preset[len("brats"):] if plan.task.preset else None
+    return build_case_sheet(plan.task, plan.files, plan.splits, out_tsv, out_task, convention=plan.convention or "auto",
+                            layout_hint=hint, excluded=plan.excluded, **kwargs)
+
+
 def read_case_sheet(path: str | Path) -> dict[str, dict]:
     with open(path, newline="") as f:
         return {r["case_id"]: r for r in csv.DictReader(f, delimiter="\t")}
+
+
+def read_task(path: str | Path) -> Task:
+    """The resolved task a case sheet job wrote (``task.json``)."""
+    return Task.from_dict(read_json(path))
 
 
 def sheet_problems(sheet_tsv: str | Path) -> dict[str, str]:
@@ -144,7 +207,7 @@ def sheet_problems(sheet_tsv: str | Path) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=32)
 def _problems(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str], ...]:
-    return tuple((c, r["problem"]) for c, r in read_case_sheet(path).items() if r["problem"])
+    return tuple((c, r["problem"]) for c, r in read_case_sheet(path).items() if r["problem"] and r["split"] != EXCLUDED)
 
 
 def case_row(sheet_tsv: str | Path, case: str) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.labels import CONVENTIONS
+from medseg.tasks.presets import CONVENTIONS
 
 LABELS = CONVENTIONS["2021"]  # the demo is written in the BraTS 2021 convention
 

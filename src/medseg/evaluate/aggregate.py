@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from medseg.evaluate.edge_cases import EDGE_CASES
-from medseg.evaluate.plots import overlay_montage, plot_boxplots, select_montage_cases
+from medseg.evaluate.plots import overlay_montage, plot_boxplots, scored_section, select_montage_cases
 from medseg.io import atomic_path
 
 __all__ = ["aggregate", "overlay_montage", "plot_boxplots", "select_montage_cases", "summary", "write_cases_csv"]
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: excluded_cases is {case id: reason} (was a list of ids)
+SCHEMA_VERSION = 3  # 2: excluded_cases is {case id: reason}; 3: any task (task, predicted_only, label-only edge cases)
 SECTIONS = ("regions", "labels", "lesionwise")
 CSV_PREFIX = {"regions": "", "labels": "label_", "lesionwise": "lesionwise_"}
 
@@ -90,7 +90,8 @@ def aggregate(case_results: list[dict], *, provenance: dict | None = None) -> di
     """
     ids = _check_cases(case_results)
     out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "n_cases": len(ids), "cases": ids,
-                           "convention": case_results[0].get("convention"), "settings": case_results[0].get("settings")}
+                           "task": case_results[0].get("task"), "convention": case_results[0].get("convention"),
+                           "settings": case_results[0].get("settings")}
     for section in SECTIONS:
         if section == "lesionwise" and "lesionwise" not in case_results[0]:
             continue
@@ -100,13 +101,13 @@ def aggregate(case_results: list[dict], *, provenance: dict | None = None) -> di
         out["lesionwise_edition"] = case_results[0]["lesionwise"].get("edition")
     edge: dict[str, dict[str, int]] = {}
     for res in case_results:
-        for name, ms in res["regions"].items():
+        for name, ms in res[scored_section(res)].items():
             counts = edge.setdefault(name, dict.fromkeys(EDGE_CASES, 0))
             counts[ms["edge_case"]] += 1
     out["edge_cases"] = edge
     out["provenance"] = provenance
     log.info("aggregated %d cases: %s", len(ids), ", ".join(
-        f"{r} dice {s['dice']['mean']:.3f}" for r, s in out["regions"].items()))
+        f"{r} dice {s['dice']['mean']:.3f}" for r, s in out[scored_section(case_results[0])].items()))
     return out
 
 
@@ -119,7 +120,7 @@ def write_cases_csv(case_results: Sequence[dict], path: str | Path) -> None:
         row: dict[str, Any] = {"case": res["case"]}
         for section in SECTIONS:
             row |= {f"{CSV_PREFIX[section]}{n}_{m}": v for n, m, v in iter_values(res, section)}
-        row |= {f"{n}_edge_case": ms["edge_case"] for n, ms in res["regions"].items()}
+        row |= {f"{CSV_PREFIX[scored_section(res)]}{n}_edge_case": ms["edge_case"] for n, ms in res[scored_section(res)].items()}
         rows.append(row)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.io import atomic_path, read_image, read_labels
+from medseg.io import atomic_path, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,11 @@ def plot_boxplots(case_results: Sequence[dict], out_png: str | Path, metrics: Se
     if not case_results:
         raise ValueError("case_results is empty; nothing to plot")
     plt = _pyplot()
-    regions = list(case_results[0]["regions"])
+    section = scored_section(case_results[0])
+    regions = list(case_results[0][section])
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        data = [[res["regions"][r][metric] for res in case_results] for r in regions]
+        data = [[res[section][r][metric] for res in case_results] for r in regions]
         ax.boxplot(data, showfliers=False)
         for i, vals in enumerate(data, start=1):
             ax.scatter(np.full(len(vals), i) + np.linspace(-0.08, 0.08, len(vals)), vals, s=8, alpha=0.6, color="k")
@@ -61,17 +62,26 @@ def plot_boxplots(case_results: Sequence[dict], out_png: str | Path, metrics: Se
     _save(plt, fig, out_png)
 
 
-def select_montage_cases(case_results: Sequence[dict], region: str = "WT", metric: str = "dice") -> list[tuple[str, str, float]]:
-    """Pick the best, median and worst cases by ``region`` ``metric`` (higher is better).
+def scored_section(result: dict) -> str:
+    """``regions`` when the task has regions (BraTS: WT, TC, ET), else ``labels``."""
+    return "regions" if result.get("regions") else "labels"
+
+
+def select_montage_cases(case_results: Sequence[dict], region: str | None = None,
+                         metric: str = "dice") -> list[tuple[str, str, float]]:
+    """Pick the best, median and worst cases by ``region`` ``metric`` (higher is better; default:
+    the first region, or the first label of a task without regions).
 
     Returns:
         ``[("best", case, value), ("median", case, value), ("worst", case, value)]``.
     """
     if not case_results:
         raise ValueError("case_results is empty; no case to show")
-    ranked = sorted(case_results, key=lambda r: (-r["regions"][region][metric], r["case"]))
+    section = scored_section(case_results[0])
+    region = region or next(iter(case_results[0][section]))
+    ranked = sorted(case_results, key=lambda r: (-r[section][region][metric], r["case"]))
     picks = [("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])]
-    return [(tag, r["case"], float(r["regions"][region][metric])) for tag, r in picks]
+    return [(tag, r["case"], float(r[section][region][metric])) for tag, r in picks]
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -80,14 +90,17 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def overlay_montage(cases: Sequence[tuple[str, str | Path, str | Path, str | Path, float]], out_png: str | Path) -> None:
+def overlay_montage(cases: Sequence[tuple[str, str | Path | tuple, str | Path, str | Path, float]], out_png: str | Path,
+                    structure: str = "foreground") -> None:
     """Axial slices with reference (green) and prediction (red) tumour outlines, one panel per case.
 
     Each panel shows the axial slice with the largest reference tumour area (largest predicted
     area if the reference is empty) of the whole tumour (any label > 0).
 
     Args:
-        cases: ``(case_id, image_path, ref_path, pred_path, dice)`` tuples, e.g. best/median/worst.
+        cases: ``(case_id, image_path, ref_path, pred_path, dice)`` tuples, e.g. best/median/worst;
+            ``image_path`` may be ``(path, channel)`` for a 4-D source file.
+        structure: what the Dice in the titles is of.
         out_png: output PNG, written atomically.
     """
     if not cases:
@@ -97,7 +110,10 @@ def overlay_montage(cases: Sequence[tuple[str, str | Path, str | Path, str | Pat
 
     fig, axes = plt.subplots(1, len(cases), figsize=(3.6 * len(cases), 3.9), squeeze=False)
     for ax, (case_id, image_path, ref_path, pred_path, dsc) in zip(axes[0], cases):
-        image = sitk.GetArrayFromImage(read_image(image_path, case=case_id))
+        from medseg.cohort.sources import read_source
+
+        path, channel = image_path if isinstance(image_path, tuple) else (image_path, None)
+        image = sitk.GetArrayFromImage(read_source(path, case_id, channel))
         ref = sitk.GetArrayFromImage(read_labels(ref_path, case=case_id)) > 0
         pred = sitk.GetArrayFromImage(read_labels(pred_path, case=case_id)) > 0
         if not (image.shape == ref.shape == pred.shape):
@@ -109,7 +125,7 @@ def overlay_montage(cases: Sequence[tuple[str, str | Path, str | Path, str | Pat
         for mask, colour in ((ref[z], REF_COLOUR), (pred[z], PRED_COLOUR)):
             edge = np.ma.masked_where(~_outline(mask), np.ones(mask.shape))
             ax.imshow(edge, cmap=ListedColormap([colour]), interpolation="none")
-        ax.set_title(f"{case_id}\nWT Dice {dsc:.3f}, slice {z}", fontsize=9)
+        ax.set_title(f"{case_id}\n{structure} Dice {dsc:.3f}, slice {z}", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"reference {REF_COLOUR}, prediction {PRED_COLOUR}", fontsize=9)
     _save(plt, fig, out_png)

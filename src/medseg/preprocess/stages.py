@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medseg.cohort.sources import read_source
 from medseg.io import InputError, read_image, read_labels, read_json, save_npz, write_image, write_json
 from medseg.preprocess.atlas import Atlas, atlas_images
 from medseg.preprocess.n4 import (N4Config, atlas_transform, coefficient_of_variation, log_field_correlation, n4_correct,
@@ -21,13 +22,35 @@ from medseg.preprocess.normalize import NormConfig, brain_quantiles, fit_model_f
 from medseg.preprocess.register import RegConfig, mutual_information, register
 from medseg.preprocess.warp import factor_warp, field_stats, fixed_to_moving, quantize_field, zero_field
 from medseg.preprocess.skullstrip import SkullstripConfig, skullstrip
+from medseg.tasks.definition import Task
 
 log = logging.getLogger(__name__)
 
 
+def stage_images(directory: str | Path, modalities: Sequence[str]) -> dict[str, str]:
+    """A stage folder's images (``n4/`` or ``reg/``: ``<modality>.nii.gz`` each), modality -> path."""
+    return {m: str(Path(directory) / f"{m}.nii.gz") for m in modalities}
+
+
+def resample_to_spacing(image: sitk.Image, spacing_mm: Sequence[float], interpolator: int = sitk.sitkLinear) -> sitk.Image:
+    """``image`` on a grid of ``spacing_mm`` (x, y, z) covering the same extent, same origin and direction."""
+    spacing = [float(s) for s in spacing_mm]
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing_mm must be 3 positive voxel sizes in mm, got {spacing_mm}")
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), spacing, image.GetDirection(),
+                         0.0, image.GetPixelID())
+
+
 def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_fields: dict[str, str],
-            cfg: N4Config | None, qc_png: str | None = None, truth_dir: str | None = None) -> dict:
+            cfg: N4Config | None, qc_png: str | None = None, truth_dir: str | None = None,
+            channels: Mapping[str, int] | None = None, spacing_mm: Sequence[float] | None = None) -> dict:
     """N4-correct every modality of ``case`` (``cfg=None``: copy, unit field). Returns QC metrics.
+
+    The first stage to read the source scans: ``channels`` picks each modality's channel of a
+    4-D (Decathlon) file; ``spacing_mm`` resamples every modality to that voxel size (the
+    generic recipe's working grid; ``None`` keeps the native grid). Predictions return to the
+    native grid at the end.
 
     Per modality: ``cv_wm_before`` / ``cv_wm_after``, the coefficient of variation in deep white
     matter (registered ICBM152 WM probability >= 0.9, outliers such as tumour dropped; the same
@@ -41,11 +64,20 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
     if truth_dir and not all(Path(p).resolve().is_relative_to(Path(truth_dir).resolve().parents[1]) for p in images.values()):
         truth_dir = None  # a truth folder of some other cohort (e.g. the demo's, left beside real data)
     for mod, path in images.items():
-        img = read_image(path, case=case, source=True)  # the first stage to read the scans
+        img = read_source(path, case, (channels or {}).get(mod))  # the first stage to read the scans
+        if spacing_mm is not None:
+            img = resample_to_spacing(img, spacing_mm)
         wm = None
         if cfg is None:
             corrected, field = img, sitk.Image(img.GetSize(), sitk.sitkFloat32) + 1.0
             field.CopyInformation(img)
+        elif cfg.mask != "brain":
+            from medseg.preprocess.n4 import otsu_mask
+
+            corrected, field = n4_correct(img, None, cfg)
+            wm = otsu_mask(img)
+            qc[mod] = {"cv_fg_before": coefficient_of_variation(img, wm), "cv_fg_after": coefficient_of_variation(corrected, wm)}
+            log.info("%s %s: foreground CV %.4f -> %.4f", case, mod, qc[mod]["cv_fg_before"], qc[mod]["cv_fg_after"])
         else:
             tfm = atlas_transform(img, cfg.register_spacing_mm)
             corrected, field = n4_correct(img, None, cfg, transform=tfm)
@@ -66,7 +98,7 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
             from medseg.preprocess.qc import n4_qc
 
             n4_qc(img, corrected, field, qc_png, title=f"{case} {mod} N4" + ("" if cfg else " (off)"), mask=wm,
-                  mask_name="deep WM")
+                  mask_name="deep WM" if cfg is not None and cfg.mask == "brain" else "foreground")
     return qc
 
 
@@ -248,15 +280,15 @@ def fold_models(model_jsons: str | Sequence[str]) -> list[dict]:
 
 
 def normalized_arrays(case: str, images: dict[str, str], mask: str | None, model_jsons: str | Sequence[str],
-                      cfg: NormConfig, seg: str | None = None, convention: str = "2021") -> dict[str, np.ndarray]:
+                      cfg: NormConfig, seg: str | None = None, task: Task | None = None) -> dict[str, np.ndarray]:
     """``case`` normalised with each fold's normaliser (``mask=None``: :func:`nonzero_brain`).
 
     ``model_jsons``: see :func:`fold_models`. Returns ``image`` (folds, C, z, y, x) float32 (fold
     k normalised with fold k's normaliser, channels in modality order), ``brain`` (uint8) and, if
-    ``seg`` is given, ``labels``.
+    ``seg`` is given, ``labels`` (checked against ``task``; a label map on another grid than the
+    images, e.g. the source one when the images were resampled, is resampled onto theirs with
+    nearest neighbour).
     """
-    from medseg.labels import validate_labels
-
     arrays, brain = _load(case, images, mask)
     folds = []
     for model in fold_models(model_jsons):
@@ -264,22 +296,28 @@ def normalized_arrays(case: str, images: dict[str, str], mask: str | None, model
         folds.append(np.stack([norm[m] for m in images]))
     out = {"image": np.stack(folds), "brain": brain.astype(np.uint8)}
     if seg is not None:
-        labels = sitk.GetArrayFromImage(read_labels(seg, case=case))
-        validate_labels(labels, convention, where=f"case {case}, file {seg}: ")
+        if task is None:
+            raise ValueError(f"case {case}: a label map needs the task to check its values against")
+        seg_img = read_labels(seg, case=case)
+        grid = read_image(next(iter(images.values())), case=case)
+        if seg_img.GetSize() != grid.GetSize() or not np.allclose(seg_img.GetSpacing(), grid.GetSpacing(), atol=1e-3) \
+                or not np.allclose(seg_img.GetOrigin(), grid.GetOrigin(), atol=1e-3):
+            seg_img = sitk.Resample(seg_img, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        labels = sitk.GetArrayFromImage(seg_img)
+        task.check_values(np.unique(labels).tolist(), f"case {case}, file {seg}: ")
         out["labels"] = labels
     return out
 
 
 def normalize_case(case: str, images: dict[str, str], mask: str | None, model_jsons: str | Sequence[str], out_npz: str,
-                   cfg: NormConfig, seg: str | None = None, convention: str = "2021") -> None:
+                   cfg: NormConfig) -> None:
     """Write :func:`normalized_arrays` of ``case`` to ``out_npz`` (what prediction reads)."""
-    save_npz(out_npz, **normalized_arrays(case, images, mask, model_jsons, cfg, seg, convention))
+    save_npz(out_npz, **normalized_arrays(case, images, mask, model_jsons, cfg))
 
 
 def tile_training_case(case: str, images: dict[str, str], mask: str | None, seg: str, model_jsons: str | Sequence[str],
-                       out_npy: str, out_json: str, cfg: NormConfig, convention: str = "2021") -> dict:
-    """Normalise a segmented case for every fold and write its training tiles (one job, no npz)."""
+                       out_npy: str, out_json: str, cfg: NormConfig, task: Task) -> dict:
+    """Normalise a labelled case for every fold and write its training tiles (one job, no npz)."""
     from medseg.tiling import tile_case
 
-    return tile_case(case, normalized_arrays(case, images, mask, model_jsons, cfg, seg, convention), convention,
-                     out_npy, out_json)
+    return tile_case(case, normalized_arrays(case, images, mask, model_jsons, cfg, seg, task), task, out_npy, out_json)
