@@ -182,18 +182,24 @@ def test_tiles_of_one_slide_at_an_mpp(demo, tmp_path):
     slide, ann = demo / "slides" / "slide_01.tif", demo / "annotations" / "slide_01.geojson"
     target = StainTarget("reinhard", {"lab_mean": [60.0, 30.0, -10.0], "lab_std": [15.0, 10.0, 8.0]})
     table = tile_slide(slide, ann, CLASSES, tmp_path / "slide_01", TileConfig(mpp=1.0, tile=128, per_class=3), target)
-    image = np.load(tmp_path / "slide_01_image.npy", mmap_mode="r")
-    labels = np.load(tmp_path / "slide_01_target.npy")
+    arr = np.load(tmp_path / "slide_01.npy", mmap_mode="r")
     n = len(table["positions"])
-    assert image.shape == (3, n, 128, 128) and labels.shape == (n, 128, 128) and image.dtype == np.float32
+    assert arr.shape == (4, n, 128, 128) and arr.dtype == np.float16
     assert table["level"] == 1 and table["mpp"] == pytest.approx(1.0) and 3 <= n <= 9
     truth = np.asarray(Image.open(demo / "masks" / "slide_01.png"))  # level 1 = tiling level
     for i, (y, x) in enumerate(table["positions"]):
-        np.testing.assert_array_equal(labels[i], truth[y:y + 128, x:x + 128])
+        np.testing.assert_array_equal(arr[3, i], truth[y:y + 128, x:x + 128])
     counts = np.array(table["class_pixels"])
     assert ((counts > 0).sum(axis=0) >= 3).all()  # every class in >= per_class tiles
     raw = tile_slide(slide, ann, CLASSES, tmp_path / "raw", TileConfig(mpp=1.0, tile=128, per_class=3))
     assert raw["positions"] == table["positions"]  # same choice; only colours differ
-    assert not np.allclose(np.load(tmp_path / "raw_image.npy"), image)
+    assert not np.allclose(np.load(tmp_path / "raw.npy")[:3], arr[:3])
+    # the common trainer reads them as 2-D slices (context 0)
+    from medseg.data import TileSet, make_batch, tile_pairs
+
+    tiles = TileSet(*tile_pairs([tmp_path / "slide_01.npy", tmp_path / "raw.npy"]))
+    x, y = make_batch(tiles, 0, 0, 4, 0, 0.5, (96, 96), None)
+    assert x.shape == (4, 3, 96, 96) and y.shape == (4, 1, 96, 96) and 0 <= x.min() and x.max() <= 1
+    assert set(np.unique(y)) <= {0.0, 1.0, 2.0}
     with pytest.raises(ValueError, match="tiles.tile"):
         TileConfig(tile=8)

@@ -17,7 +17,7 @@ from medseg.models import ModelConfig, build_model
 from medseg.wsi.annotations import rasterize, read_geojson
 from medseg.wsi.evaluate import class_metrics, evaluate_labels, evaluate_slide, match_objects, plot_outlines
 from medseg.wsi.outputs import probabilities_to_labels, write_prediction_geojson
-from medseg.wsi.predictors import load_checkpoint_predictor, load_predictor, task_kind
+from medseg.wsi.predictors import load_checkpoint_predictor, load_predictor, task_classes, task_kind
 from medseg.wsi.synthetic import write_synthetic_slide
 
 MODEL = ModelConfig(encoder="resnet10t", in_channels=3, out_channels=3, decoder_channels=(16, 16, 8, 8, 8))
@@ -61,6 +61,10 @@ def test_checkpoint_predictor_activation_from_task(tmp_path):
         model.load_state_dict(torch.load(legacy, weights_only=True)["state_dict"])
         torch.testing.assert_close(q, torch.sigmoid(model.eval()(x)))
     assert task_kind({"task": "regions"}) == "regions"
+    from medseg.tasks import Task
+
+    task = Task("slides", ("R", "G", "B"), {"skin": 1, "colon": 2}, recipe="generic").to_dict()  # what train() saves
+    assert task_kind({"task": task}) == "labels" and task_classes({"task": task}) == ["skin", "colon"]
     with pytest.raises(ValueError, match="target_kind must be"):
         task_kind({"task": {"target_kind": "boxes"}})
     four = save_checkpoint(tmp_path / "m" / "model.pt", None, dataclasses.replace(MODEL, in_channels=4))

@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("slide")
     p.add_argument("--annotation", required=True)
     p.add_argument("--classes", nargs="+", required=True)
-    p.add_argument("--out", required=True, help="output prefix <dir>/<id> (_image.npy, _target.npy, .json)")
+    p.add_argument("--out", required=True, help="output prefix <dir>/<id> (.npy, .json: the trainer's tile format)")
     p.add_argument("--stain", default=None, help="stain target JSON (none: raw colours)")
     p.add_argument("--mpp", type=float, default=1.0)
     p.add_argument("--tile", type=int, default=256)

@@ -40,10 +40,14 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def task_kind(meta: dict) -> str:
     """``labels`` (softmax) or ``regions`` (sigmoid) from a checkpoint's ``meta["task"]``; regions when absent.
 
-    ``task`` may be a dict with ``target_kind`` (the task contract) or the kind itself.
+    ``task`` is :meth:`medseg.tasks.Task.to_dict` (regions non-empty: ``regions``, else ``labels``),
+    a dict with ``target_kind``, or the kind itself.
     """
     task = meta.get("task")
-    kind = task.get("target_kind") if isinstance(task, dict) else task
+    if isinstance(task, dict):
+        kind = task.get("target_kind") or ("regions" if task.get("regions") else "labels")
+    else:
+        kind = task
     if kind is None:
         return "regions"
     if kind not in ("labels", "regions"):

@@ -7,10 +7,13 @@ class is not drowned by the common ones; the choice is a pure function of the se
 Only the chosen tiles are read from the slide, one at a time, stain-normalised, and written into
 memory-mapped arrays, so memory stays at one tile whatever the slide size.
 
-Outputs (as the task contract's tile arrays, tile index on the ``Z`` axis):
-``<stem>_image.npy`` ``(3, N, T, T)`` float32 RGB in [0, 1]; ``<stem>_target.npy`` ``(N, T, T)``
-uint8 class indices (0 background/unannotated, i the i-th class); ``<stem>.json`` the table
-(slide, level, mpp, tile positions ``(y, x)`` in level pixels, class pixels per tile).
+Outputs, in the common trainer's tile format (:func:`medseg.tiling.tile_case`; tile index on the
+``Z`` axis, so each tile is a "slice" of a 2-D task, ``training.context: 0``):
+``<stem>.npy`` ``(3 + 1, N, T, T)`` float16: RGB in [0, 1] (stain-normalised), then the class
+indices (0 background/unannotated, i the i-th class); ``<stem>.json`` the table the trainer
+reads (``n_image_channels``, ``target_kind``, ``brain_slices`` = every tile, ``fg_slices`` = tiles
+with a class) plus the slide, level, mpp, tile positions ``(y, x)`` in level pixels and class
+pixels per tile.
 """
 from __future__ import annotations
 
@@ -140,7 +143,7 @@ def tile_slide(slide_path: str | Path, annotation: str | Path, classes: Sequence
         slide_path: the slide.
         annotation: its QuPath GeoJSON.
         classes: class names in label order.
-        out_prefix: ``<dir>/<stem>``; writes ``<stem>_image.npy``, ``<stem>_target.npy``, ``<stem>.json``.
+        out_prefix: ``<dir>/<stem>``; writes ``<stem>.npy`` and ``<stem>.json``.
         config: tiling parameters.
         stain: normalisation target fitted on the training slides (None: raw colours).
         mpp0: level-0 mpp overriding the slide's metadata.
@@ -152,24 +155,26 @@ def tile_slide(slide_path: str | Path, annotation: str | Path, classes: Sequence
         normalizer = slide_normalizer(slide, slide_path, level, stain, config.tissue_method, config.seed) \
             if stain else None
         t, n = config.tile, len(starts)
-        img_path, tgt_path = Path(f"{out_prefix}_image.npy"), Path(f"{out_prefix}_target.npy")
+        npy_path = Path(f"{out_prefix}.npy")
         counts = []
-        with atomic_path(img_path) as tmp_img, atomic_path(tgt_path) as tmp_tgt:
-            image = np.lib.format.open_memmap(tmp_img, mode="w+", dtype=np.float32, shape=(3, n, t, t))
-            target = np.lib.format.open_memmap(tmp_tgt, mode="w+", dtype=np.uint8, shape=(n, t, t))
+        with atomic_path(npy_path) as tmp:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(4, n, t, t))
             for i, (y, x) in enumerate(starts):
                 rgb = read_region(slide, level, int(y), int(x), t, t)
                 if normalizer is not None:
                     rgb = normalizer(rgb)
-                image[:, i] = rgb.transpose(2, 0, 1) / np.float32(255.0)
-                target[i] = rasterize(features, classes, (t, t), level.downsample, (int(y), int(x)), source=annotation)
-                counts.append(np.bincount(target[i].ravel(), minlength=len(classes) + 1).tolist())
-            image.flush(), target.flush()
-            del image, target
-    table = {"slide": str(slide_path), "case_id": slide_path.stem, "level": level.level, "mpp": level.mpp,
-             "tile": t, "classes": list(classes), "positions": starts.tolist(), "class_pixels": counts,
-             "stain": stain.method if stain else None, "config": asdict(config),
-             "image": img_path.name, "target": tgt_path.name}
+                arr[:3, i] = rgb.transpose(2, 0, 1) / np.float32(255.0)
+                labels = rasterize(features, classes, (t, t), level.downsample, (int(y), int(x)), source=annotation)
+                arr[3, i] = labels
+                counts.append(np.bincount(labels.ravel(), minlength=len(classes) + 1).tolist())
+            arr.flush()
+            del arr
+    fg = [i for i, c in enumerate(counts) if sum(c[1:]) > 0]
+    table = {"case": slide_path.stem, "shape": [4, n, t, t], "n_image_channels": 3, "n_folds": 1,
+             "n_target_channels": 1, "target_kind": "labels", "brain_slices": list(range(n)), "fg_slices": fg,
+             "slide": str(slide_path), "level": level.level, "mpp": level.mpp, "tile": t, "classes": list(classes),
+             "positions": starts.tolist(), "class_pixels": counts, "stain": stain.method if stain else None,
+             "config": asdict(config)}
     write_json(table, Path(f"{out_prefix}.json"))
     log.info("%s: %d tiles of %d px at level %d (%.2f mpp)", slide_path.name, n, t, level.level, level.mpp or -1)
     return table
