@@ -128,7 +128,7 @@ def test_class_metrics_by_hand():
     assert match_objects(objects, found, min_object_px=16) == {"n_ref_objects": 2, "n_pred_objects": 1,
                                                                 "n_detected_objects": 1, "object_f1": 2 / 3}
     res = evaluate_labels(ref.astype(np.uint8), pred.astype(np.uint8), ["a"], "s", 2.0)
-    assert res["labels"]["all"]["pixel_accuracy"] == pytest.approx(1 - 16 / 100)
+    assert res["slide"]["pixel_accuracy"] == pytest.approx(1 - 16 / 100)
     assert json.loads(json.dumps(res)) == res  # the results JSON can hold it
 
 

@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_stitch_slide(args: argparse.Namespace) -> int:
     from medseg.wsi.predictors import is_checkpoint, load_checkpoint_predictor, load_predictor, task_classes, task_kind
-    from medseg.wsi.stain import StainTarget
+    from medseg.wsi.stain import load_stain
     from medseg.wsi.stitch_slide import SlideStitchConfig, stitch_slide
 
     config = SlideStitchConfig(tile=args.tile, overlap=args.overlap, mode=args.mode, batch_size=args.batch_size,
@@ -109,12 +109,12 @@ def run_stitch_slide(args: argparse.Namespace) -> int:
         kind = task_kind(meta)
         classes = classes or task_classes(meta)
         if args.stain == "auto" and (path.parent / "stain.json").exists():
-            stain = StainTarget.load(path.parent / "stain.json")
-            log.info("stain target %s (%s)", path.parent / "stain.json", stain.method)
+            stain = load_stain(path.parent / "stain.json")
+            log.info("stain target %s (%s)", path.parent / "stain.json", stain.method if stain else "none")
     else:
         predictor = load_predictor(args.predictor, device, args.activation)
     if args.stain not in ("auto", "none"):
-        stain = StainTarget.load(args.stain)
+        stain = load_stain(args.stain)
     if classes == ["none"]:
         classes = None
     summary = stitch_slide(args.slide, args.out, predictor, config, progress=args.progress, stain=stain,
@@ -152,10 +152,10 @@ def run_stain(args: argparse.Namespace) -> int:
 
 
 def run_tiles(args: argparse.Namespace) -> int:
-    from medseg.wsi.stain import StainTarget
+    from medseg.wsi.stain import load_stain
     from medseg.wsi.tiles import TileConfig, tile_slide
 
-    stain = StainTarget.load(args.stain) if args.stain else None
+    stain = load_stain(args.stain)
     tile_slide(args.slide, args.annotation, args.classes, args.out,
                TileConfig(mpp=args.mpp, tile=args.tile, per_class=args.per_class, seed=args.seed), stain)
     return 0

@@ -5,7 +5,7 @@ nearest the evaluation mpp; the prediction is that level's label map. Per class:
 sensitivity, precision, pixel counts, and object-level counts (8-connected components of at
 least ``min_object_px`` pixels; a reference object is detected when a predicted object of the
 class overlaps it with IoU >= ``object_iou``). Per slide: pixel accuracy and mean Dice over
-classes, under the name ``all``. Empty classes follow :mod:`medseg.evaluate.edge_cases`, so no
+classes, under ``slide``. Empty classes follow :mod:`medseg.evaluate.edge_cases`, so no
 value is NaN. The result has the per-case shape of the results schema (``labels`` section), so
 :func:`medseg.evaluate.aggregate.aggregate` summarises slides like MRI cases.
 """
@@ -71,9 +71,8 @@ def evaluate_labels(ref: np.ndarray, pred: np.ndarray, classes: Sequence[str], c
         raise ValueError(f"reference {ref.shape} and prediction {pred.shape} must have the same shape")
     labels = {name: class_metrics(ref == i, pred == i, min_object_px, object_iou)
               for i, name in enumerate(classes, start=1)}
-    labels["all"] = {"pixel_accuracy": float(np.mean(ref == pred)),
-                     "mean_dice": float(np.mean([m["dice"] for m in labels.values()]))}
-    return {"case": case, "convention": None, "regions": {}, "labels": labels,
+    slide = {"pixel_accuracy": float(np.mean(ref == pred)), "mean_dice": float(np.mean([m["dice"] for m in labels.values()]))}
+    return {"case": case, "convention": None, "regions": {}, "labels": labels, "slide": slide,
             "settings": {"mpp": mpp, "min_object_px": min_object_px, "object_iou": object_iou},
             "shape": list(ref.shape)}
 
@@ -109,7 +108,7 @@ def evaluate_slide(zarr_path: str | Path, annotation: str | Path, classes: Seque
     mpp = None if mpp0 is None else mpp0 * 2**level
     result = evaluate_labels(ref, pred, classes, case, mpp, min_object_px, object_iou)
     log.info("%s: %s, pixel accuracy %.3f at %s mpp", case, ", ".join(
-        f"{c} Dice {result['labels'][c]['dice']:.3f}" for c in classes), result["labels"]["all"]["pixel_accuracy"], mpp)
+        f"{c} Dice {result['labels'][c]['dice']:.3f}" for c in classes), result["slide"]["pixel_accuracy"], mpp)
     return result, ref, pred
 
 
@@ -152,3 +151,32 @@ def plot_outlines(rgb: np.ndarray, ref: np.ndarray, pred: np.ndarray, classes: S
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def write_slide_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_csv: str | Path,
+                        out_png: str | Path, *, excluded: dict[str, str] | None = None, config: dict | None = None,
+                        inputs: Sequence[str | Path] = (), rule: str | None = None,
+                        wildcards: dict | None = None) -> dict:
+    """Aggregate per-slide results into ``results/<dataset>_<model>.json`` (the MRI schema), CSV and box plots.
+
+    The schema's ``labels`` section holds the per-class summaries; ``slides`` adds the per-slide
+    pixel accuracy and mean Dice; ``excluded_cases`` lists slides left out with the reason.
+    """
+    from medseg import provenance
+    from medseg.evaluate.aggregate import aggregate, summary, write_cases_csv
+    from medseg.evaluate.plots import plot_boxplots
+    from medseg.io import read_json, write_json
+
+    if not case_jsons:
+        raise ValueError("no per-slide metrics to aggregate: no test slide (check split.test_fraction)")
+    cases = [read_json(p) for p in case_jsons]
+    results = aggregate(cases, provenance=provenance.collect(config, inputs=inputs, rule=rule, wildcards=wildcards))
+    results["slides"] = {k: summary({c["case"]: c["slide"][k] for c in cases}) for k in ("pixel_accuracy", "mean_dice")}
+    results["excluded_cases"] = dict(sorted((excluded or {}).items()))
+    results["predicted_only"] = {}
+    write_json(results, out_json)
+    write_cases_csv(cases, out_csv)
+    plot_boxplots(cases, out_png, metrics=("dice", "iou", "sensitivity", "precision"))
+    log.info("%d slides, mean Dice %s -> %s", len(cases),
+             {c: round(v["dice"]["mean"], 4) for c, v in results["labels"].items()}, out_json)
+    return results

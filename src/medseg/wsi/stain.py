@@ -148,3 +148,15 @@ class StainNormalizer:
         glass = is_glass(flat)
         out[glass] = flat[glass]
         return out.reshape(shape)
+
+
+def load_stain(path: str | Path | None) -> StainTarget | None:
+    """The stain target saved at ``path``; None for no file or a ``{"method": "none"}`` file (raw colours)."""
+    if path is None:
+        return None
+    try:
+        if json.loads(Path(path).read_text()).get("method") == "none":
+            return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"stain target {path} cannot be read: {e}") from e
+    return StainTarget.load(path)
