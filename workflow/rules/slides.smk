@@ -13,7 +13,10 @@ SLIDE_SHEET = f"{RESULTS}/{{slideset}}/slides.tsv"
 SLIDE_TASK = f"{RESULTS}/{{slideset}}/task.json"
 SLIDE_STAIN = f"{RESULTS}/{{slideset}}/stain.json"
 SLIDE_EXPERIMENT = (
-    config.get("tracking", {}).get("experiment_prefix", "medseg-").replace("{", "{{").replace("}", "}}")
+    config.get("tracking", {})
+    .get("experiment_prefix", "medseg-")
+    .replace("{", "{{")
+    .replace("}", "}}")
     + "{slideset}"
 )
 
@@ -32,7 +35,9 @@ def slide_cfg(w, *keys):
 
 def slides_usable(w):
     """The plan minus the slides the sheet found unusable (rules listing slides take the sheet as input)."""
-    return SLIDE_PLANS[w.slideset].without(slide_sheet_problems(SLIDE_SHEET.format(slideset=w.slideset)))
+    return SLIDE_PLANS[w.slideset].without(
+        slide_sheet_problems(SLIDE_SHEET.format(slideset=w.slideset))
+    )
 
 
 def slide_source(w):
@@ -48,11 +53,17 @@ def slide_files(w, split):
 
 
 def slide_tiles(w, split):
-    return [f"{RESULTS}/{w.slideset}/tiles/{s}.npy" for s in slides_usable(w).ids(split)]
+    return [
+        f"{RESULTS}/{w.slideset}/tiles/{s}.npy" for s in slides_usable(w).ids(split)
+    ]
 
 
 def all_slide_results():
-    return expand(f"{RESULTS}/{{slideset}}_{{model}}.json", slideset=SLIDE_PLANS, model=config["models"])
+    return expand(
+        f"{RESULTS}/{{slideset}}_{{model}}.json",
+        slideset=SLIDE_PLANS,
+        model=config["models"],
+    )
 
 
 rule slides_demo:
@@ -61,7 +72,7 @@ rule slides_demo:
     log:
         f"{RESULTS}/{{slideset}}/logs/slides_demo.log",
     conda:
-        "../../envs/preprocess.yaml"
+        "../../envs/wsi.yaml"
     params:
         demo=lambda w: slide_cfg(w, "demo"),
         experiment=SLIDE_EXPERIMENT,
@@ -78,7 +89,7 @@ rule slides_sheet:
     log:
         f"{RESULTS}/{{slideset}}/logs/slides_sheet.log",
     conda:
-        "../../envs/preprocess.yaml"
+        "../../envs/wsi.yaml"
     params:
         slide_dir=lambda w: SLIDE_PLANS[w.slideset].slide_dir,
         annotation_dir=lambda w: SLIDE_PLANS[w.slideset].annotation_dir,
@@ -100,9 +111,11 @@ rule slides_stain:
     log:
         f"{RESULTS}/{{slideset}}/logs/slides_stain.log",
     conda:
-        "../../envs/preprocess.yaml"
+        "../../envs/wsi.yaml"
     params:
-        slides=lambda w: [slides_usable(w).slides[s] for s in slides_usable(w).ids("train")],
+        slides=lambda w: [
+            slides_usable(w).slides[s] for s in slides_usable(w).ids("train")
+        ],
         method=lambda w: slide_cfg(w, "stain").get("method", "macenko"),
         mpp=lambda w: slide_cfg(w, "tiles").get("mpp", 1.0),
         slide_mpp=lambda w: config["slide_datasets"][w.slideset].get("mpp"),
@@ -122,7 +135,7 @@ rule slides_tiles:
     log:
         f"{RESULTS}/{{slideset}}/logs/slides_tiles/{{slide}}.log",
     conda:
-        "../../envs/preprocess.yaml"
+        "../../envs/wsi.yaml"
     params:
         slide=lambda w: SLIDE_PLANS[w.slideset].slides[w.slide],
         annotation=lambda w: SLIDE_PLANS[w.slideset].annotation(w.slide),
@@ -159,7 +172,11 @@ rule slides_train:
         runtime=cfg_section("resources").get("train_runtime_min", 240),
     params:
         model=lambda w: config["models"][w.model],
-        training=lambda w: {**cfg_section("training"), **slide_cfg(w, "training"), "context": 0},
+        training=lambda w: {
+            **cfg_section("training"),
+            **slide_cfg(w, "training"),
+            "context": 0,
+        },
         inference=cfg_section("inference"),
         experiment=SLIDE_EXPERIMENT,
     script:
@@ -173,6 +190,8 @@ rule slides_model_stain:
         f"{RESULTS}/{{slideset}}/models/{{model}}/fold_{{fold}}/stain.json",
     log:
         f"{RESULTS}/{{slideset}}/logs/slides_model_stain/{{model}}_{{fold}}.log",
+    conda:
+        "../../envs/wsi.yaml"
     shell:
         "cp {input} {output} 2> {log}"
 
@@ -191,7 +210,7 @@ rule slides_predict:
     benchmark:
         f"{RESULTS}/{{slideset}}/benchmarks/slides_predict/{{model}}_{{slide}}.tsv"
     conda:
-        "../../envs/train.yaml"
+        "../../envs/wsi.yaml"
     threads: 2
     resources:
         gpu=cfg_section("resources").get("gpu", 0),
@@ -216,7 +235,7 @@ rule slides_evaluate:
     log:
         f"{RESULTS}/{{slideset}}/logs/slides_evaluate/{{model}}_{{slide}}.log",
     conda:
-        "../../envs/evaluate.yaml"
+        "../../envs/wsi.yaml"
     params:
         slide=lambda w: SLIDE_PLANS[w.slideset].slides[w.slide],
         annotation=lambda w: SLIDE_PLANS[w.slideset].annotation(w.slide),
@@ -246,10 +265,12 @@ rule slides_aggregate:
     log:
         f"{RESULTS}/{{slideset}}/logs/slides_aggregate/{{model}}.log",
     conda:
-        "../../envs/evaluate.yaml"
+        "../../envs/wsi.yaml"
     params:
-        config=lambda w: {"slide_datasets": {w.slideset: config["slide_datasets"][w.slideset]},
-                          "models": {w.model: config["models"][w.model]}},
+        config=lambda w: {
+            "slide_datasets": {w.slideset: config["slide_datasets"][w.slideset]},
+            "models": {w.model: config["models"][w.model]},
+        },
         experiment=SLIDE_EXPERIMENT,
     script:
         "../scripts/slides_aggregate.py"
