@@ -203,3 +203,23 @@ def test_tiles_of_one_slide_at_an_mpp(demo, tmp_path):
     assert set(np.unique(y)) <= {0.0, 1.0, 2.0}
     with pytest.raises(ValueError, match="tiles.tile"):
         TileConfig(tile=8)
+
+
+def test_no_slide_in_two_splits_and_plan_matches_sheet(demo, tmp_path):
+    from medseg.wsi.plan import sheet_problems, slide_plan
+
+    cfg = {"source": str(demo), "classes": list(CLASSES), "split": {"test_fraction": 0.25, "val_fraction": 0.3}}
+    plan = slide_plan("demo", cfg)
+    rows = build_slide_sheet(demo / "slides", demo / "annotations", CLASSES, test_fraction=0.25, val_fraction=0.3)
+    assert {r["case_id"]: split_of(r) for r in rows} == dict(plan.splits)  # parse-time DAG == sheet
+    groups = [set(plan.ids(s)) for s in ("train", "val", "test")]
+    assert sum(map(len, groups)) == len(set().union(*groups)) == 4  # disjoint, every slide once
+    many = slide_plan("x", {"source": "demo", "classes": ["a"], "demo": {"n_slides": 40}}, str(tmp_path))
+    groups = [set(many.ids(s)) for s in ("train", "val", "test")]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert len(groups[2]) == 12 and all(groups)
+    write_sheet(rows[:1] + [{**rows[1], "problem": "unreadable"}] + rows[2:], tmp_path / "slides.tsv")
+    assert sheet_problems(tmp_path / "slides.tsv") == {rows[1]["case_id"]: "unreadable"}
+    assert rows[1]["case_id"] not in plan.without(sheet_problems(tmp_path / "slides.tsv")).ids(split_of(rows[1]))
+    with pytest.raises(ValueError, match="must be 'demo' or a folder with slides/"):
+        slide_plan("y", {"source": str(tmp_path / "nowhere"), "classes": ["a"]})
