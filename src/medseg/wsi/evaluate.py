@@ -36,9 +36,9 @@ def match_objects(ref: np.ndarray, pred: np.ndarray, min_object_px: int = 16, ob
     pred_ok = np.flatnonzero(pred_sizes[1:] >= min_object_px) + 1
     both = (ref_lab > 0) & (pred_lab > 0)
     pairs, inter = np.unique(np.stack([ref_lab[both], pred_lab[both]]), axis=1, return_counts=True)
-    detected, used = set(), set()
+    detected, used, ref_set, pred_set = set(), set(), set(ref_ok.tolist()), set(pred_ok.tolist())
     for (r, p), n in sorted(zip(pairs.T.tolist(), inter.tolist()), key=lambda t: -t[1]):
-        if r in detected or p in used or r not in set(ref_ok) or p not in set(pred_ok):
+        if r in detected or p in used or r not in ref_set or p not in pred_set:
             continue
         if n / (ref_sizes[r] + pred_sizes[p] - n) >= object_iou:
             detected.add(r)
