@@ -197,3 +197,37 @@ def test_cli_lists_unmatched_cases(tmp_path):
     with pytest.raises(InputError, match=r"no prediction .*\['A2'\].*no reference .*\['Z9'\]"):
         cli(["evaluate", "--pred", str(pred), "--ref", str(ref), "--json", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_same_grid_tolerance_is_the_shared_one(tmp_path):
+    """4 micrometres off (under 1 % of the smallest voxel, 0.5 mm) is the same grid for
+    evaluation as for the case sheet (it failed here at 1e-3 mm); 50 micrometres is not."""
+    ref = write(tmp_path / "ref.nii.gz", tumour())
+    near = write(tmp_path / "near.nii.gz", tumour(), origin=(0.0, 0.004, 0.0))
+    assert evaluate_case(near, ref, case_id="c")["regions"]["WT"]["dice"] == 1.0
+    far = write(tmp_path / "far.nii.gz", tumour(), origin=(0.0, 0.05, 0.0))
+    with pytest.raises(InputError, match=r"far\.nii\.gz and reference .*ref\.nii\.gz are not on the same voxel grid: origin"):
+        evaluate_case(far, ref, case_id="c")
+
+
+def test_cli_two_d_image_says_2d_not_corrupt(tmp_path):
+    """A 2-D label map (a slice in a sagittal plane) was "corrupt or truncated: -1 -0"."""
+    import nibabel as nib
+
+    ref = write(tmp_path / "a_seg.nii.gz", tumour())
+    sag = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]])
+    pred = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(tumour()[4].T.copy(), sag), str(pred))
+    with pytest.raises(InputError, match=r"case 'a', file .*slice\.nii\.gz: expected a 3-D image, got 2-D with size \(20, 16\)"):
+        cli(["evaluate", "--pred", str(pred), "--ref", str(ref), "--json", str(tmp_path / "r.json")])
+
+
+def test_truncated_reference_is_not_scored(tmp_path):
+    """A reference label map cut short was zero-filled and scored (Dice < 1 for an identical prediction)."""
+    lab = np.zeros((40, 48, 48), np.uint8)
+    lab[5:35, 8:40, 8:40] = np.random.default_rng(0).choice([1, 2, 4], size=(30, 32, 32))
+    pred = write(tmp_path / "pred.nii.gz", lab)
+    ref = write(tmp_path / "ref_seg.nii.gz", lab)
+    ref.write_bytes(ref.read_bytes()[: ref.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"case 'c', file .*ref_seg\.nii\.gz: .*truncated gzip data"):
+        evaluate_case(pred, ref, case_id="c")

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from medseg.io import InputError
 
-from test_cohort import MODS, make_case
+from test_cohort import make_case
 
 
 DISK_FULL = textwrap.dedent("""
@@ -102,7 +102,7 @@ def test_4d_image_is_caught_by_the_case_sheet(tmp_path):
     sitk.WriteImage(four_d, str(tmp_path / "four" / "four_t2.nii.gz"))
     build_case_sheet(brats_task("b", "2021"), discover(tmp_path).cases, {"four": {"split": "test", "fold": None}},
                      tmp_path / "cases.tsv")
-    with pytest.raises(InputError, match=r"four_t2\.nii\.gz: is 4-D .* expected 3-D.*exclude"):
+    with pytest.raises(InputError, match=r"four_t2\.nii\.gz: expected a 3-D image, got 4-D.*exclude"):
         case_row(tmp_path / "cases.tsv", "four")
 
 
@@ -146,3 +146,136 @@ def test_write_image_gzip_is_complete_readable_and_deterministic(tmp_path):
     assert back.GetDirection() == pytest.approx(img.GetDirection()) and back.GetSpacing() == pytest.approx(img.GetSpacing())
     assert nib.load(a).shape == (170, 160, 40)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz"]  # no raw temp left
+
+
+# ------------------------------------------------- degenerate images: a message naming case, file, check
+@pytest.mark.parametrize("value", [0.0, 50.0])
+def test_blank_scan_fails_n4_with_its_name_not_an_itk_traceback(tmp_path, value):
+    """All-zero / constant modality: was "ITK ERROR: ImageMomentsCalculator ... Total Mass of the
+    image was zero" (0) or "Zero-valued spacing is not supported" (50) from the atlas registration."""
+    from medseg.preprocess.n4 import N4Config
+    from medseg.preprocess.stages import n4_case
+
+    path = tmp_path / "BraTS2021_00013_flair.nii.gz"
+    img = sitk.GetImageFromArray(np.full((20, 24, 24), value, np.float32))
+    img.SetSpacing((3.0, 3.0, 3.0))
+    sitk.WriteImage(img, str(path))
+    with pytest.raises(InputError, match=rf"case 'BraTS2021_00013', file .*_flair\.nii\.gz: every voxel is {value:g}: a blank scan"):
+        n4_case("BraTS2021_00013", {"flair": str(path)}, {"flair": str(tmp_path / "n4.nii.gz")},
+                {"flair": str(tmp_path / "bias.nii.gz")}, N4Config())
+    assert not (tmp_path / "n4.nii.gz").exists()
+
+
+def test_non_finite_n4_result_fails_the_case(tmp_path, monkeypatch):
+    """A log field below -8.3 rounds to a field of 0 (multiples of 2^-12), so image / field is inf;
+    N4's output is checked before it is written."""
+    from medseg.preprocess import stages
+    from medseg.preprocess.n4 import N4Config
+
+    def n4_zero_corner(image, mask, cfg, transform):
+        field = sitk.GetArrayFromImage(image) * 0 + 1
+        field[:2, :2, :2] = 0.0
+        f = sitk.GetImageFromArray(field.astype(np.float32))
+        f.CopyInformation(image)
+        return sitk.Cast(image / f, sitk.sitkFloat32), f
+
+    monkeypatch.setattr(stages, "atlas_transform", lambda img, spacing: sitk.Transform(3, sitk.sitkIdentity))
+    monkeypatch.setattr(stages, "n4_correct", n4_zero_corner)
+    path = tmp_path / "BraTS2021_00014_t1.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((8, 16, 16)).astype(np.float32) + 1), str(path))
+    outs = {"t1": str(tmp_path / "n4.nii.gz")}, {"t1": str(tmp_path / "bias.nii.gz")}
+    with pytest.raises(InputError, match=r"case 'BraTS2021_00014', file .*_t1\.nii\.gz: N4 bias correction gave 8 "
+                                         r"bias-field voxels that are not finite and > 0 and 8 NaN or infinite voxels"):
+        stages.n4_case("BraTS2021_00014", {"t1": str(path)}, *outs, N4Config())
+    assert not list(tmp_path.glob("n4*")) and not list(tmp_path.glob("bias*"))
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_no_brain_left_fails_normalisation_naming_case_and_file(tmp_path, masked):
+    """An empty brain mask (or, without skull stripping, every modality all 0 after preprocessing)
+    was "ValueError: brain mask is empty: cannot normalise" with no case or file."""
+    from medseg.io import write_json
+    from medseg.preprocess.normalize import NormConfig
+    from medseg.preprocess.stages import normalize_case
+
+    rng = np.random.default_rng(0)
+    images = {}
+    for mod in ("t1", "flair"):
+        arr = np.zeros((6, 8, 8), np.float32) if not masked else rng.random((6, 8, 8)).astype(np.float32)
+        images[mod] = str(tmp_path / f"c7_{mod}.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(arr), images[mod])
+    mask = None
+    if masked:
+        mask = str(tmp_path / "c7_brain_mask.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 8, 8), np.uint8)), mask)
+    write_json({"folds": [{}]}, tmp_path / "normalizers.json")
+    match = (r"case 'c7', file .*c7_brain_mask\.nii\.gz: the brain mask is empty" if masked else
+             r"case 'c7', files \[.*c7_flair\.nii\.gz.*c7_t1\.nii\.gz'\]: every voxel is 0 in every modality")
+    with pytest.raises(InputError, match=match):
+        normalize_case("c7", images, mask, str(tmp_path / "normalizers.json"), str(tmp_path / "norm.npz"),
+                       NormConfig(method="zscore"))
+    assert not (tmp_path / "norm.npz").exists()
+
+
+# ------------------------------------------------------------- config checked at load, before any job
+def _config():
+    import yaml
+    from conftest import REPO
+
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_shipped_configs_pass_check_config():
+    import yaml
+    from conftest import REPO
+
+    from medseg.config_check import check_config
+
+    for path in (REPO / "config.yaml", *sorted((REPO / "tests" / "configs").glob("*.yaml"))):
+        check_config(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("training", "stpes", 10, r"unknown config key\(s\) \['training\.stpes'\]; valid: .*'steps'"),
+    ("training", "loss", "dice_bc", r"training\.loss must be one of \[.*'dice_bce'.*\], got 'dice_bc'"),
+    ("training", "schedule", "step", r"training\.schedule must be 'poly' or 'cosine'"),
+    ("training", "augment", {"flipp": 0.5}, r"\['training\.augment\.flipp'\]"),
+    ("inference", "overlapp", 0.5, r"\['inference\.overlapp'\]"),
+    ("preprocessing.n4", "maks", "brain", r"\['preprocessing\.n4\.maks'\]"),
+    ("preprocessing.n4", "mask", "head", r"n4\.mask must be one of"),
+    ("preprocessing.register", "atlas_spacing", 2.0, r"\['preprocessing\.register\.atlas_spacing'\]"),
+    ("preprocessing.skullstrip", "method", "bet", r"skullstrip\.method must be one of"),
+    ("preprocessing.skullstrip", "modality", "t1c", r"preprocessing\.skullstrip\.modality must be one of the modalities of dataset 'brats'"),
+    ("preprocessing.normalize", "method", "nyull", r"preprocessing\.normalize\.method for \w+ must be one of .*got .nyull."),
+    ("preprocessing.normalize", "method", {"flar": "zscore"}, r"preprocessing\.normalize\.method names modalities \['flar'\]"),
+    ("models.timm", "encoder", "resnet999", r"models\.timm\.encoder must be a timm model name, got 'resnet999'; did you mean one of \[.*'resnet18'.*\]"),
+    ("models.timm", "arch", "unet3d", r"models\.timm\.arch must be one of \['timm_unet'\]"),
+    ("models.timm", "decoder_chanels", [8], r"\['models\.timm\.decoder_chanels'\]"),
+])
+def test_config_errors_name_their_key_at_load(section, key, value, match, monkeypatch):
+    """Typos passed a dry run and failed after all preprocessing (training.stpes, resnet999 ...)."""
+    import timm
+
+    from medseg.config_check import check_config
+
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("check_config must not build a model"))
+    config = _config()
+    node = config
+    for k in section.split("."):
+        node = node.setdefault(k, {})
+    node[key] = value
+    with pytest.raises(ValueError, match=match):
+        check_config(config)
+
+
+def test_config_sections_that_are_not_mappings():
+    from medseg.config_check import check_config
+
+    config = _config()
+    config["training"] = 5
+    with pytest.raises(ValueError, match=r"config key training must be a mapping, got 5"):
+        check_config(config)
+    config = _config()
+    config["training"]["steps"] = "many"
+    with pytest.raises((ValueError, TypeError), match=r"training"):
+        check_config(config)

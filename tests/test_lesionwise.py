@@ -67,7 +67,7 @@ def test_prediction_near_but_not_touching_is_matched():
     r = lesionwise_region(ref, pred, ISO, "2023-glioma")
     assert (r["n_tp"], r["n_fn"], r["n_fp"]) == (1, 0, 0)
     assert r["dice"] == 0.0
-    assert r["hd95"] == pytest.approx(metrics.hd95(ref, pred, ISO, method="max_directed"))
+    assert r["hd95"] == pytest.approx(metrics.hd95(ref, pred, ISO, method="surfel"))
     assert r["hd95"] < 20
 
 
@@ -84,7 +84,8 @@ def test_edge_cases(ref_on, pred_on, dice, hd95, case):
 
 
 def test_registry_and_validation():
-    assert get_edition("2023-glioma") == Edition("2023-glioma", 3, 50, 374.0, "max_directed")
+    assert get_edition("2023-glioma") == Edition("2023-glioma", 3, 50, 374.0, "surfel", False)
+    assert all(EDITIONS[n].instancewise for n in EDITIONS if n.startswith("2026-"))
     assert (EDITIONS["2023-metastases"].dilation_voxels, EDITIONS["2023-metastases"].min_volume_mm3) == (1, 2)
     with pytest.raises(ValueError, match="2023-glioma.*2023-metastases"):
         get_edition("2019")
@@ -97,6 +98,7 @@ def test_registry_and_validation():
         lesionwise_metrics({"WT": ref}, {"TC": ref}, ISO)
     out = lesionwise_metrics({"WT": ref}, {"WT": ref}, ISO, "2023-pediatric")
     assert out["edition"]["name"] == "2023-pediatric" and out["regions"]["WT"]["dice"] == 1.0
+    assert out["units"]["hd95"] == "mm" and "instancewise" not in out["regions"]["WT"]
 
 
 # ---------------------------------------------------------------- naive oracle (full volume, no crops)

@@ -209,3 +209,35 @@ def test_pooled_matches_official_brats_evaluation():
         sp = (2.0, 0.7, 1.3)
         assert m.hd95(a, b, sp) == pytest.approx(_compute_hausdorff_distance95(a, b, voxelspacing=sp))
         assert m.assd(a, b, sp) == pytest.approx(_average_symmetric_surface_distance(a, b, voxelspacing=sp))
+
+
+# ---------------------------------------------------------------- surfel HD95 (BraTS 2023 scorer)
+def test_surfel_hd95_is_surface_distance_robust_hausdorff_on_the_whole_array():
+    """medseg crops before calling surface-distance; the result equals the uncropped call, also
+    for masks touching the array border (the equality with the BraTS 2023 script itself is in
+    tests/test_lesionwise_reference.py)."""
+    sd = pytest.importorskip("surface_distance")
+    for seed in range(3):
+        a, b = blobs(seed + 30)
+        a[0, :, :5] = True  # touches the border
+        sp = (2.0, 0.7, 1.3)
+        expected = sd.compute_robust_hausdorff(sd.compute_surface_distances(a, b, sp), 95)
+        assert m.hd95(a, b, sp, method="surfel") == pytest.approx(expected, rel=1e-12)
+        assert m.all_metrics(a, b, sp, hd95_method="surfel")["hd95"] == m.hd95(a, b, sp, method="surfel")
+
+
+def test_surfel_hd95_properties_and_edge_cases():
+    a, b = blobs(40)
+    sp = (1.5, 0.8, 1.1)
+    h = m.hd95(a, b, sp, method="surfel")
+    assert h > 0 and h == pytest.approx(m.hd95(b, a, sp, method="surfel"))  # symmetric
+    assert m.hd95(a, b, tuple(2 * s for s in sp), method="surfel") == pytest.approx(2 * h)  # scales with mm
+    assert m.hd95(a, a, sp, method="surfel") == 0.0
+    shifted = np.roll(box((12, 12, 12), slice(3, 8), slice(3, 8), slice(3, 8)), 2, axis=2)
+    cube = box((12, 12, 12), slice(3, 8), slice(3, 8), slice(3, 8))
+    assert m.hd95(cube, shifted, (1.0, 1.0, 0.5), method="surfel") == pytest.approx(1.0)  # 2 voxels of 0.5 mm
+    empty = np.zeros_like(a)
+    assert m.hd95(a, empty, sp, method="surfel", hd_max_mm=374.0) == 374.0
+    assert m.hd95(empty, empty, sp, method="surfel") == 0.0
+    with pytest.raises(ValueError, match="non-empty"):
+        m.surfel_hd95(a, empty, sp)

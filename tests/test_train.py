@@ -100,3 +100,104 @@ def test_one_tile_file_serves_every_fold(tmp_path):
         assert tiles.target(0).shape == (3, 6, 24, 20) and tiles.target(0)[0, 2:4, 5:9, 5:9].all()
     with pytest.raises(ValueError, match="fold 2"):
         TileSet([str(tmp_path / "c0.npy")], [str(tmp_path / "c0.json")], fold=2)
+
+
+# ------------------------------------------------------------- what a checkpoint was trained from
+FAST = TrainConfig(steps=4, batch_size=2, checkpoint_every=2, val_every=4, threads=1, warmup=1, device="cpu")
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    monkeypatch.setattr("medseg.train.plot_curves", lambda *a, **k: None)  # 1.4 s a run; not under test here
+
+
+def _fit(tiles, out, cfg=FAST, model=MODEL, stop_after=None):
+    """Train without validation cases (fast); return the final weights (or None if stopped early)."""
+    npys, jsons = tiles
+    train((npys[:2], jsons[:2]), ([], []), out, model, cfg, InferenceConfig(device="cpu"), TASK,
+          stop_after=stop_after)
+    return torch.load(out / "model.pt", weights_only=True)["state_dict"] if stop_after is None else None
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changed_training_config_retrains_instead_of_resuming(tmp_path, caplog, no_plots):
+    """Rerunning a finished fold with another lr "resumed" at its last step and trained nothing
+    (the old weights under the new config); now it starts fresh and gives exactly the weights of
+    a first run with the new config. (seed, loss ...: test_fingerprint_parts.)"""
+    import dataclasses
+
+    tiles = make_tiles(tmp_path)
+    old = _fit(tiles, tmp_path / "fold")
+    new_cfg = dataclasses.replace(FAST, lr=1e-2)
+    caplog.set_level("INFO", logger="medseg.train")
+    rerun = _fit(tiles, tmp_path / "fold", new_cfg)
+    assert f"checkpoint {tmp_path / 'fold' / 'checkpoint.pt'} was trained with a different training config: starting fresh" in caplog.text
+    assert not _same(rerun, old)
+    assert _same(rerun, _fit(tiles, tmp_path / "fresh", new_cfg))
+
+
+def test_changed_encoder_or_label_map_retrains(tmp_path, caplog, no_plots):
+    """A new encoder crashed in load_state_dict; a fixed training label map (its tile rewritten)
+    was ignored. Both start fresh now, saying why; an unchanged rerun resumes."""
+    tiles = make_tiles(tmp_path)
+    _fit(tiles, tmp_path / "fold")
+    caplog.set_level("INFO", logger="medseg.train")
+    other = ModelConfig(encoder="resnet14t", decoder_channels=(16, 16, 8, 8, 8))
+    before = _fit(tiles, tmp_path / "fold", model=other)
+    assert "was trained with a different model: starting fresh" in caplog.text
+    caplog.clear()
+    arr = np.load(tiles[0][1])
+    arr[-3:, :] = 1 - arr[-3:, :]  # the label channels of case c1, every slice: regions swapped with background
+    np.save(tiles[0][1], arr)
+    after = _fit(tiles, tmp_path / "fold", model=other)
+    assert "was trained with a different inputs: starting fresh" in caplog.text
+    assert not _same(after, before)
+    caplog.clear()
+    assert _same(_fit(tiles, tmp_path / "fold", model=other), after)
+    assert f"resuming from {tmp_path / 'fold' / 'checkpoint.pt'} at step {FAST.steps}" in caplog.text
+    assert "starting fresh" not in caplog.text
+
+
+def test_interrupted_run_resumes_with_matching_fingerprint(tmp_path, caplog, no_plots):
+    """Operational settings (checkpoint_every, device) may change between a kill and the
+    restart; the run still resumes, and ends with the weights of an uninterrupted one."""
+    import dataclasses
+
+    tiles = make_tiles(tmp_path)
+    _fit(tiles, tmp_path / "fold", stop_after=2)
+    caplog.set_level("INFO", logger="medseg.train")
+    resumed = _fit(tiles, tmp_path / "fold", dataclasses.replace(FAST, checkpoint_every=1, device="auto"))
+    assert f"resuming from {tmp_path / 'fold' / 'checkpoint.pt'} at step 2" in caplog.text
+    assert _same(resumed, _fit(tiles, tmp_path / "straight"))
+
+
+def test_fingerprint_parts(tmp_path):
+    import dataclasses
+    import os
+
+    from medseg.fingerprint import differences, fingerprint
+
+    npys, jsons = make_tiles(tmp_path, n=2)
+    files = [*npys, *jsons]
+    base = fingerprint(FAST, MODEL, files, {"fold": 0})
+    for change in ({"lr": 1e-2}, {"seed": 1}, {"loss": "jaccard"}, {"steps": 5},
+                   {"augment": dataclasses.replace(FAST.augment, flip=0.0)}):
+        assert differences(base, fingerprint(dataclasses.replace(FAST, **change), MODEL, files, {"fold": 0})) == \
+            ["training config"], change
+    for change in ({"threads": 2}, {"checkpoint_every": 1}, {"device": "cuda"}):  # where and how it runs
+        assert differences(base, fingerprint(dataclasses.replace(FAST, **change), MODEL, files, {"fold": 0})) == []
+    assert differences(base, fingerprint(FAST, dataclasses.replace(MODEL, encoder="resnet18"), files, {"fold": 0})) == ["model"]
+    assert differences(base, fingerprint(FAST, MODEL, files, {"fold": 1})) == ["inputs"]
+    assert differences(base, fingerprint(FAST, MODEL, files[::-1], {"fold": 0})) == ["inputs"]
+    assert differences(None, base) == ["training config", "model", "inputs"]  # a checkpoint from before fingerprints
+    # content counts, not the time stamp: a tile rewritten identically is the same input ...
+    np.save(npys[0], np.load(npys[0]))
+    os.utime(npys[0], ns=(1, 1))
+    assert differences(base, fingerprint(FAST, MODEL, files, {"fold": 0})) == []
+    # ... and a file with the size and mtime of the previous fingerprint is not hashed again
+    prev = fingerprint(FAST, MODEL, files, {"fold": 0})
+    prev["files"][npys[0]][2] = "0" * 64
+    assert fingerprint(FAST, MODEL, files, {"fold": 0}, previous=prev)["files"][npys[0]][2] == "0" * 64

@@ -2,6 +2,7 @@
 
 Unknown keys are errors that name the config path, lists become tuples, and nested dataclass
 fields are built recursively, so a typo never silently falls back to a default.
+:func:`check_config` builds all of them when the config is loaded, before any job runs.
 """
 from __future__ import annotations
 
@@ -34,3 +35,26 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _section(config: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any] | None:
+    node: Any = config
+    for i, k in enumerate(keys):
+        if node is None:
+            return None
+        if not isinstance(node, Mapping):
+            raise ValueError(f"config key {'.'.join(keys[:i]) or 'the config'} must be a mapping, got {node!r}")
+        node = node.get(k)
+    if node is not None and not isinstance(node, Mapping):
+        raise ValueError(f"config key {'.'.join(keys)} must be a mapping, got {node!r}")
+    return node
+
+
+def _build(cls: type[T], data: Mapping[str, Any] | None, path: str) -> T:
+    """:func:`from_mapping`, with every error (bad value, wrong type) naming the config key."""
+    try:
+        return from_mapping(cls, data, path + ".")
+    except (TypeError, ValueError) as e:
+        if path in str(e):
+            raise
+        raise ValueError(f"config {path}: {e}") from e

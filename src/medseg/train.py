@@ -1,7 +1,9 @@
 """Training loop: steps-based, resumable from atomic checkpoints, deterministic on CPU.
 
-Resuming: a checkpoint (model, optimiser, scheduler, AMP scaler, step, history) is written
-atomically every ``checkpoint_every`` steps; a restarted job continues from it. Batches are pure
+Resuming: a checkpoint (model, optimiser, scheduler, AMP scaler, step, history, and the
+:mod:`medseg.fingerprint` of the configs and tiles it was trained from) is written atomically
+every ``checkpoint_every`` steps; a restarted job continues from it if the fingerprint is
+unchanged, and starts fresh (logged) if the training config, the model or the inputs changed. Batches are pure
 functions of ``(seed, step)`` (:mod:`medseg.data`), so an interrupted-and-resumed run on CPU
 ends with the same weights as an uninterrupted one.
 """
@@ -24,6 +26,7 @@ from tqdm import tqdm
 from medseg import tracking
 from medseg.data import AugmentConfig, Prefetcher, TileSet, as_loss_target, make_batch
 from medseg.evaluate.metrics import dice
+from medseg.fingerprint import differences, fingerprint
 from medseg.io import atomic_path, write_json
 from medseg.losses import get_loss
 from medseg.models import ModelConfig, build_model
@@ -162,14 +165,21 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
     loss_fn = get_loss(cfg.loss)
     ckpt_path, history, best = out / "checkpoint.pt", [], {"dice_mean": -1.0, "step": -1}
     start = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+    ck = torch.load(ckpt_path, map_location=device, weights_only=True) if ckpt_path.exists() else {}
+    fp = fingerprint(cfg, mcfg, [*train_tiles[0], *train_tiles[1], *val_tiles[0], *val_tiles[1]],
+                     {"fold": fold, "task": task.to_dict()}, previous=ck.get("fingerprint"))
+    if ck and (changed := differences(ck.get("fingerprint"), fp)):
+        log.warning("checkpoint %s was trained with a different %s: starting fresh", ckpt_path, ", ".join(changed))
+        ck = {}
+    if ck:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         start, history, best = ck["step"], ck["history"], ck["best"]
         log.info("resuming from %s at step %d", ckpt_path, start)
+    else:
+        (out / "best_weights.pt").unlink(missing_ok=True)  # of another run: never the result of this one
     val_cases = []
     if val_tiles[0]:
         v = TileSet(*val_tiles, fold=fold)
@@ -213,7 +223,7 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
         tracking.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
         if done % cfg.checkpoint_every == 0 or done == end:
             _save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                   "scaler": scaler.state_dict(), "step": done, "history": history, "best": best}, ckpt_path)
+                   "scaler": scaler.state_dict(), "step": done, "history": history, "best": best, "fingerprint": fp}, ckpt_path)
         compute += time.perf_counter() - t0
         t_last = time.perf_counter()
         bar.update(1)

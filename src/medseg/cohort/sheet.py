@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medseg.cohort.sources import header, read_source
-from medseg.io import InputError, atomic_path, read_json, read_labels, write_json
+from medseg.io import InputError, atomic_path, check_header, grid_differences, read_json, read_labels, write_json
 from medseg.parallel import thread_map
 from medseg.tasks.definition import LabelError, Task
 from medseg.tasks.layouts.base import CaseFiles, check_case_id
@@ -35,8 +35,6 @@ from medseg.tasks.presets import brats_task, convention_mismatch, dataset_conven
 log = logging.getLogger(__name__)
 
 EXCLUDED = "excluded"
-GRID_ATOL_MM = 1e-3  # origin / spacing tolerance of "same grid" (NIfTI stores float32 offsets)
-DIRECTION_ATOL = 1e-4
 
 
 def columns(modalities: Sequence[str]) -> tuple[str, ...]:
@@ -61,19 +59,20 @@ def inspect_case(case: str, files: CaseFiles, modalities: Sequence[str], full: b
         ref = header(files.images[ref_mod], case, files.channels.get(ref_mod))
         grids = [(m, files.images[m], header(files.images[m], case, files.channels.get(m))) for m in modalities[1:]]
         if files.seg:
-            grids.append(("seg", files.seg, header(files.seg, case)))
+            grids.append(("seg", files.seg, check_header(files.seg, case)))
         for key, path, other in grids:
-            if other[0] != ref[0] or not np.allclose(other[1], ref[1], atol=GRID_ATOL_MM):
-                raise InputError(f"{Path(path).name} has grid {other[0]} @ {_r(other[1])} mm but "
-                                 f"{Path(files.images[ref_mod]).name} has {ref[0]} @ {_r(ref[1])} mm; "
+            diff = grid_differences(other, ref)
+            if any(d.startswith(("size", "spacing")) for d in diff):
+                raise InputError(f"{Path(path).name} has grid {other.size} @ {_r(other.spacing)} mm but "
+                                 f"{Path(files.images[ref_mod]).name} has {ref.size} @ {_r(ref.spacing)} mm; "
                                  "resample all modalities of a case onto one grid")
-            if (same_space or key == "seg") and not (np.allclose(other[2], ref[2], atol=GRID_ATOL_MM)
-                                                     and np.allclose(other[3], ref[3], atol=DIRECTION_ATOL)):
+            if (same_space or key == "seg") and diff:
                 why = ("the label map must lie on its images' grid" if key == "seg" else
                        "with steps.register off the modalities are stacked voxel by voxel, so they must share one "
                        "space; turn steps.register on, or resample them onto one grid")
-                raise InputError(f"{Path(path).name} has origin {_r(other[2])} and direction {_r(other[3])} but "
-                                 f"{Path(files.images[ref_mod]).name} has {_r(ref[2])} and {_r(ref[3])}: {why}")
+                raise InputError(f"{Path(path).name} has origin {_r(other.origin)} and direction {_r(other.direction)} "
+                                 f"but {Path(files.images[ref_mod]).name} has {_r(ref.origin)} and {_r(ref.direction)}: "
+                                 f"{why}")
         if full:
             for m in modalities:
                 read_source(files.images[m], case, files.channels.get(m))

@@ -6,12 +6,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.io import InputError, read_image
+from medseg.io import Grid, InputError, check_header, read_image
 
 
-def header(path: str | Path, case: str, channel: int | None = None) -> tuple[tuple[int, ...], tuple[float, ...],
-                                                                             tuple[float, ...], tuple[float, ...]]:
-    """(size, spacing, origin, direction) of the 3-D volume (channel ``channel`` of a 4-D file) from the header."""
+def header(path: str | Path, case: str, channel: int | None = None) -> Grid:
+    """The grid of a 3-D file (every header check of :func:`medseg.io.check_header`), or of
+    channel ``channel`` of a 4-D (Decathlon) file, from the header alone."""
+    if channel is None:
+        return check_header(path, case)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -23,12 +25,11 @@ def header(path: str | Path, case: str, channel: int | None = None) -> tuple[tup
         if not 0 <= channel < size[3]:
             raise InputError(f"case {case!r}, file {path}: has {size[3]} channels, channel {channel} was expected")
         d = np.array(reader.GetDirection()).reshape(4, 4)[:3, :3]
-        return size[:3], reader.GetSpacing()[:3], reader.GetOrigin()[:3], tuple(d.ravel())
-    if dim != 3 or (channel not in (None, 0) and dim == 3):
-        raise InputError(f"case {case!r}, file {path}: is {dim}-D with size {size}, expected 3-D"
-                         + (f" (or 4-D with channel {channel})" if channel is not None else "")
-                         + "; extract the volume you want before running medseg")
-    return size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+        return Grid(tuple(size[:3]), tuple(reader.GetSpacing()[:3]), tuple(reader.GetOrigin()[:3]), tuple(d.ravel()))
+    if dim != 3 or channel != 0:
+        raise InputError(f"case {case!r}, file {path}: is {dim}-D with size {size}, expected 4-D with channel "
+                         f"{channel} (or a 3-D file for a single-modality dataset)")
+    return check_header(path, case)
 
 
 def read_source(path: str | Path, case: str, channel: int | None = None, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
@@ -36,7 +37,7 @@ def read_source(path: str | Path, case: str, channel: int | None = None, pixel_t
     3-D volume of ``channel`` with the file's spatial geometry."""
     if channel is None:
         return read_image(path, case=case, pixel_type=pixel_type, source=True)
-    size, spacing, origin, direction = header(path, case, channel)
+    grid = header(path, case, channel)
     img = sitk.ReadImage(str(path))
     if img.GetDimension() == 3:
         return read_image(path, case=case, pixel_type=pixel_type, source=True)
@@ -49,7 +50,7 @@ def read_source(path: str | Path, case: str, channel: int | None = None, pixel_t
         raise InputError(f"case {case!r}, file {path}: channel {channel}: {int((~np.isfinite(arr)).sum())} voxels are "
                          "NaN or infinite; fix or re-export the scan")
     out = sitk.GetImageFromArray(arr.astype(np.float32))
-    out.SetSpacing(spacing)
-    out.SetOrigin(origin)
-    out.SetDirection(direction)
+    out.SetSpacing(grid.spacing)
+    out.SetOrigin(grid.origin)
+    out.SetDirection(grid.direction)
     return sitk.Cast(out, pixel_type)

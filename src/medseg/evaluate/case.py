@@ -17,30 +17,20 @@ import SimpleITK as sitk
 from medseg.evaluate import edge_cases as ec
 from medseg.evaluate import metrics
 from medseg.evaluate.lesionwise import lesionwise_metrics
-from medseg.io import InputError, read_labels
+from medseg.io import InputError, grid_differences, read_labels
 from medseg.tasks.definition import LabelError, Task
 from medseg.tasks.presets import brats_task, convention_mismatch
 
 log = logging.getLogger(__name__)
 
-SPACING_RTOL = 1e-4
-ORIGIN_ATOL_MM = 1e-3
-DIRECTION_ATOL = 1e-4
-
 
 def check_same_geometry(pred: sitk.Image, ref: sitk.Image, pred_path: str | Path, ref_path: str | Path) -> None:
-    """Raise :class:`InputError` naming both files unless size, spacing, origin and direction agree.
+    """Raise :class:`InputError` naming both files unless the two are on the same voxel grid.
 
-    Tolerances: spacing relative 1e-4, origin 1e-3 mm, direction cosines 1e-4.
+    Same grid: :func:`medseg.io.grid_differences` (size equal; spacing, origin and direction
+    within :data:`medseg.io.GRID_TOLERANCE_VOXELS` of a voxel), the test the case sheet uses too.
     """
-    checks = [
-        ("size", pred.GetSize(), ref.GetSize(), lambda a, b: a == b),
-        ("spacing (mm)", pred.GetSpacing(), ref.GetSpacing(), lambda a, b: np.allclose(a, b, rtol=SPACING_RTOL, atol=0)),
-        ("origin (mm)", pred.GetOrigin(), ref.GetOrigin(), lambda a, b: np.allclose(a, b, rtol=0, atol=ORIGIN_ATOL_MM)),
-        ("direction", pred.GetDirection(), ref.GetDirection(), lambda a, b: np.allclose(a, b, rtol=0, atol=DIRECTION_ATOL)),
-    ]
-    bad = [f"{name} {tuple(round(x, 6) for x in a)} vs {tuple(round(x, 6) for x in b)}"
-           for name, a, b, same in checks if not same(a, b)]
+    bad = grid_differences(pred, ref)
     if bad:
         raise InputError(f"prediction {pred_path} and reference {ref_path} are not on the same voxel grid: "
                          + "; ".join(bad) + " (prediction vs reference); resample the prediction onto the reference")

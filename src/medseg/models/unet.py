@@ -3,7 +3,10 @@
 Input ``(B, C, H, W)`` with ``C = modalities x context slices`` (2-D / 2.5-D); output logits
 ``(B, K, H, W)``: K regions (WT, TC, ET; sigmoid) or K labels (softmax). Inputs whose size is not
 a multiple of the encoder's total stride are padded (reflect) and the output cropped back.
-Optional deep supervision returns extra logits from coarser decoder stages (Kayalibay et al.).
+Optional deep supervision returns extra logits from coarser decoder stages, each trained with its
+own weighted auxiliary loss (deeply-supervised nets, Lee et al. 2015; nnU-Net). This is *not*
+Kayalibay et al. (seed 004), whose network sums upsampled segmentation maps into one output:
+that is ``unet3d`` (``medseg.models.unet3d``).
 """
 from __future__ import annotations
 
@@ -40,6 +43,16 @@ class ModelConfig:
     deep_supervision: bool = False
     extra: dict = field(default_factory=dict)
 
+    @property
+    def spatial_dims(self) -> int:
+        """2: slices (2-D) or slices with context channels (2.5-D)."""
+        return 2
+
+    @property
+    def patch_size(self) -> tuple[int, ...] | None:
+        """None: the model sees whole slices (inference windows come from ``inference.patch_size``)."""
+        return None
+
 
 class ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
@@ -50,9 +63,14 @@ class ConvBlock(nn.Sequential):
 
 
 class TimmUNet(nn.Module):
+    default_loss = "dice_bce"
+    default_blending = "gaussian"
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.spatial_dims = cfg.spatial_dims
+        self.patch_size = cfg.patch_size
         try:
             self.encoder = timm.create_model(cfg.encoder, features_only=True, pretrained=False, in_chans=cfg.in_channels, **cfg.extra)
         except (RuntimeError, ValueError) as e:

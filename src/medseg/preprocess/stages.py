@@ -44,13 +44,15 @@ def resample_to_spacing(image: sitk.Image, spacing_mm: Sequence[float], interpol
 
 def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_fields: dict[str, str],
             cfg: N4Config | None, qc_png: str | None = None, truth_dir: str | None = None,
-            channels: Mapping[str, int] | None = None, spacing_mm: Sequence[float] | None = None) -> dict:
+            channels: Mapping[str, int] | None = None, spacing_mm: Sequence[float] | None = None,
+            orientation: str | None = None) -> dict:
     """N4-correct every modality of ``case`` (``cfg=None``: copy, unit field). Returns QC metrics.
 
     The first stage to read the source scans: ``channels`` picks each modality's channel of a
-    4-D (Decathlon) file; ``spacing_mm`` resamples every modality to that voxel size (the
-    generic recipe's working grid; ``None`` keeps the native grid). Predictions return to the
-    native grid at the end.
+    4-D (Decathlon) file; ``orientation`` (e.g. ``"LPS"``) reorders the axes losslessly so every
+    case's slices have the same anatomical direction (the working space without registration);
+    ``spacing_mm`` resamples every modality to that voxel size (``None`` keeps the grid).
+    Predictions return to the native grid at the end, through physical coordinates.
 
     Per modality: ``cv_wm_before`` / ``cv_wm_after``, the coefficient of variation in deep white
     matter (registered ICBM152 WM probability >= 0.9, outliers such as tumour dropped; the same
@@ -65,6 +67,8 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
         truth_dir = None  # a truth folder of some other cohort (e.g. the demo's, left beside real data)
     for mod, path in images.items():
         img = read_source(path, case, (channels or {}).get(mod))  # the first stage to read the scans
+        if orientation is not None:
+            img = sitk.DICOMOrient(img, orientation)
         if spacing_mm is not None:
             img = resample_to_spacing(img, spacing_mm)
         wm = None
@@ -80,7 +84,11 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
             log.info("%s %s: foreground CV %.4f -> %.4f", case, mod, qc[mod]["cv_fg_before"], qc[mod]["cv_fg_after"])
         else:
             tfm = atlas_transform(img, cfg.register_spacing_mm)
-            corrected, field = n4_correct(img, None, cfg, transform=tfm)
+            try:
+                corrected, field = n4_correct(img, None, cfg, transform=tfm)
+            except ValueError as e:  # e.g. a fitting mask of a few voxels
+                raise InputError(f"case {case!r}, file {path}: N4 bias correction failed: {e}") from e
+            _check_n4(case, path, corrected, field)
             wm = white_matter_mask(corrected, tfm)
             qc[mod] = {"cv_wm_before": coefficient_of_variation(img, wm), "cv_wm_after": coefficient_of_variation(corrected, wm),
                        "wm_ml": float(sitk.GetArrayViewFromImage(wm).sum() * np.prod(img.GetSpacing()) / 1000)}
@@ -100,6 +108,17 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
             n4_qc(img, corrected, field, qc_png, title=f"{case} {mod} N4" + ("" if cfg else " (off)"), mask=wm,
                   mask_name="deep WM" if cfg is not None and cfg.mask == "brain" else "foreground")
     return qc
+
+
+def _check_n4(case: str, path: str, corrected: sitk.Image, field: sitk.Image) -> None:
+    """Raise InputError naming case and file if N4's field is not finite and > 0 everywhere or the
+    corrected image holds NaN/inf (a log field below -8.3 rounds to a field of 0, ``image / 0``)."""
+    f, c = sitk.GetArrayViewFromImage(field), sitk.GetArrayViewFromImage(corrected)
+    bad_field, bad_image = int((~(np.isfinite(f) & (f > 0))).sum()), int((~np.isfinite(c)).sum())
+    if bad_field or bad_image:
+        raise InputError(f"case {case!r}, file {path}: N4 bias correction gave {bad_field} bias-field voxels that are "
+                         f"not finite and > 0 and {bad_image} NaN or infinite voxels in the corrected image; check "
+                         "the scan (is it a head? the N4 QC image), or turn steps.n4 off for this dataset")
 
 
 def register_case(case: str, images: dict[str, str], seg: str | None, reference: str, out_images: dict[str, str],
@@ -213,14 +232,19 @@ def _load(case: str, images: dict[str, str], mask: str | None) -> tuple[dict[str
     return arrays, brain
 
 
+def _check_brain(case: str, brain: np.ndarray, images: Mapping[str, str], mask: str | None) -> None:
+    """Raise InputError naming the case and the files if there is no brain left to normalise."""
+    if not brain.any():
+        raise InputError(f"case {case!r}, file {mask}: the brain mask is empty: no brain voxels to compute intensity "
+                         "statistics on or normalise (check the skull-stripping QC image)" if mask else
+                         f"case {case!r}, files {sorted(images.values())}: every voxel is 0 in every modality: no "
+                         "brain voxels to compute intensity statistics on or normalise")
+
+
 def case_quantiles(case: str, images: dict[str, str], mask: str | None) -> dict:
     """The case's intensity quantiles inside its brain (what fitting a fold reads)."""
     arrays, brain = _load(case, images, mask)
-    if not brain.any():
-        raise InputError(f"case {case}: brain mask {mask} is empty: cannot compute intensity statistics "
-                         "(check the skull-stripping QC image)" if mask else
-                         f"case {case}: every voxel of {sorted(images.values())} is 0: nothing to compute "
-                         "intensity statistics on")
+    _check_brain(case, brain, images, mask)
     return {"case": case, **brain_quantiles(arrays, brain)}
 
 
@@ -290,6 +314,7 @@ def normalized_arrays(case: str, images: dict[str, str], mask: str | None, model
     nearest neighbour).
     """
     arrays, brain = _load(case, images, mask)
+    _check_brain(case, brain, images, mask)
     folds = []
     for model in fold_models(model_jsons):
         norm = normalize(arrays, brain, model, cfg)

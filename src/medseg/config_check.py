@@ -1,0 +1,78 @@
+"""Checking a whole workflow config at load, before any job runs (called from ``common.smk``).
+
+Kept apart from :mod:`medseg.config` because it imports every stage's config (torch, timm):
+the jobs' own imports, and their conda envs, stay small.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from medseg.config import _build, _section
+
+
+def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = None) -> None:
+    """Build every typed config the workflow's jobs will build, so a bad key fails at load.
+
+    ``training`` (TrainConfig, whose loss must be in :data:`medseg.losses.LOSSES`),
+    ``inference``, ``models.<key>`` (arch in the model registry; encoder a timm model name,
+    looked up with ``timm.is_model``, nothing built), ``preprocessing.normalize`` (a method per
+    modality of every dataset, no method for a modality no dataset has), ``preprocessing.n4``,
+    ``preprocessing.register``, ``preprocessing.skullstrip`` (its modality one of each skull-
+    stripped dataset's modalities). ``plans``: the datasets' :class:`~medseg.cohort.plan.DatasetPlan`
+    (their tasks' modalities and recipes); built from the config when not given.
+
+    Raises:
+        ValueError: naming the config key (``training.stpes``, ``models.unet.encoder`` ...) and,
+            where there is a list, the valid values or the closest ones.
+    """
+    import timm
+
+    from medseg.models import REGISTRY, ModelConfig
+    from medseg.preprocess.n4 import N4Config
+    from medseg.preprocess.normalize import NormConfig
+    from medseg.preprocess.register import RegConfig
+    from medseg.preprocess.skullstrip import SkullstripConfig
+    from medseg.train import TrainConfig
+    from medseg.volume_inference import InferenceConfig
+
+    for cls, keys in ((TrainConfig, ("training",)), (InferenceConfig, ("inference",)),
+                      (N4Config, ("preprocessing", "n4")), (RegConfig, ("preprocessing", "register"))):
+        _build(cls, _section(config, keys), ".".join(keys))
+    models = _section(config, ("models",)) or {}
+    for key, mapping in models.items():
+        path = f"models.{key}"
+        if not isinstance(mapping, Mapping):
+            raise ValueError(f"config key {path} must be a mapping, got {mapping!r}")
+        mcfg = _build(ModelConfig, mapping, path)
+        if mcfg.arch not in REGISTRY:
+            raise ValueError(f"{path}.arch must be one of {sorted(REGISTRY)}, got {mcfg.arch!r}")
+        if not timm.is_model(mcfg.encoder):
+            close = difflib.get_close_matches(mcfg.encoder, timm.list_models(), n=5, cutoff=0.6)
+            raise ValueError(f"{path}.encoder must be a timm model name, got {mcfg.encoder!r}"
+                             + (f"; did you mean one of {close}?" if close else "")
+                             + " (python -c 'import timm; print(timm.list_models())' lists them)")
+    datasets = _section(config, ("datasets",)) or {}
+    if plans is None:
+        from medseg.cohort.plan import dataset_plan
+
+        plans = {name: dataset_plan(name, dict(d)) for name, d in datasets.items() if isinstance(d, Mapping)}
+    modalities = {name: list(p.modalities) for name, p in plans.items()}
+    every = sorted({m for mods in modalities.values() for m in mods})
+    norm = _build(NormConfig, _section(config, ("preprocessing", "normalize")), "preprocessing.normalize")
+    try:
+        for m in every or ["any"]:
+            norm.method_for(m)
+    except ValueError as e:
+        raise ValueError(f"preprocessing.{e}") from e
+    if isinstance(norm.method, Mapping) and every and (unknown := sorted(set(norm.method) - set(every))):
+        raise ValueError(f"preprocessing.normalize.method names modalities {unknown} that no dataset has "
+                         f"(datasets' modalities: {every})")
+    skull = _build(SkullstripConfig, _section(config, ("preprocessing", "skullstrip")), "preprocessing.skullstrip")
+    for name, mods in modalities.items():
+        steps = datasets[name].get("steps") or {}
+        on = steps.get("skullstrip", plans[name].task.recipe == "brain")
+        if mods and on and skull.method != "nonzero" and skull.modality not in mods:
+            raise ValueError(f"preprocessing.skullstrip.modality must be one of the modalities of dataset {name!r} "
+                             f"{mods} (it has steps.skullstrip on), got {skull.modality!r}")
