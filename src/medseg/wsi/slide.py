@@ -55,16 +55,16 @@ def base_mpp(slide: tiffslide.TiffSlide) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def slide_level(slide: tiffslide.TiffSlide, level: int) -> SlideLevel:
-    """Describe pyramid level ``level`` of ``slide``."""
+def slide_level(slide: tiffslide.TiffSlide, level: int, mpp0: float | None = None) -> SlideLevel:
+    """Describe pyramid level ``level`` of ``slide`` (``mpp0`` overrides the slide's level-0 mpp)."""
     width, height = slide.level_dimensions[level]
     downsample = float(slide.level_downsamples[level])
-    mpp0 = base_mpp(slide)
+    mpp0 = base_mpp(slide) if mpp0 is None else mpp0
     return SlideLevel(level, int(height), int(width), downsample, None if mpp0 is None else mpp0 * downsample)
 
 
 def select_level(slide: tiffslide.TiffSlide, path: str | Path, level: int | None = None,
-                 mpp: float | None = None) -> SlideLevel:
+                 mpp: float | None = None, mpp0: float | None = None) -> SlideLevel:
     """Pick the pyramid level to process: by index, by microns per pixel (nearest level), or level 0.
 
     Args:
@@ -73,6 +73,7 @@ def select_level(slide: tiffslide.TiffSlide, path: str | Path, level: int | None
         level: pyramid index; exclusive with ``mpp``.
         mpp: wanted microns per pixel; the nearest available level is used (a warning is logged
             when it differs by more than 10 %; no resampling is done).
+        mpp0: level-0 microns per pixel overriding the slide's metadata (``datasets.<name>.mpp``).
 
     Raises:
         ValueError: both or invalid ``level``/``mpp``, or ``mpp`` requested for a slide without mpp.
@@ -82,15 +83,15 @@ def select_level(slide: tiffslide.TiffSlide, path: str | Path, level: int | None
     if level is not None:
         if not 0 <= level < slide.level_count:
             raise ValueError(f"level must be in [0, {slide.level_count - 1}] for slide {path}, got {level}")
-        return slide_level(slide, level)
+        return slide_level(slide, level, mpp0)
     if mpp is None:
-        return slide_level(slide, 0)
+        return slide_level(slide, 0, mpp0)
     if not mpp > 0:
         raise ValueError(f"mpp must be > 0, got {mpp}")
-    if base_mpp(slide) is None:
+    if mpp0 is None and base_mpp(slide) is None:
         raise ValueError(f"mpp={mpp} was requested but slide {path} has no microns-per-pixel metadata; "
-                         "use --level instead")
-    levels = [slide_level(slide, i) for i in range(slide.level_count)]
+                         "use --level instead, or give the level-0 mpp (datasets.<name>.mpp, --slide-mpp)")
+    levels = [slide_level(slide, i, mpp0) for i in range(slide.level_count)]
     best = min(levels, key=lambda lv: abs(np.log(lv.mpp / mpp)))
     if abs(best.mpp - mpp) > MPP_TOLERANCE * mpp:
         log.warning("slide %s: requested %.3f mpp, nearest level %d has %.3f mpp (used as is)",

@@ -7,14 +7,19 @@ a batch of windows and a zarr chunk whatever the slide size. Outputs, in ``out_d
 * ``probabilities.zarr``: group with arrays ``"0"``, ``"1"``, ... (each level 2x smaller), each
   ``(K, H, W)`` float32, with ``multiscales`` metadata and the level's microns per pixel;
 * ``probabilities.ome.tif``: the same map as uint8 (probability x 255), tiled (256) pyramidal
-  BigTIFF with SubIFD levels, one page per channel, openable in QuPath.
+  BigTIFF with SubIFD levels, one page per channel, openable in QuPath;
+* ``predictions.geojson`` (when class names are given): the predicted classes as QuPath
+  polygons (see :mod:`medseg.wsi.outputs`).
+
+With a stain target, each slide's colours are normalised (its own stain parameters estimated
+once from its tissue) before the predictor sees them, as its training tiles were.
 """
 from __future__ import annotations
 
 import logging
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +35,8 @@ from medseg.stitch.geometry import check_overlap, compute_windows, windows_touch
 from medseg.stitch.inference import Predictor, batched, check_batch_size
 from medseg.stitch.weights import check_mode
 from medseg.wsi.slide import SlideLevel, open_slide, read_region, select_level
+from medseg.wsi.stain import StainTarget
+from medseg.wsi.tiles import slide_normalizer
 from medseg.wsi.tissue import tissue_mask
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ class SlideStitchConfig:
     tissue_method: str = "auto"
     chunk: int = 1024
     device: str | None = None
+    slide_mpp: float | None = None
 
     def __post_init__(self) -> None:
         if self.tile < 16:
@@ -64,7 +72,9 @@ class SlideStitchConfig:
 
 
 def stitch_slide(slide_path: str | Path, out_dir: str | Path, predictor: Predictor,
-                 config: SlideStitchConfig = SlideStitchConfig(), progress: bool = False) -> dict:
+                 config: SlideStitchConfig = SlideStitchConfig(), progress: bool = False,
+                 stain: StainTarget | None = None, classes: Sequence[str] | None = None,
+                 kind: str = "labels") -> dict:
     """Predict every tissue window of a slide and write the stitched map to zarr and a pyramidal TIFF.
 
     Args:
@@ -72,8 +82,11 @@ def stitch_slide(slide_path: str | Path, out_dir: str | Path, predictor: Predict
         out_dir: output folder (created); see the module docstring for its contents.
         predictor: maps ``(B, 3, tile, tile)`` RGB float in [0, 1] to ``(B, K, tile, tile)``
             probabilities; runs on ``config.device``.
-        config: tiling parameters.
+        config: tiling parameters (``slide_mpp`` overrides the slide's level-0 mpp).
         progress: tqdm progress bar over windows.
+        stain: stain normalisation target (from the training slides) applied to every window.
+        classes: class names; when given, also write ``predictions.geojson``.
+        kind: ``labels`` (softmax output, channel 0 background) or ``regions`` (sigmoid).
 
     Returns:
         Summary: level index, its shape and mpp, number of windows run, pyramid levels, output paths.
@@ -86,10 +99,11 @@ def stitch_slide(slide_path: str | Path, out_dir: str | Path, predictor: Predict
     zarr_path = out_dir / ZARR_NAME
     try:
         with open_slide(slide_path) as slide:
-            level, n_windows = _predict_tissue(slide, slide_path, partial, predictor, config, progress)
+            level, n_windows = _predict_tissue(slide, slide_path, partial, predictor, config, progress, stain)
         group = zarr.open_group(str(partial), mode="a")
         levels = build_pyramid(group, config.chunk)
-        group.attrs.update(multiscales_metadata(levels, level), source=str(slide_path), config=asdict(config))
+        group.attrs.update(multiscales_metadata(levels, level), source=str(slide_path), config=asdict(config),
+                           slide_downsample=level.downsample, stain=stain.method if stain else None)
         shutil.rmtree(zarr_path, ignore_errors=True)
         partial.rename(zarr_path)
     finally:
@@ -97,19 +111,25 @@ def stitch_slide(slide_path: str | Path, out_dir: str | Path, predictor: Predict
     tiff_path = out_dir / TIFF_NAME
     with atomic_path(tiff_path) as tmp:
         write_pyramid_tiff(zarr.open_group(str(zarr_path), mode="r"), tmp, levels, level.mpp)
-    return {"slide": str(slide_path), "level": level.level, "shape": [level.height, level.width], "mpp": level.mpp,
-            "windows": n_windows, "zarr": str(zarr_path), "tiff": str(tiff_path), "levels": levels}
+    summary = {"slide": str(slide_path), "level": level.level, "shape": [level.height, level.width], "mpp": level.mpp,
+               "windows": n_windows, "zarr": str(zarr_path), "tiff": str(tiff_path), "levels": levels}
+    if classes is not None:
+        from medseg.wsi.outputs import GEOJSON_NAME, write_prediction_geojson
+
+        summary["geojson"] = write_prediction_geojson(zarr_path, out_dir / GEOJSON_NAME, classes, kind)
+    return summary
 
 
 def _predict_tissue(slide, slide_path: Path, partial: Path, predictor: Predictor, config: SlideStitchConfig,
-                    progress: bool) -> tuple[SlideLevel, int]:
+                    progress: bool, stain: StainTarget | None = None) -> tuple[SlideLevel, int]:
     """Run the predictor over the tissue windows into a zarr group at ``partial``; return level and count."""
-    level = select_level(slide, slide_path, config.level, config.mpp)
+    level = select_level(slide, slide_path, config.level, config.mpp, config.slide_mpp)
     shape, patch = (level.height, level.width), (config.tile, config.tile)
     if config.tile > min(shape):
         raise ValueError(f"tile ({config.tile}) must fit in level {level.level} of {slide_path} ({shape}); "
                          "lower --tile or choose a finer level")
     mask, mask_scale = tissue_mask(slide, config.tissue_method)
+    normalizer = slide_normalizer(slide, slide_path, level, stain, config.tissue_method) if stain else None
     windows = np.asarray(compute_windows(shape, patch, config.overlap))
     windows = windows[windows_touching(mask, windows, patch, mask_scale / level.downsample)]
     if len(windows) == 0:
@@ -126,6 +146,8 @@ def _predict_tissue(slide, slide_path: Path, partial: Path, predictor: Predictor
     with torch.inference_mode(), tqdm(total=len(windows), unit="win", disable=not progress) as bar:
         for locs in batched(windows, config.batch_size):
             tiles = np.stack([read_region(slide, level, int(y), int(x), config.tile, config.tile) for y, x in locs])
+            if normalizer is not None:
+                tiles = normalizer(tiles)
             batch = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(device, torch.float32).div_(255.0)
             acc.add_batch(predictor(batch), locs)
             bar.update(len(locs))

@@ -1,0 +1,109 @@
+"""The slide case sheet (``slides.tsv``): one row per slide with its files, split, mpp and problem.
+
+Splits are by slide (:func:`medseg.cohort.splits.assign_splits` on slide ids), never by tile, so
+no slide contributes to two splits. As for MRI cases, a slide's problem (unreadable file, no
+microns-per-pixel, missing or invalid annotations) goes in its ``problem`` column instead of
+stopping the sheet; the workflow leaves such slides out and lists them with the reason.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from medseg.cohort.splits import assign_splits
+from medseg.io import InputError, atomic_path
+from medseg.wsi.annotations import check_annotations
+from medseg.wsi.slide import base_mpp, open_slide
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("case_id", "split", "fold", "slide", "annotation", "mpp", "width", "height", "problem")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
+NO_MPP = ("has no microns-per-pixel metadata: set datasets.<name>.mpp (microns per level-0 pixel) in the "
+          "config, or write it into the file (TIFF XResolution/YResolution in pixels per centimetre)")
+
+
+def slide_mpp(slide_path: str | Path, mpp_override: float | None = None) -> float:
+    """Level-0 microns per pixel: ``mpp_override`` if given, else the slide's metadata.
+
+    Raises:
+        ValueError: the slide has none and no override is given (the message says how to set it).
+    """
+    if mpp_override is not None:
+        if not mpp_override > 0:
+            raise ValueError(f"datasets.<name>.mpp must be > 0, got {mpp_override}")
+        return float(mpp_override)
+    with open_slide(slide_path) as slide:
+        mpp = base_mpp(slide)
+    if mpp is None:
+        raise ValueError(f"slide {slide_path} {NO_MPP}")
+    return mpp
+
+
+def inspect_slide(slide_path: Path, annotation: Path | None, classes: Sequence[str],
+                  mpp_override: float | None = None, ignore: Sequence[str] = ()) -> dict:
+    """Sheet row of one slide (without split); problems are recorded, not raised."""
+    row = {"case_id": slide_path.stem, "slide": str(slide_path), "annotation": str(annotation or ""),
+           "mpp": "", "width": "", "height": "", "problem": ""}
+    try:
+        with open_slide(slide_path) as slide:
+            width, height = slide.dimensions
+        row.update(width=int(width), height=int(height))
+        row["mpp"] = slide_mpp(slide_path, mpp_override)
+        if annotation is None or not annotation.exists():
+            raise InputError(f"slide {slide_path} has no annotation file ({annotation or 'none given'})")
+        check_annotations(annotation, classes, (int(height), int(width)), ignore)
+    except (InputError, ValueError) as e:
+        row["problem"] = str(e)
+        log.warning("slide %s: %s", slide_path.name, e)
+    return row
+
+
+def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes: Sequence[str], *,
+                      test_fraction: float = 0.25, val_fraction: float = 0.15, n_folds: int = 1, seed: int = 0,
+                      mpp_override: float | None = None, ignore: Sequence[str] = ()) -> list[dict]:
+    """One row per slide file in ``slide_dir`` (annotation ``<annotation_dir>/<id>.geojson``).
+
+    Split columns follow the MRI case sheet: ``split`` is ``train`` or ``test``; within train,
+    ``fold`` is the fold the slide validates (``None``: trains every fold).
+
+    Raises:
+        InputError: no slide files in ``slide_dir``.
+    """
+    slide_dir, annotation_dir = Path(slide_dir), Path(annotation_dir)
+    paths = sorted(p for p in slide_dir.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES) if slide_dir.is_dir() else []
+    if not paths:
+        raise InputError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in {slide_dir}")
+    rows = [inspect_slide(p, annotation_dir / f"{p.stem}.geojson", classes, mpp_override, ignore) for p in paths]
+    splits = assign_splits([r["case_id"] for r in rows], test_fraction, n_folds, val_fraction, seed)
+    for r in rows:
+        r.update(splits[r["case_id"]])
+    return rows
+
+
+def split_of(row: dict) -> str:
+    """``train``, ``val`` (fold 0's validation with one fold) or ``test``."""
+    if row["split"] == "test":
+        return "test"
+    return "val" if row.get("fold") not in (None, "") and int(row["fold"]) == 0 else "train"
+
+
+def write_sheet(rows: Sequence[dict], path: str | Path) -> None:
+    """Write rows as TSV with :data:`COLUMNS`."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, delimiter="\t", extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in COLUMNS})
+
+
+def read_sheet(path: str | Path) -> list[dict]:
+    """Rows of a sheet written by :func:`write_sheet` (``fold`` int or None, ``mpp`` float or None)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    for r in rows:
+        r["fold"] = int(r["fold"]) if r["fold"] else None
+        r["mpp"] = float(r["mpp"]) if r["mpp"] else None
+    return rows

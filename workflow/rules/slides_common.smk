@@ -1,0 +1,64 @@
+# Slide datasets (slide_datasets.<name>): parse-time plans (slide ids, files, splits by slide),
+# wildcard constraints and input functions of workflow/rules/slides.smk.
+from medseg.wsi.plan import sheet_problems as slide_sheet_problems
+from medseg.wsi.plan import slide_plan
+
+SLIDE_PLANS = {
+    name: slide_plan(name, ds, RESULTS)
+    for name, ds in config.get("slide_datasets", {}).items()
+}
+SLIDE_SHEET = f"{RESULTS}/{{slideset}}/slides.tsv"
+SLIDE_TASK = f"{RESULTS}/{{slideset}}/task.json"
+SLIDE_STAIN = f"{RESULTS}/{{slideset}}/stain.json"
+SLIDE_EXPERIMENT = (
+    config.get("tracking", {})
+    .get("experiment_prefix", "medseg-")
+    .replace("{", "{{")
+    .replace("}", "}}")
+    + "{slideset}"
+)
+
+
+wildcard_constraints:
+    slideset="|".join(SLIDE_PLANS) or "NO_MATCH",
+    slide=r"[^/]+",
+
+
+def slide_cfg(w, *keys):
+    node = config["slide_datasets"][w.slideset]
+    for k in keys:
+        node = node.get(k, {}) if isinstance(node, dict) else {}
+    return node
+
+
+def slides_usable(w):
+    """The plan minus the slides the sheet found unusable (rules listing slides take the sheet as input)."""
+    return SLIDE_PLANS[w.slideset].without(
+        slide_sheet_problems(SLIDE_SHEET.format(slideset=w.slideset))
+    )
+
+
+def slide_source(w):
+    """The demo's manifest (its files come from slides_demo), else nothing (real files are read)."""
+    p = SLIDE_PLANS[w.slideset]
+    return [f"{RESULTS}/{w.slideset}/demo/demo.json"] if p.demo else []
+
+
+def slide_files(w, split):
+    """Files of the usable slides of a split (the demo's manifest stands for its slides)."""
+    p = slides_usable(w)
+    return slide_source(w) if p.demo else [p.slides[s] for s in p.ids(split)]
+
+
+def slide_tiles(w, split):
+    return [
+        f"{RESULTS}/{w.slideset}/tiles/{s}.npy" for s in slides_usable(w).ids(split)
+    ]
+
+
+def all_slide_results():
+    return expand(
+        f"{RESULTS}/{{slideset}}_{{model}}.json",
+        slideset=SLIDE_PLANS,
+        model=config["models"],
+    )
