@@ -2,6 +2,14 @@
 # native / resampled with steps.register off), labels back on the native grid in the task's values.
 
 
+def model_inference(wildcards):
+    """inference, updated with models.<model>.inference (e.g. a 3-D net's window or blending)."""
+    return {
+        **cfg_section("inference"),
+        **(config["models"][wildcards.model].get("inference") or {}),
+    }
+
+
 rule predict_case:
     input:
         unpack(atlas_transforms),
@@ -26,7 +34,7 @@ rule predict_case:
         reference=ref_mod,
         native=lambda w: plan(w).raw(w.case, ref_mod(w)),
         native_channel=lambda w: plan(w).channel(w.case, ref_mod(w)),
-        inference=cfg_section("inference"),
+        inference=model_inference,
         experiment=EXPERIMENT,
     script:
         "../scripts/predict_case.py"
@@ -59,7 +67,7 @@ rule export_bundle:
             ),
             "skullstrip_modality": skullstrip_modality(w),
             "normalize": normalize_settings(w),
-            "inference": cfg_section("inference"),
+            "inference": model_inference(w),
         },
         experiment=EXPERIMENT,
     script:
