@@ -57,9 +57,14 @@ def usable(wildcards):
 
 
 def all_results():
-    return expand(
-        f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=config["models"]
-    )
+    """What `snakemake` with no target builds: every dataset x default_models (all models if null)."""
+    models = config.get("default_models") or list(config["models"])
+    unknown = sorted(set(models) - set(config["models"]))
+    if unknown:
+        raise ValueError(
+            f"default_models names {unknown}, which are not keys of models {sorted(config['models'])}"
+        )
+    return expand(f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=models)
 
 
 def dataset_cfg(wildcards):
