@@ -67,6 +67,14 @@ def all_results():
     return expand(f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=models)
 
 
+def model_inference(wildcards):
+    """inference, updated with models.<model>.inference (e.g. a 3-D net's window or blending)."""
+    return {
+        **cfg_section("inference"),
+        **(config["models"][wildcards.model].get("inference") or {}),
+    }
+
+
 def dataset_cfg(wildcards):
     return config["datasets"][wildcards.dataset]
 

@@ -2,14 +2,6 @@
 # native / resampled with steps.register off), labels back on the native grid in the task's values.
 
 
-def model_inference(wildcards):
-    """inference, updated with models.<model>.inference (e.g. a 3-D net's window or blending)."""
-    return {
-        **cfg_section("inference"),
-        **(config["models"][wildcards.model].get("inference") or {}),
-    }
-
-
 rule predict_case:
     input:
         unpack(atlas_transforms),
