@@ -421,3 +421,26 @@ def test_decathlon_folder_end_to_end_and_bundle_prediction(tmp_path):
                           str(work / "results/tissue/bundles/timm"), "-o", str(out)], capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(pred))
+
+
+@pytest.mark.slow
+def test_3d_models_end_to_end(tiny_run, tmp_path):
+    """The seed 3-D networks as model keys: the tiny DAG's preprocessing and tiles, then 3-D
+    training, stitched 3-D inference and evaluation for results/brats_<model>.json."""
+    import shutil
+
+    work = tmp_path / "w"
+    shutil.copytree(tiny_run, work, symlinks=True)  # copy2 keeps mtimes: preprocessing is not redone
+    models = ("unet3d", "tiramisu3d", "factorized_unet")
+    r = smk(work, "--cores", "2", "--show-failed-logs", *[f"results/brats_{m}.json" for m in models],
+            configs=("tests/configs/tiny.yaml",))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    assert "rule tile_case:" not in r.stdout + r.stderr  # the 2.5-D model's tiles serve the 3-D models
+    import torch
+
+    for m in models:
+        res = json.loads((work / f"results/brats_{m}.json").read_text())
+        assert res["n_cases"] == 2 and all(math.isfinite(res["regions"][g]["dice"]["mean"]) for g in ("WT", "TC", "ET"))
+        meta = torch.load(work / f"results/brats/models/{m}/fold_0/model.pt", weights_only=True)["meta"]
+        assert meta["model_config"]["arch"] == m and meta["context"] == 0
+        assert meta["loss"] == {"unet3d": "jaccard", "factorized_unet": "multiclass_iou"}.get(m, "dice_bce")

@@ -16,8 +16,9 @@ def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = No
     """Build every typed config the workflow's jobs will build, so a bad key fails at load.
 
     ``training`` (TrainConfig, whose loss must be in :data:`medseg.losses.LOSSES`),
-    ``inference``, ``models.<key>`` (arch in the model registry; encoder a timm model name,
-    looked up with ``timm.is_model``, nothing built), ``preprocessing.normalize`` (a method per
+    ``inference``, ``models.<key>`` (arch in the model registry, the architecture's own keys,
+    its ``training``/``inference`` overrides merged into the global sections; a timm_unet's
+    encoder a timm model name, looked up with ``timm.is_model``, nothing built), ``preprocessing.normalize`` (a method per
     modality of every dataset, no method for a modality no dataset has), ``preprocessing.n4``,
     ``preprocessing.register``, ``preprocessing.skullstrip`` (its modality one of each skull-
     stripped dataset's modalities). ``plans``: the datasets' :class:`~medseg.cohort.plan.DatasetPlan`
@@ -34,7 +35,7 @@ def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = No
     from medseg.preprocess.normalize import NormConfig
     from medseg.preprocess.register import RegConfig
     from medseg.preprocess.skullstrip import SkullstripConfig
-    from medseg.train import TrainConfig
+    from medseg.train import TrainConfig, configs_for_model
     from medseg.volume_inference import InferenceConfig
 
     for cls, keys in ((TrainConfig, ("training",)), (InferenceConfig, ("inference",)),
@@ -45,10 +46,16 @@ def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = No
         path = f"models.{key}"
         if not isinstance(mapping, Mapping):
             raise ValueError(f"config key {path} must be a mapping, got {mapping!r}")
-        mcfg = _build(ModelConfig, mapping, path)
+        try:  # the network, and the global training/inference sections with this model's overrides
+            mcfg, _, _ = configs_for_model(dict(mapping), _section(config, ("training",)),
+                                           _section(config, ("inference",)), key)
+        except (TypeError, ValueError) as e:
+            if path in str(e):
+                raise
+            raise ValueError(f"config {path}: {e}") from e
         if mcfg.arch not in REGISTRY:
             raise ValueError(f"{path}.arch must be one of {sorted(REGISTRY)}, got {mcfg.arch!r}")
-        if not timm.is_model(mcfg.encoder):
+        if isinstance(mcfg, ModelConfig) and not timm.is_model(mcfg.encoder):
             close = difflib.get_close_matches(mcfg.encoder, timm.list_models(), n=5, cutoff=0.6)
             raise ValueError(f"{path}.encoder must be a timm model name, got {mcfg.encoder!r}"
                              + (f"; did you mean one of {close}?" if close else "")

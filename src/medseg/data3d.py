@@ -52,18 +52,19 @@ class Patch3DConfig:
     """Config key ``training.patch3d`` (the patch size comes from the model).
 
     Attributes:
-        patch_size: patch ``(Z, Y, X)`` in voxels.
+        patch_size: patch ``(Z, Y, X)`` in voxels; ``None`` in the config: the trainer fills in
+            ``training.patch_size`` (3 values) or the model's ``patch_size``.
         fg_fraction: probability that a sample is centred on a foreground voxel (nnU-Net: 0.33).
         jitter: max shift of the patch centre from that voxel, as a fraction of the patch size per
             axis, in ``[0, 0.5)`` (0 = nnU-Net, whose spatial augmentation moves it instead).
     """
 
-    patch_size: tuple[int, int, int] = (64, 64, 64)
+    patch_size: tuple[int, int, int] | None = None
     fg_fraction: float = 1 / 3
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
-        if len(self.patch_size) != 3 or any(int(p) < 1 for p in self.patch_size):
+        if self.patch_size is not None and (len(self.patch_size) != 3 or any(int(p) < 1 for p in self.patch_size)):
             raise ValueError(f"patch_size must be 3 positive voxel counts (Z, Y, X), got {self.patch_size}")
         if not 0 <= self.fg_fraction <= 1:
             raise ValueError(f"training.patch3d.fg_fraction must be in [0, 1], got {self.fg_fraction}")
@@ -169,29 +170,44 @@ class VolumeSet3D:
                      [Path(p) for p in images], [Path(p) for p in targets], target_kind, n_classes, build_locations)
 
     @classmethod
-    def from_tiles(cls, npys: Sequence[str | Path], fold: int = 0, build_locations: bool = True) -> VolumeSet3D:
+    def from_tiles(cls, npys: Sequence[str | Path], fold: int = 0, build_locations: bool = True,
+                   n_classes: int | None = None) -> VolumeSet3D:
         """The 2.5-D pipeline's tile arrays (:func:`medseg.tiling.tile_case`) as 3-D training volumes.
 
-        Each tile holds ``n_folds * C`` normalised image channels (fold-major) then the WT/TC/ET
-        masks; its ``.json`` table gives ``n_image_channels`` and ``n_folds``. The sidecar sits
-        beside the tile (``x.locations.npz``).
+        Each tile holds ``n_folds * C`` normalised image channels (fold-major) then the target:
+        K region masks, or (``target_kind: labels`` in its table) one map of class indices
+        (float16, exact for these small integers); its ``.json`` table gives
+        ``n_image_channels``, ``n_folds`` and ``target_kind``. The sidecar sits beside the tile
+        (``x.locations.npz``).
+
+        Args:
+            n_classes: K, the model's outputs; required for label tiles (labels + background),
+                read off the masks for region tiles.
         """
         import json
 
         if not npys:
             raise ValueError("no training tiles: the fold has no training cases")
-        images, targets = [], []
+        images, targets, kinds = [], [], set()
         for p in npys:
             table = json.loads(Path(p).with_suffix(".json").read_text())
+            kinds.add(table.get("target_kind", "regions"))
             c, n_folds = table["n_image_channels"], table.get("n_folds", 1)
             if not 0 <= fold < n_folds:
                 raise ValueError(f"{p} holds {n_folds} fold(s); fold {fold} was asked for: re-run tile_case")
             arr = np.load(p, mmap_mode="r")
             images.append(arr[fold * c: (fold + 1) * c])
             targets.append(arr[n_folds * c:])
+        if len(kinds) != 1:
+            raise ValueError(f"tiles mix target kinds {sorted(kinds)}: re-run tile_case")
+        kind = kinds.pop()
+        if kind == "labels":
+            if n_classes is None:
+                raise ValueError("label tiles need n_classes (the number of labels + background)")
+            targets = [t[0] for t in targets]
         self = cls.__new__(cls)
         paths = [Path(p) for p in npys]
-        self._attach(images, targets, paths, paths, "regions", targets[0].shape[0], build_locations)
+        self._attach(images, targets, paths, paths, kind, n_classes or targets[0].shape[0], build_locations)
         return self
 
     def _attach(self, images: list[np.ndarray], targets: list[np.ndarray], image_paths: list[Path],
@@ -222,7 +238,7 @@ class VolumeSet3D:
         if im.ndim != 4 or im.dtype not in (np.float16, np.float32):
             raise ValueError(f"{im_path} must be (C, Z, Y, X) float16/float32, got {im.shape} {im.dtype}")
         want = (self.n_classes, *im.shape[1:]) if self.target_kind == "regions" else im.shape[1:]
-        dtypes = (np.uint8, np.float16, np.float32) if self.target_kind == "regions" else (np.uint8,)
+        dtypes = (np.uint8, np.float16, np.float32)  # float: tile arrays (binary masks, integer class indices)
         if t.shape != want or t.dtype not in dtypes:
             raise ValueError(f"{t_path} must be {self.target_kind} {want} uint8 to match {im_path}, got {t.shape} {t.dtype}")
 
@@ -300,6 +316,8 @@ def make_batch3d(vols: VolumeSet3D, step: int, seed: int, batch_size: int, cfg: 
     """
     if batch_size < 1:
         raise ValueError(f"training.batch_size must be >= 1, got {batch_size}")
+    if cfg.patch_size is None:
+        raise ValueError("Patch3DConfig.patch_size must be set (the trainer takes the model's patch_size)")
     samples = range(batch_size) if samples is None else samples
     if len(samples) == 0 or samples.start < 0 or samples.stop > batch_size:
         raise ValueError(f"samples must be a non-empty sub-range of range({batch_size}), got {samples}")

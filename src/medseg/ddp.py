@@ -33,8 +33,9 @@ SLURM_EXAMPLE = """\
 #SBATCH --gpus=4
 #SBATCH --cpus-per-task=32
 #SBATCH --time=24:00:00
-# one task; torchrun starts one process per GPU and sets RANK / LOCAL_RANK / WORLD_SIZE
-torchrun --standalone --nproc_per_node="${SLURM_GPUS_ON_NODE:-4}" -m medseg.cli train "$@"
+# one task; torchrun starts one process per GPU and sets RANK / LOCAL_RANK / WORLD_SIZE;
+# the spec (medseg.train_launch.write_spec) names the tiles, the fold folder and the configs
+torchrun --standalone --nproc_per_node="${SLURM_GPUS_ON_NODE:-4}" -m medseg.train_launch "$1"
 """
 
 

@@ -85,8 +85,15 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _cross_entropy(logits, target, weights)
 
 
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Plain cross-entropy (binary per region, or categorical), the mean over voxels and samples:
+    the one loss here that is a mean over samples, so DDP shards reproduce the global batch's
+    gradient exactly (the Dice/Jaccard/IoU losses pool over the batch)."""
+    return _cross_entropy(logits, target)
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "dice_bce": dice_bce, "jaccard": jaccard_distance, "multiclass_iou": multiclass_iou, "weighted_ce": weighted_ce,
+    "ce": cross_entropy, "dice_bce": dice_bce, "jaccard": jaccard_distance, "multiclass_iou": multiclass_iou, "weighted_ce": weighted_ce,
 }
 
 

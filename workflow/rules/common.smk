@@ -60,9 +60,22 @@ def usable(wildcards):
 
 
 def all_results():
-    return expand(
-        f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=config["models"]
-    )
+    """What `snakemake` with no target builds: every dataset x default_models (all models if null)."""
+    models = config.get("default_models") or list(config["models"])
+    unknown = sorted(set(models) - set(config["models"]))
+    if unknown:
+        raise ValueError(
+            f"default_models names {unknown}, which are not keys of models {sorted(config['models'])}"
+        )
+    return expand(f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=models)
+
+
+def model_inference(wildcards):
+    """inference, updated with models.<model>.inference (e.g. a 3-D net's window or blending)."""
+    return {
+        **cfg_section("inference"),
+        **(config["models"][wildcards.model].get("inference") or {}),
+    }
 
 
 def dataset_cfg(wildcards):

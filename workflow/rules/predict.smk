@@ -26,7 +26,7 @@ rule predict_case:
         reference=ref_mod,
         native=lambda w: plan(w).raw(w.case, ref_mod(w)),
         native_channel=lambda w: plan(w).channel(w.case, ref_mod(w)),
-        inference=cfg_section("inference"),
+        inference=model_inference,
         experiment=EXPERIMENT,
     script:
         "../scripts/predict_case.py"
@@ -60,7 +60,7 @@ rule export_bundle:
             ),
             "skullstrip_modality": skullstrip_modality(w),
             "normalize": normalize_settings(w),
-            "inference": cfg_section("inference"),
+            "inference": model_inference(w),
         },
         experiment=EXPERIMENT,
     script:
