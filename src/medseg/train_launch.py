@@ -14,7 +14,6 @@ and runs :func:`medseg.train.train`, which shards each global batch and lets ran
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
