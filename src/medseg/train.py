@@ -29,7 +29,7 @@ from medseg.evaluate.metrics import dice
 from medseg.fingerprint import differences, fingerprint
 from medseg.io import atomic_path, write_json
 from medseg.losses import get_loss
-from medseg.models import ModelConfig, build_model
+from medseg.models import ModelConfig, build_model, model_config_from_mapping
 from medseg.tasks.definition import Task
 from medseg.volume_inference import InferenceConfig, predict_volume, resolve_device
 
@@ -143,6 +143,10 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
     Returns:
         Summary with the best validation Dice and the step it was reached.
     """
+    if mcfg.arch == "edpcnn":  # U-Net + star DP, synthetic gradients: its own loop (same inputs and outputs)
+        from medseg.train_edpcnn import train_edpcnn
+
+        return train_edpcnn(train_tiles, val_tiles, out_dir, mcfg, cfg, icfg, task, stop_after, fold)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -278,8 +282,6 @@ def plot_curves(history: list[dict], path: Path, names: Sequence[str] = ()) -> N
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a trained model from ``model.pt`` (``weights_only`` load); return it and its metadata."""
     ck = torch.load(path, map_location=device, weights_only=True)
-    mc = dict(ck["meta"]["model_config"])
-    mc = {k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()}
-    model = build_model(ModelConfig(**mc))
+    model = build_model(model_config_from_mapping(ck["meta"]["model_config"], "model_config."))
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ck["meta"]

@@ -263,6 +263,7 @@ class EDPCNN(nn.Module):
     spatial_dims: ClassVar[int] = 2
     patch_size: ClassVar[None] = None
     default_blending: ClassVar[str] = "constant"  # whole slices, one window each: no blending
+    default_loss: ClassVar[str] = "dice_bce"  # unused: medseg.train_edpcnn trains with Algorithm 2
 
     def __init__(self, cfg: EDPCNNConfig | EDPCNNModelConfig) -> None:
         super().__init__()
