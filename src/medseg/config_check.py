@@ -29,7 +29,7 @@ def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = No
     """
     import timm
 
-    from medseg.models import REGISTRY, ModelConfig
+    from medseg.models import REGISTRY
     from medseg.preprocess.n4 import N4Config
     from medseg.preprocess.normalize import NormConfig
     from medseg.preprocess.register import RegConfig
@@ -45,10 +45,11 @@ def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = No
         path = f"models.{key}"
         if not isinstance(mapping, Mapping):
             raise ValueError(f"config key {path} must be a mapping, got {mapping!r}")
-        mcfg = _build(ModelConfig, mapping, path)
-        if mcfg.arch not in REGISTRY:
-            raise ValueError(f"{path}.arch must be one of {sorted(REGISTRY)}, got {mcfg.arch!r}")
-        if not timm.is_model(mcfg.encoder):
+        arch = mapping.get("arch", "timm_unet")
+        if arch not in REGISTRY:
+            raise ValueError(f"{path}.arch must be one of {sorted(REGISTRY)}, got {arch!r}")
+        mcfg = _build(REGISTRY[arch].config, mapping, path)
+        if isinstance(getattr(mcfg, "encoder", None), str) and not timm.is_model(mcfg.encoder):
             close = difflib.get_close_matches(mcfg.encoder, timm.list_models(), n=5, cutoff=0.6)
             raise ValueError(f"{path}.encoder must be a timm model name, got {mcfg.encoder!r}"
                              + (f"; did you mean one of {close}?" if close else "")

@@ -170,7 +170,7 @@ class EDPCNNModelConfig:
     """
 
     arch: str = "edpcnn"
-    encoder: str = "resnet10t"
+    encoder: str = "resnet18"
     in_channels: int = 12
     out_channels: int = 3
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
