@@ -152,3 +152,22 @@ def test_predict_case_writes_a_native_wt_label_map(tmp_path, monkeypatch):
     assert got.GetSpacing() == (2.0, 2.0, 2.0) and got.GetOrigin() == (-10.0, 5.0, 3.0)
     assert set(np.unique(labels)) == {0, 2} and _dice(labels > 0, wt) > 0.9
     assert res["volumes_ml"]["WT"] > 0 and res["volumes_ml"]["TC"] == 0 and res["volumes_ml"]["ET"] == 0
+
+
+@pytest.mark.slow  # a snakemake dry run: ~10 s alone, 110 s measured on the busy 2-core machine
+def test_workflow_dry_run_of_the_edpcnn_target(tmp_path):
+    """config.yaml + tiny.yaml validate with models.edpcnn (schema defaults are not filled into it)
+    and results/brats_edpcnn.json has the whole DAG."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(repo / "config.yaml"), str(repo / "tests/configs/tiny.yaml"), "-n", "--cores", "2",
+           "results/brats_edpcnn.json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "MEDSEG_TRACKING": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rule in ("train_model", "predict_case", "evaluate_case", "aggregate_results"):
+        assert rule in r.stdout, rule
