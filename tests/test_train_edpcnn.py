@@ -11,7 +11,12 @@ import torch.nn as nn
 
 from medseg.edpcnn_inference import mask_to_probs, object_mask
 from medseg.io import write_json
-from medseg.models import EDPCNN, build_model, model_config_from_mapping, with_io_channels
+from medseg.models import (
+    EDPCNN,
+    build_model,
+    model_config_from_mapping,
+    with_io_channels,
+)
 from medseg.tasks import brats_task
 from medseg.tasks.definition import Task
 from medseg.train import TrainConfig, load_model, train

@@ -8,6 +8,10 @@ Pipeline (Fig. 1): image ``(B, C, H, W)`` -> U-Net -> output map ``(B, H, W)`` -
 pattern around a centre -> warped map -> radial cost ``(B, N, M)`` (Eq. 2) -> DP (Algorithm 1,
 :mod:`medseg.models.star_dp`) -> indices -> circular moving average (Sec. 3.4) -> polygon -> mask.
 
+In the workflow: model key ``edpcnn`` (:class:`EDPCNNModelConfig` in :data:`medseg.models.REGISTRY`),
+trained on the task's first region (BraTS: WT) or the union of its labels by
+:mod:`medseg.train_edpcnn`, predicted slice by slice by :mod:`medseg.edpcnn_inference`.
+
 Training (Algorithm 2): the DP is not differentiable, so an approximating network ``F``
 (:class:`SGNet`, "Approx. Neural Network") maps the cost to ``N`` softmax vectors of size ``M``
 mimicking the DP's (post-processed) indices. Per batch: (inner) ``F`` is fitted for ``sg_steps``
