@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn as nn
 
-from medseg.edpcnn_inference import mask_to_probs, object_mask
+from medseg.edpcnn_inference import mask_to_probs, object_channel, object_mask, object_name
 from medseg.io import write_json
 from medseg.models import (
     EDPCNN,
@@ -23,6 +23,8 @@ from medseg.train import TrainConfig, load_model, train
 from medseg.volume_inference import InferenceConfig, predict_volume
 
 TASK = brats_task("brats", "2021")  # regions WT, TC, ET; WT paints ED (2)
+# as the workflow reads it back from task.json: regions (and labels) in alphabetical order ET, TC, WT
+SORTED = Task.from_dict(json.loads(json.dumps(TASK.to_dict(), sort_keys=True)))
 EDP = {"arch": "edpcnn", "encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8], "n_rays": 12, "n_points": 10,
        "radius_px": 10.0, "sg_steps": 2, "noise_samples": 2, "sg_base_channels": 4, "lr": 1e-3, "sg_lr": 1e-3}
 CFG = TrainConfig(steps=4, batch_size=2, checkpoint_every=2, val_every=2, threads=1, device="cpu", context=1)
@@ -34,17 +36,19 @@ def _disc(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def make_tiles(folder, n=3, shape=(6, 28, 24)):
-    """Tiles of ``n`` cases: WT a disc on slices 2-4 (TC, ET inside it), brighter in every modality."""
+def make_tiles(folder, task, n=3, shape=(6, 28, 24)):
+    """Tiles of ``n`` cases (targets in ``task``'s region order): WT a disc on slices 2-4 (ED, with
+    NCR and ET inside it), brighter in every modality."""
     rng = np.random.default_rng(0)
     npys, jsons = [], []
     for i in range(n):
         img = rng.normal(0, 1, (4, *shape)).astype(np.float32)
-        lab = np.zeros((3, *shape), np.float32)
-        lab[0, 2:5] = _disc(*shape[1:], 13 + i, 11, 6)
-        lab[1, 2:5] = _disc(*shape[1:], 13 + i, 11, 3)
-        lab[2, 3] = _disc(*shape[1:], 13 + i, 11, 2)
-        img[:, lab[0] > 0] += 2.0
+        labels = np.zeros(shape, np.uint8)
+        labels[2:5][:, _disc(*shape[1:], 13 + i, 11, 6)] = 2
+        labels[2:5][:, _disc(*shape[1:], 13 + i, 11, 3)] = 1
+        labels[3][_disc(*shape[1:], 13 + i, 11, 2)] = 4
+        lab = task.encode(labels).astype(np.float32)
+        img[:, labels > 0] += 2.0
         arr = np.concatenate([img, lab]).astype(np.float16)
         np.save(folder / f"c{i}.npy", arr)
         write_json({"case": f"c{i}", "shape": list(arr.shape), "n_image_channels": 4,
@@ -54,8 +58,17 @@ def make_tiles(folder, n=3, shape=(6, 28, 24)):
     return npys, jsons
 
 
+def test_object_is_the_largest_region_whatever_the_region_order():
+    assert object_name(TASK) == object_name(SORTED) == "WT"
+    assert object_channel(TASK) == 0 and object_channel(SORTED) == 2 and list(SORTED.regions)[2] == "WT"
+    tissue = Task("tissue", ("t1",), {"csf": 1, "gm": 2, "wm": 3})
+    assert object_name(tissue) == "foreground" and object_channel(tissue) == 1
+
+
 def test_edpcnn_trains_through_train_resumes_exactly_and_predicts_wt_only(tmp_path):
-    npys, jsons = make_tiles(tmp_path)
+    """On the task as the workflow has it (regions ET, TC, WT): trains on WT, predicts into channel 2."""
+    TASK = SORTED  # noqa: N806
+    npys, jsons = make_tiles(tmp_path, TASK)
     mcfg = model_config_from_mapping(EDP, "models.edpcnn.")
     tr, va = (npys[:2], jsons[:2]), (npys[2:], jsons[2:])
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -75,11 +88,11 @@ def test_edpcnn_trains_through_train_resumes_exactly_and_predicts_wt_only(tmp_pa
     assert json.loads((resumed / "summary.json").read_text())["task"]["regions"]["WT"] == ["NCR", "ED", "ET"]
 
     model, meta = load_model(resumed / "model.pt")
-    assert isinstance(model, EDPCNN) and model.n_outputs == 3 and meta["context"] == 1
+    assert isinstance(model, EDPCNN) and model.n_outputs == 3 and model.object_channel == 2 and meta["context"] == 1
     vol = np.load(npys[2])[:4].astype(np.float32)
     probs = predict_volume([model], vol, meta["context"], ICFG, TASK.activation)
     assert probs.shape == (3, 6, 28, 24)
-    assert set(np.unique(probs[0])) <= {0.0, 1.0} and not probs[1:].any()  # the EDPCNN mask in WT only
+    assert set(np.unique(probs[2])) <= {0.0, 1.0} and not probs[:2].any()  # the EDPCNN mask in WT only
     assert set(np.unique(TASK.decode(probs))) <= {0, 2}
 
 
@@ -94,8 +107,9 @@ class _PassThrough(nn.Module):
         return x[:, self.c: self.c + 1] * 6 - 3
 
 
-def _oracle_model(in_channels: int, c: int) -> EDPCNN:
-    cfg = with_io_channels(model_config_from_mapping({**EDP, "n_rays": 32, "n_points": 14, "radius_px": 14.0}), in_channels, 3)
+def _oracle_model(in_channels: int, c: int, object_channel: int = 0) -> EDPCNN:
+    cfg = with_io_channels(model_config_from_mapping({**EDP, "n_rays": 32, "n_points": 14, "radius_px": 14.0,
+                                                      "object_channel": object_channel}), in_channels, 3)
     model = build_model(cfg)
     model.unet = _PassThrough(c)
     return model
@@ -124,14 +138,14 @@ def test_label_tasks_paint_the_union_with_the_first_label():
     task = Task("tissue", ("t1",), {"csf": 1, "gm": 2, "wm": 3})
     target = np.zeros((2, 1, 4, 4), np.float32)
     target[0, 0, 1, 1], target[0, 0, 2, 2], target[1, 0, 0, 0] = 1, 3, 2
-    assert object_mask(target, "labels").sum() == 3 and object_mask(target, "labels")[0, 2, 2]
+    assert object_mask(target, "labels", 1).sum() == 3 and object_mask(target, "labels", 1)[0, 2, 2]
     mask = np.zeros((4, 4), np.float32)
     mask[1:3, 1:3] = 1
-    probs = mask_to_probs(mask, task.n_outputs, task.activation)
+    probs = mask_to_probs(mask, task.n_outputs, task.activation, object_channel(task))
     assert probs.shape == (4, 4, 4) and np.allclose(probs.sum(0), 1)
     assert np.array_equal(task.decode(probs), np.where(mask > 0, 1, 0))
     with pytest.raises(ValueError, match="target_kind"):
-        object_mask(target, "boxes")
+        object_mask(target, "boxes", 0)
 
 
 def test_predict_case_writes_a_native_wt_label_map(tmp_path, monkeypatch):
@@ -148,10 +162,11 @@ def test_predict_case_writes_a_native_wt_label_map(tmp_path, monkeypatch):
     image = np.zeros((1, 4, z, h, w), np.float32)
     image[0, 3] = wt
     np.savez(tmp_path / "norm.npz", image=image, brain=np.ones((z, h, w), np.uint8))
-    monkeypatch.setattr(medseg.train, "load_model", lambda p: (_oracle_model(4, 3), {"context": 0, "task": TASK.to_dict()}))
+    model = _oracle_model(4, 3, object_channel(SORTED))  # WT is channel 2 of the workflow's task
+    monkeypatch.setattr(medseg.train, "load_model", lambda p: (model, {"context": 0, "task": SORTED.to_dict()}))
     out = tmp_path / "pred.nii.gz"
     res = predict_case("c0", str(tmp_path / "norm.npz"), ["fake.pt"], str(tmp_path / "ref.nii.gz"), None,
-                       str(tmp_path / "ref.nii.gz"), TASK, str(out), ICFG)
+                       str(tmp_path / "ref.nii.gz"), SORTED, str(out), ICFG)
     got = sitk.ReadImage(str(out))
     labels = sitk.GetArrayFromImage(got)
     assert got.GetSpacing() == (2.0, 2.0, 2.0) and got.GetOrigin() == (-10.0, 5.0, 3.0)

@@ -7,8 +7,9 @@ configs) and writes the same outputs (``model.pt`` with ``meta`` incl. the task,
 the workflow's ``train_model`` and ``predict_case`` rules run it unchanged.
 
 Target: ONE star-shaped binary object per 2-D slice (:func:`medseg.edpcnn_inference.object_mask`):
-the task's first region (BraTS: WT, the whole tumour) for region tasks, the union of all labels
-for label tasks. Slices are drawn by :func:`medseg.data.make_batch` as for the U-Net
+the task's largest region (the one the others nest in; BraTS: WT, the whole tumour) for region
+tasks, the union of all labels for label tasks; the trainer records its output channel in the
+model config (``object_channel``). Slices are drawn by :func:`medseg.data.make_batch` as for the U-Net
 (``training.fg_prob`` of them hold the object; the others have an empty mask and train only the
 U-Net's centre loss, see :func:`medseg.models.edpcnn.train_step`), with ``training.context``,
 ``patch_size`` and ``augment``.
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from medseg import tracking
 from medseg.data import Prefetcher, TileSet, make_batch
-from medseg.edpcnn_inference import object_mask, object_name, predict_volume_edpcnn
+from medseg.edpcnn_inference import object_channel, object_mask, object_name, predict_volume_edpcnn
 from medseg.evaluate.metrics import dice
 from medseg.fingerprint import differences, fingerprint
 from medseg.io import write_json
@@ -65,8 +66,9 @@ def validate_edpcnn(model: EDPCNN, cases: Sequence[tuple[np.ndarray, np.ndarray]
     scores = []
     for image, target in cases:
         probs = predict_volume_edpcnn([model], image, context, icfg, task.activation)
-        pred = probs[0] > icfg.threshold if task.activation == "sigmoid" else probs[1] > 0.5
-        scores.append(dice(object_mask(np.swapaxes(target, 0, 1), task.target_kind), pred))
+        k = model.object_channel
+        pred = probs[k] > (icfg.threshold if task.activation == "sigmoid" else 0.5)
+        scores.append(dice(object_mask(np.swapaxes(target, 0, 1), task.target_kind, k), pred))
     model.train()
     d = float(np.mean(scores))
     return {f"dice_{object_name(task)}": d, "dice_mean": d}
@@ -96,12 +98,13 @@ def train_edpcnn(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tu
                          f"modalities {list(task.modalities)}: re-run tile_case")
     if cfg.patch_size is not None and len(cfg.patch_size) != 2:
         raise ValueError(f"training.patch_size of an EDPCNN (2-D) must be (h, w), got {cfg.patch_size}")
-    mcfg = with_io_channels(mcfg, tiles.n_image * (2 * cfg.context + 1), task.n_outputs)
+    mcfg = dataclasses.replace(with_io_channels(mcfg, tiles.n_image * (2 * cfg.context + 1), task.n_outputs),
+                               object_channel=object_channel(task))
     model = build_model(mcfg).to(device)
     opt_u, opt_sg = make_optimizers(model)
     name = object_name(task)
-    log.info("EDPCNN on %s (%d CPU threads): object %s, %d rays x %d points, R = %.0f px", device,
-             torch.get_num_threads(), name, mcfg.n_rays, mcfg.n_points, mcfg.radius_px)
+    log.info("EDPCNN on %s (%d CPU threads): object %s (output channel %d), %d rays x %d points, R = %.0f px",
+             device, torch.get_num_threads(), name, mcfg.object_channel, mcfg.n_rays, mcfg.n_points, mcfg.radius_px)
     ckpt_path, history, best = out / "checkpoint.pt", [], {"dice_mean": -1.0, "step": -1}
     start = 0
     ck = torch.load(ckpt_path, map_location=device, weights_only=True) if ckpt_path.exists() else {}
@@ -125,7 +128,7 @@ def train_edpcnn(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tu
 
     def make(s: int) -> tuple[np.ndarray, np.ndarray]:
         xb, yb = make_batch(tiles, s, cfg.seed, cfg.batch_size, cfg.context, cfg.fg_prob, cfg.patch_size, cfg.augment)
-        return xb, object_mask(yb, task.target_kind)
+        return xb, object_mask(yb, task.target_kind, mcfg.object_channel)
 
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     model.train()

@@ -9,7 +9,7 @@ pattern around a centre -> warped map -> radial cost ``(B, N, M)`` (Eq. 2) -> DP
 :mod:`medseg.models.star_dp`) -> indices -> circular moving average (Sec. 3.4) -> polygon -> mask.
 
 In the workflow: model key ``edpcnn`` (:class:`EDPCNNModelConfig` in :data:`medseg.models.REGISTRY`),
-trained on the task's first region (BraTS: WT) or the union of its labels by
+trained on the task's largest region (BraTS: WT) or the union of its labels by
 :mod:`medseg.train_edpcnn`, predicted slice by slice by :mod:`medseg.edpcnn_inference`.
 
 Training (Algorithm 2): the DP is not differentiable, so an approximating network ``F``
@@ -166,17 +166,18 @@ class EDPCNNModelConfig:
     The U-Net encoder settings of :class:`~medseg.models.unet.ModelConfig` (``encoder``,
     ``decoder_channels``, ``pretrained``, ``weights``) plus every EDPCNN setting of
     :class:`EDPCNNConfig` (same names, same meaning, same paper defaults; see there).
-    ``in_channels`` and ``out_channels`` are set by the trainer from the task: the U-Net takes
-    ``in_channels`` (modalities x context slices) and always produces ONE map; ``out_channels``
-    is the task's output count ``K``, the channels :mod:`medseg.edpcnn_inference` fills at
-    inference (the one segmented object in the first region, or in the first label, the other
-    channels empty). 2-D: whole slices, ``patch_size`` None.
+    ``in_channels``, ``out_channels`` and ``object_channel`` are set by the trainer from the task:
+    the U-Net takes ``in_channels`` (modalities x context slices) and always produces ONE map;
+    ``out_channels`` is the task's output count ``K``, the channels :mod:`medseg.edpcnn_inference`
+    fills at inference: the segmented object in channel ``object_channel`` (the largest region,
+    BraTS WT; or the first label), the other channels empty. 2-D: whole slices, ``patch_size`` None.
     """
 
     arch: str = "edpcnn"
     encoder: str = "resnet18"
     in_channels: int = 12
     out_channels: int = 3
+    object_channel: int = 0
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
     pretrained: bool = False
     weights: str | None = None
@@ -205,8 +206,9 @@ class EDPCNNModelConfig:
     def __post_init__(self) -> None:
         if self.arch != "edpcnn":
             raise ValueError(f"models.arch of an EDPCNNModelConfig must be 'edpcnn', got {self.arch!r}")
-        if self.out_channels < 1:
-            raise ValueError(f"models.edpcnn.out_channels must be >= 1, got {self.out_channels}")
+        if self.out_channels < 1 or not 0 <= self.object_channel < self.out_channels:
+            raise ValueError(f"models.edpcnn.out_channels must be >= 1 and object_channel in [0, out_channels), "
+                             f"got {self.out_channels}, {self.object_channel}")
         self.edpcnn_config()  # validates the EDPCNN settings
 
     def edpcnn_config(self) -> EDPCNNConfig:
@@ -261,7 +263,8 @@ class EDPCNN(nn.Module):
     it returns the EDPCNN segmentation as logits ``(B, 1, H, W)`` (+10 inside, -10 outside).
     :meth:`predict_mask` gives the mask ``(B, H, W)`` uint8. Train with :func:`train_step`.
     Built from an :class:`EDPCNNConfig` or from the registry's :class:`EDPCNNModelConfig`
-    (then ``arch_cfg`` keeps it and ``n_outputs`` is the task's channel count ``K``; 1 otherwise).
+    (then ``arch_cfg`` keeps it, ``n_outputs`` is the task's channel count ``K`` and
+    ``object_channel`` the channel of the mask; 1 and 0 otherwise).
     """
 
     spatial_dims: ClassVar[int] = 2
@@ -273,6 +276,7 @@ class EDPCNN(nn.Module):
         super().__init__()
         self.arch_cfg = cfg if isinstance(cfg, EDPCNNModelConfig) else None
         self.n_outputs = cfg.out_channels if isinstance(cfg, EDPCNNModelConfig) else 1
+        self.object_channel = cfg.object_channel if isinstance(cfg, EDPCNNModelConfig) else 0
         cfg = cfg.edpcnn_config() if isinstance(cfg, EDPCNNModelConfig) else cfg
         self.cfg = cfg
         self.unet = TimmUNet(cfg.unet)
