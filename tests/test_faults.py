@@ -231,8 +231,14 @@ def test_shipped_configs_pass_check_config():
 
     from medseg.config_check import check_config
 
-    for path in (REPO / "config.yaml", *sorted((REPO / "tests" / "configs").glob("*.yaml"))):
-        check_config(yaml.safe_load(path.read_text()))
+    from snakemake.utils import update_config
+
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    check_config(base)
+    for path in sorted((REPO / "tests" / "configs").glob("*.yaml")):  # overlays on config.yaml, as --configfile
+        merged = yaml.safe_load((REPO / "config.yaml").read_text())
+        update_config(merged, yaml.safe_load(path.read_text()))
+        check_config(merged)
 
 
 @pytest.mark.parametrize("section,key,value,match", [
@@ -249,7 +255,7 @@ def test_shipped_configs_pass_check_config():
     ("preprocessing.normalize", "method", "nyull", r"preprocessing\.normalize\.method for \w+ must be one of .*got .nyull."),
     ("preprocessing.normalize", "method", {"flar": "zscore"}, r"preprocessing\.normalize\.method names modalities \['flar'\]"),
     ("models.timm", "encoder", "resnet999", r"models\.timm\.encoder must be a timm model name, got 'resnet999'; did you mean one of \[.*'resnet18'.*\]"),
-    ("models.timm", "arch", "unet3d", r"models\.timm\.arch must be one of \['timm_unet'\]"),
+    ("models.timm", "arch", "unet4d", r"models\.timm\.arch must be one of \[.*'timm_unet'.*\], got 'unet4d'"),
     ("models.timm", "decoder_chanels", [8], r"\['models\.timm\.decoder_chanels'\]"),
 ])
 def test_config_errors_name_their_key_at_load(section, key, value, match, monkeypatch):

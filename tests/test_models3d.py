@@ -173,11 +173,11 @@ def test_channels_last_3d_gives_the_same_logits():
 
 
 def test_registry_configs_and_errors():
-    assert set(REGISTRY) == {"timm_unet", "unet3d", "tiramisu3d", "factorized_unet"}
+    assert set(REGISTRY) == {"timm_unet", "unet3d", "tiramisu3d", "factorized_unet", "edpcnn"}
     for arch, spec in REGISTRY.items():
         assert spec.config().arch == arch  # defaults build (no model: timm would need a download-free encoder)
         assert spec.model.default_loss in LOSSES
-    with pytest.raises(ValueError, match=r"models.arch must be one of \['factorized_unet', 'timm_unet'"):
+    with pytest.raises(ValueError, match=r"models.arch must be one of \['edpcnn', 'factorized_unet', 'timm_unet'"):
         model_config_from_mapping({"arch": "vnet"})
     with pytest.raises(ValueError, match=r"models\.u3\.encoder"):
         model_config_from_mapping({"arch": "unet3d", "encoder": "resnet18"}, "models.u3.")

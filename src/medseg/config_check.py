@@ -30,7 +30,7 @@ def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = No
     """
     import timm
 
-    from medseg.models import REGISTRY, ModelConfig
+    from medseg.models import REGISTRY
     from medseg.preprocess.n4 import N4Config
     from medseg.preprocess.normalize import NormConfig
     from medseg.preprocess.register import RegConfig
@@ -55,7 +55,7 @@ def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = No
             raise ValueError(f"config {path}: {e}") from e
         if mcfg.arch not in REGISTRY:
             raise ValueError(f"{path}.arch must be one of {sorted(REGISTRY)}, got {mcfg.arch!r}")
-        if isinstance(mcfg, ModelConfig) and not timm.is_model(mcfg.encoder):
+        if isinstance(getattr(mcfg, "encoder", None), str) and not timm.is_model(mcfg.encoder):
             close = difflib.get_close_matches(mcfg.encoder, timm.list_models(), n=5, cutoff=0.6)
             raise ValueError(f"{path}.encoder must be a timm model name, got {mcfg.encoder!r}"
                              + (f"; did you mean one of {close}?" if close else "")

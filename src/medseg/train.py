@@ -129,7 +129,7 @@ class TrainConfig:
 MODEL_SECTIONS = ("training", "inference")
 
 
-def split_model_key(mapping: dict | None) -> tuple[AnyModelConfig, dict, dict]:
+def split_model_key(mapping: dict | None, path: str = "models.") -> tuple[AnyModelConfig, dict, dict]:
     """``models.<key>`` -> (network config, its ``training`` overrides, its ``inference`` overrides).
 
     The overrides update the global ``training`` / ``inference`` sections for this model
@@ -138,7 +138,7 @@ def split_model_key(mapping: dict | None) -> tuple[AnyModelConfig, dict, dict]:
     """
     mapping = dict(mapping or {})
     extra = {k: dict(mapping.pop(k) or {}) for k in MODEL_SECTIONS if k in mapping}
-    return model_config_from_mapping(mapping), extra.get("training", {}), extra.get("inference", {})
+    return model_config_from_mapping(mapping, path), extra.get("training", {}), extra.get("inference", {})
 
 
 def merge_sections(base: dict | None, override: dict | None) -> dict:
@@ -152,7 +152,7 @@ def merge_sections(base: dict | None, override: dict | None) -> dict:
 def configs_for_model(model: dict | None, training: dict | None, inference: dict | None, key: str = "model",
                       threads: int = 0) -> tuple[AnyModelConfig, TrainConfig, InferenceConfig]:
     """The typed configs one model key trains and predicts with (global sections + its overrides)."""
-    mcfg, t_over, i_over = split_model_key(model)
+    mcfg, t_over, i_over = split_model_key(model, f"models.{key}.")
     t = merge_sections(training, t_over)
     if threads and "threads" not in t:
         t["threads"] = threads
@@ -245,6 +245,10 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
         Summary with the best validation Dice and the step it was reached (rank 0; other DDP
         ranks return ``{"rank": r}``).
     """
+    if mcfg.arch == "edpcnn":  # U-Net + star DP, synthetic gradients: its own loop (same inputs and outputs)
+        from medseg.train_edpcnn import train_edpcnn
+
+        return train_edpcnn(train_tiles, val_tiles, out_dir, mcfg, cfg, icfg, task, stop_after, fold)
     out = Path(out_dir)
     env = ddp.detect_env()
     if env.is_main:

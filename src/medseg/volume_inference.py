@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medseg.edpcnn_inference import is_edpcnn, predict_volume_edpcnn
 from medseg.stitch import sliding_window_inference
 from medseg.tiling import context_volume
 
@@ -121,10 +122,15 @@ def predict_volume(models: Sequence[torch.nn.Module], volume: np.ndarray, contex
 
     ``activation``: ``sigmoid`` (regions, independent channels) or ``softmax`` (labels, over
     channels), from the task (:attr:`medseg.tasks.Task.activation`); applied per window before
-    blending, so overlapping windows average probabilities.
+    blending, so overlapping windows average probabilities. EDPCNN models (one star-shaped object
+    per slice) run whole slices instead: :func:`medseg.edpcnn_inference.predict_volume_edpcnn`.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if any(is_edpcnn(m) for m in models):
+        if not all(is_edpcnn(m) for m in models):
+            raise ValueError("cannot ensemble EDPCNN models with other models")
+        return predict_volume_edpcnn(models, volume, context, cfg, activation)
     device = resolve_device(cfg.device)
     total = None
     for model in models:

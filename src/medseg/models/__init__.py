@@ -12,6 +12,8 @@ slices] and K), ``spatial_dims`` (2 or 3) and ``patch_size`` (voxels ``(D, H, W)
     unet3d            UNet3DConfig            UNet3D           3     Kayalibay et al., seed 004
     tiramisu3d        Tiramisu3DConfig        Tiramisu3D       3     Eschen / Jégou et al., seed 001
     factorized_unet   FactorizedUNetConfig    FactorizedUNet   3     Avetisian, seed 003
+    edpcnn            EDPCNNModelConfig       EDPCNN           2     Nguyen & Ray, seed 000 (one star-shaped object;
+                                                                    trained by medseg.train_edpcnn)
 
 Unknown names raise ``ValueError`` listing the valid ones.
 """
@@ -25,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from medseg.config import from_mapping
+from medseg.models.edpcnn import EDPCNN, EDPCNNModelConfig
 from medseg.models.factorized_unet import FactorizedUNet, FactorizedUNetConfig
 from medseg.models.tiramisu3d import Tiramisu3D, Tiramisu3DConfig
 from medseg.models.unet import ModelConfig, TimmUNet
@@ -43,8 +46,9 @@ REGISTRY: dict[str, Arch] = {
     "unet3d": Arch(UNet3DConfig, UNet3D),
     "tiramisu3d": Arch(Tiramisu3DConfig, Tiramisu3D),
     "factorized_unet": Arch(FactorizedUNetConfig, FactorizedUNet),
+    "edpcnn": Arch(EDPCNNModelConfig, EDPCNN),
 }
-AnyModelConfig = ModelConfig | UNet3DConfig | Tiramisu3DConfig | FactorizedUNetConfig
+AnyModelConfig = ModelConfig | UNet3DConfig | Tiramisu3DConfig | FactorizedUNetConfig | EDPCNNModelConfig
 
 
 def get_arch(arch: str) -> Arch:
@@ -85,5 +89,6 @@ def build_model(cfg: AnyModelConfig) -> nn.Module:
 
 
 __all__ = ["Arch", "REGISTRY", "AnyModelConfig", "ModelConfig", "TimmUNet", "UNet3DConfig", "UNet3D",
-           "Tiramisu3DConfig", "Tiramisu3D", "FactorizedUNetConfig", "FactorizedUNet", "build_model",
+           "Tiramisu3DConfig", "Tiramisu3D", "FactorizedUNetConfig", "FactorizedUNet", "EDPCNNModelConfig", "EDPCNN",
+           "build_model",
            "get_arch", "model_config_from_mapping", "with_io_channels"]

@@ -8,6 +8,10 @@ Pipeline (Fig. 1): image ``(B, C, H, W)`` -> U-Net -> output map ``(B, H, W)`` -
 pattern around a centre -> warped map -> radial cost ``(B, N, M)`` (Eq. 2) -> DP (Algorithm 1,
 :mod:`medseg.models.star_dp`) -> indices -> circular moving average (Sec. 3.4) -> polygon -> mask.
 
+In the workflow: model key ``edpcnn`` (:class:`EDPCNNModelConfig` in :data:`medseg.models.REGISTRY`),
+trained on the task's largest region (BraTS: WT) or the union of its labels by
+:mod:`medseg.train_edpcnn`, predicted slice by slice by :mod:`medseg.edpcnn_inference`.
+
 Training (Algorithm 2): the DP is not differentiable, so an approximating network ``F``
 (:class:`SGNet`, "Approx. Neural Network") maps the cost to ``N`` softmax vectors of size ``M``
 mimicking the DP's (post-processed) indices. Per batch: (inner) ``F`` is fitted for ``sg_steps``
@@ -54,7 +58,7 @@ Deviations from the paper (besides those listed in :mod:`medseg.models.star_dp`)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import numpy as np
@@ -155,6 +159,67 @@ class EDPCNNConfig:
                              f"got {self.noise_sigma}, {self.centre_loss_weight}")
 
 
+@dataclass(frozen=True)
+class EDPCNNModelConfig:
+    """Config of the registry key ``edpcnn`` (``models.<key>`` with ``arch: edpcnn``): flat.
+
+    The U-Net encoder settings of :class:`~medseg.models.unet.ModelConfig` (``encoder``,
+    ``decoder_channels``, ``pretrained``, ``weights``) plus every EDPCNN setting of
+    :class:`EDPCNNConfig` (same names, same meaning, same paper defaults; see there).
+    ``in_channels``, ``out_channels`` and ``object_channel`` are set by the trainer from the task:
+    the U-Net takes ``in_channels`` (modalities x context slices) and always produces ONE map;
+    ``out_channels`` is the task's output count ``K``, the channels :mod:`medseg.edpcnn_inference`
+    fills at inference: the segmented object in channel ``object_channel`` (the largest region,
+    BraTS WT; or the first label), the other channels empty. 2-D: whole slices, ``patch_size`` None.
+    """
+
+    arch: str = "edpcnn"
+    encoder: str = "resnet18"
+    in_channels: int = 12
+    out_channels: int = 3
+    object_channel: int = 0
+    decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
+    pretrained: bool = False
+    weights: str | None = None
+    n_rays: int = 50
+    n_points: int = 65
+    radius_px: float = 65.0
+    delta: int = 2
+    smoothing_window: int = 5
+    interp: str = "bilinear"
+    sg_base_channels: int = 8
+    sg_depth: int = 3
+    sg_steps: int = 10
+    noise_samples: int = 10
+    noise_sigma: float = 1.0
+    lr: float = 1e-4
+    sg_lr: float = 1e-4
+    centre_jitter: bool = True
+    angle_jitter: float = math.pi
+    centre_loss_weight: float = 0.1
+    centre_method: str = "midrange"
+    centre_threshold: float = 0.0
+    eval_output: str = "mask_logits"
+    spatial_dims: ClassVar[int] = 2
+    patch_size: ClassVar[None] = None
+
+    def __post_init__(self) -> None:
+        if self.arch != "edpcnn":
+            raise ValueError(f"models.arch of an EDPCNNModelConfig must be 'edpcnn', got {self.arch!r}")
+        if self.out_channels < 1 or not 0 <= self.object_channel < self.out_channels:
+            raise ValueError(f"models.edpcnn.out_channels must be >= 1 and object_channel in [0, out_channels), "
+                             f"got {self.out_channels}, {self.object_channel}")
+        self.edpcnn_config()  # validates the EDPCNN settings
+
+    def edpcnn_config(self) -> EDPCNNConfig:
+        """The :class:`EDPCNNConfig` (U-Net with one output map) these settings describe."""
+        unet = ModelConfig(arch="timm_unet", encoder=self.encoder, in_channels=self.in_channels, out_channels=1,
+                           decoder_channels=tuple(self.decoder_channels), pretrained=self.pretrained,
+                           weights=self.weights)
+        names = [f.name for f in fields(EDPCNNConfig) if f.name != "unet"]
+        return EDPCNNConfig(unet=unet, **{n: getattr(self, n) for n in names})
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
@@ -197,12 +262,22 @@ class EDPCNN(nn.Module):
     ``forward`` returns the U-Net's map while training; in eval mode (``eval_output="mask_logits"``)
     it returns the EDPCNN segmentation as logits ``(B, 1, H, W)`` (+10 inside, -10 outside).
     :meth:`predict_mask` gives the mask ``(B, H, W)`` uint8. Train with :func:`train_step`.
+    Built from an :class:`EDPCNNConfig` or from the registry's :class:`EDPCNNModelConfig`
+    (then ``arch_cfg`` keeps it, ``n_outputs`` is the task's channel count ``K`` and
+    ``object_channel`` the channel of the mask; 1 and 0 otherwise).
     """
 
     spatial_dims: ClassVar[int] = 2
+    patch_size: ClassVar[None] = None
+    default_blending: ClassVar[str] = "constant"  # whole slices, one window each: no blending
+    default_loss: ClassVar[str] = "dice_bce"  # unused: medseg.train_edpcnn trains with Algorithm 2
 
-    def __init__(self, cfg: EDPCNNConfig) -> None:
+    def __init__(self, cfg: EDPCNNConfig | EDPCNNModelConfig) -> None:
         super().__init__()
+        self.arch_cfg = cfg if isinstance(cfg, EDPCNNModelConfig) else None
+        self.n_outputs = cfg.out_channels if isinstance(cfg, EDPCNNModelConfig) else 1
+        self.object_channel = cfg.object_channel if isinstance(cfg, EDPCNNModelConfig) else 0
+        cfg = cfg.edpcnn_config() if isinstance(cfg, EDPCNNModelConfig) else cfg
         self.cfg = cfg
         self.unet = TimmUNet(cfg.unet)
         self.sg = SGNet(cfg.sg_base_channels, cfg.sg_depth)
@@ -337,7 +412,9 @@ def train_step(model: EDPCNN, x: torch.Tensor, masks: torch.Tensor, opt_unet: to
 
     Args:
         x: images ``(B, C, H, W)``.
-        masks: binary targets ``(B, H, W)`` (one star-shaped object per image).
+        masks: binary targets ``(B, H, W)`` (one star-shaped object per image). Images whose
+            mask is empty (slices without the object, drawn by the workflow's trainer) train only
+            the centre loss; ``F`` and the synthetic loss use the others (none: no DP this step).
         opt_unet, opt_sg: from :func:`make_optimizers`.
         generator: torch RNG for centres, rotations and exploration noise (CPU).
 
@@ -351,18 +428,26 @@ def train_step(model: EDPCNN, x: torch.Tensor, masks: torch.Tensor, opt_unet: to
     masks = masks.to(maps.device)
     centres = training_centres(masks, c.centre_jitter, generator)
     angles = (torch.rand(len(x), generator=generator) * 2 - 1).to(maps.device) * c.angle_jitter
-    cost = model.cost(maps, centres, angles)
-    sg_first, sg_last = fit_sg(model, cost, opt_sg, generator)
-
-    gt = mask_to_star_indices(masks, centres, c.n_rays, c.n_points, c.radius_px, angles)
-    model.sg.eval()  # as the authors: F's batch-norm statistics are not updated by the outer step
-    for p in model.sg.parameters():
-        p.requires_grad_(False)
-    try:
-        sg_gt = _sg_ce(model.sg(cost), gt)
-    finally:
+    has = masks.reshape(len(masks), -1).any(1)
+    if bool(has.all()):
+        sub_maps, sub_masks, sub_centres, sub_angles = maps, masks, centres, angles
+    else:
+        sub_maps, sub_masks, sub_centres, sub_angles = maps[has], masks[has], centres[has], angles[has]
+    if len(sub_maps):
+        cost = model.cost(sub_maps, sub_centres, sub_angles)
+        sg_first, sg_last = fit_sg(model, cost, opt_sg, generator)
+        gt = mask_to_star_indices(sub_masks, sub_centres, c.n_rays, c.n_points, c.radius_px, sub_angles)
+        model.sg.eval()  # as the authors: F's batch-norm statistics are not updated by the outer step
         for p in model.sg.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(False)
+        try:
+            sg_gt = _sg_ce(model.sg(cost), gt)
+        finally:
+            for p in model.sg.parameters():
+                p.requires_grad_(True)
+    else:
+        sg_first = sg_last = math.nan
+        sg_gt = maps.sum() * 0
     centre_loss = F.binary_cross_entropy_with_logits(maps, masks.float()) if c.centre_loss_weight > 0 else maps.sum() * 0
     loss = sg_gt + c.centre_loss_weight * centre_loss
     opt_unet.zero_grad(set_to_none=True)
