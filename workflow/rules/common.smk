@@ -13,9 +13,11 @@ export_package_path()
 
 from medseg.cohort.plan import dataset_plan
 from medseg.cohort.sheet import sheet_problems
+from medseg.config import validate_config
 from medseg.config_check import check_config
 
-validate(config, schema="../schemas/config.schema.yaml")
+validate_config(config)  # an unknown or bad key anywhere fails here, named by its path
+validate(config, schema="../schemas/config.schema.yaml")  # fills the defaults
 
 RESULTS = "results"
 PLANS = {
