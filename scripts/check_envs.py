@@ -30,11 +30,12 @@ sys.path.insert(0, str(REPO / "tests"))
 
 CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib", "simpleitk": "SimpleITK"}
 SKIP = {"python", "pip"}
+TEST_PACKAGES = ("pytest", "hypothesis")  # what the family tests need besides the env
 # fast tests of the code each family's rules run (need pytest; run with the family's packages only)
 FAMILY_TESTS = {
     "preprocess.yaml": ["tests/test_io.py", "tests/test_n4_skullstrip.py", "tests/test_qc.py", "tests/test_synth.py"],
     "train.yaml": ["tests/test_stitch_inference.py", "tests/test_models.py"],
-    "evaluate.yaml": ["tests/test_metrics.py", "tests/test_evaluate_case.py"],
+    "evaluate.yaml": ["tests/test_evaluate_case.py", "tests/test_instancewise.py", "tests/test_plots.py"],
 }
 
 
@@ -87,7 +88,7 @@ def check(env_file: Path, work: Path, keep: bool) -> tuple[bool, str]:
     py = str(venv / "bin" / "python")
     specs = pip_specs(env_file)
     print(f"== {env_file.name}: pip install {' '.join(specs)}", flush=True)
-    r = subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *specs, "pytest"])
+    r = subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *specs, *TEST_PACKAGES])
     if r.returncode:
         return False, f"pip install failed ({time.time() - t0:.0f} s)"
     built = time.time() - t0
