@@ -197,6 +197,16 @@ def skullstrip_modality(wildcards):
     return mod if mod in plan(wildcards).modalities else plan(wildcards).reference
 
 
+def atlas_to_native(wildcards, what):
+    """A registered case's atlas -> native transform (what="tfm") or warp (what="warp"): its
+    brain-mask QC states the volume in native space; none with steps.register off (native grid).
+    """
+    if not step_on(wildcards, "register"):
+        return []
+    name = {"tfm": "tfm_atlas.tfm", "warp": "warp_atlas.nii.gz"}[what]
+    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/{name}"
+
+
 def skullstrip_atlas(wildcards):
     """The prepared atlas, if this dataset's skull stripping uses it (not with steps.skullstrip off)."""
     method = cfg_section("preprocessing", "skullstrip").get("method", "atlas")
