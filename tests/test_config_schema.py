@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medseg.config import load_schema, validate_config
+from medseg.config_check import load_schema, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema()

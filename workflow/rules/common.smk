@@ -13,8 +13,7 @@ export_package_path()
 
 from medseg.cohort.plan import dataset_plan
 from medseg.cohort.sheet import sheet_problems
-from medseg.config import validate_config
-from medseg.config_check import check_config
+from medseg.config_check import check_config, validate_config
 
 validate_config(config)  # an unknown or bad key anywhere fails here, named by its path
 validate(config, schema="../schemas/config.schema.yaml")  # fills the defaults

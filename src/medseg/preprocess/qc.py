@@ -81,14 +81,9 @@ def _foreground(arr: np.ndarray) -> np.ndarray:
     if (arr == lo).mean() > 0.1:
         fg = arr > lo
     else:
-        hist, edges = np.histogram(arr, bins=256)
-        w0 = np.cumsum(hist)
-        mids = (edges[:-1] + edges[1:]) / 2
-        m0 = np.cumsum(hist * mids)
-        w1, total = w0[-1] - w0, m0[-1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            between = w0 * w1 * (m0 / w0 - (total - m0) / w1) ** 2
-        fg = arr > edges[int(np.nanargmax(between[:-1])) + 1]
+        from skimage.filters import threshold_otsu
+
+        fg = arr > threshold_otsu(arr, nbins=256)
     return fg if fg.any() else np.ones_like(arr, bool)
 
 
