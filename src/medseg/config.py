@@ -58,4 +58,3 @@ def _build(cls: type[T], data: Mapping[str, Any] | None, path: str) -> T:
         if path in str(e):
             raise
         raise ValueError(f"config {path}: {e}") from e
-
