@@ -216,6 +216,22 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     ref = sitk.ReadImage(str(data / case / f"{case}_t1ce.nii.gz"))
     assert pred.GetSize() == ref.GetSize() and pred.GetOrigin() == ref.GetOrigin()
     assert "left out of training and evaluation" in (work / "results/brats/logs/case_sheet.log").read_text()
+    # what reruns when (issue 14): a replaced reference label map reruns that case's evaluation only,
+    # and a fixed file brings its case back through the case sheet
+    seg = data / case / f"{case}_seg.nii.gz"
+    seg.write_bytes(seg.read_bytes())  # new mtime, as a replaced file has
+    dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
+    counts = _job_counts(dry.stdout)
+    assert counts.get("evaluate_case") == 1 and "n4_correct" not in counts and "train_model" not in counts, dry.stdout
+    r = smk(work, "--cores", "2", "results/brats_timm.json", configs=configs)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    shutil.copy(tiny_run / f"results/brats/demo/images/{bad}/{bad}_t1.nii.gz", t1)
+    dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
+    assert _job_counts(dry.stdout).get("case_sheet") == 1, dry.stdout  # ... which brings the case back
+    r = smk(work, "--cores", "2", "results/brats_timm.json", configs=configs)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    res = json.loads((work / "results/brats_timm.json").read_text())
+    assert res["excluded_cases"] == {} and (work / f"results/brats/tiles/{bad}.npy").exists()
 
 
 @pytest.mark.slow
@@ -253,29 +269,81 @@ def test_tiny_config_end_to_end(tiny_run):
     assert not list((tmp_path / ".medseg/tracking").glob("run-*.json"))
 
 
+def _msd_folder(root: Path, n_cases: int = 6, n_unlabelled: int = 1) -> Path:
+    """A small Decathlon folder of real-looking T1 heads (the tissue generator, 3 mm)."""
+    from medseg.cohort.synth_tissue import TissueSynthConfig, generate_tissue_cohort
+
+    cfg = TissueSynthConfig(n_cases=n_cases, n_unlabelled=n_unlabelled, seed=5, spacing_mm=(3.0, 3.0, 4.0))
+    return generate_tissue_cohort(cfg, root)
+
+
+@pytest.mark.parametrize("layout", ["brats2021", "brats2023", "msd", "nnunet"])
+def test_dry_run_on_each_layout(tmp_path, layout):
+    """A dataset folder in each layout is enough: the DAG is built from it (folder listings and
+    dataset.json only), with the task it declares."""
+    import shutil
+
+    from test_cohort import make_case
+
+    data = tmp_path / "data"
+    if layout.startswith("brats"):
+        for i in range(5):
+            make_case(data, f"C-{i:03d}", layout, (0, 1, 2, 4) if layout == "brats2021" else (0, 1, 2, 3))
+        expect = {"n4_correct": 5, "register_atlas": 5}
+    else:
+        msd = _msd_folder(tmp_path / "msd", n_cases=5)
+        if layout == "msd":
+            data = msd
+        else:  # the same scans as an nnU-Net v2 raw folder
+            for sub, files in (("imagesTr", "imagesTr"), ("imagesTs", "imagesTs")):
+                (data / sub).mkdir(parents=True)
+                for f in sorted((msd / files).iterdir()):
+                    shutil.copy(f, data / sub / f.name.replace(".nii.gz", "_0000.nii.gz"))
+            shutil.copytree(msd / "labelsTr", data / "labelsTr")
+            (data / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "file_ending": ".nii.gz",
+                                                           "labels": {"background": 0, "CSF": 1, "GM": 2, "WM": 3}}))
+        expect = {"n4_correct": 5, "predict_case": 3}  # 2 labelled test cases + 1 unlabelled
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(f"datasets:\n  mine:\n    source: {data}\n    split: {{test_fraction: 0.5, val_fraction: 0.5}}\n")
+    r = smk(tmp_path / "work", "-n", "results/mine_timm.json", "--quiet", "rules", configs=("tests/configs/tiny.yaml", str(cfg)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = _job_counts(r.stdout)
+    for rule, n in expect.items():
+        assert counts.get(rule) == n, (rule, counts)
+    if not layout.startswith("brats"):
+        assert "register_atlas" not in counts and "skullstrip_brain" not in counts  # the generic recipe
+
+
 @pytest.mark.slow
-def test_tissue_task_end_to_end_and_bundle_prediction(tmp_path):
-    """The tissue demo end to end: per-label Dice and HD95 of the held-out labelled cases, unlabelled
-    cases predicted on their native grids (same affine and shape as the input) in the task's label
-    values; then `medseg predict` on a raw case with the model bundle equals the workflow's label map."""
+def test_decathlon_folder_end_to_end_and_bundle_prediction(tmp_path):
+    """A Decathlon folder (one modality, softmax labels CSF/GM/WM, an unlabelled case in imagesTs)
+    end to end: per-label Dice and HD95 of the held-out labelled cases, the unlabelled case predicted
+    on its native grid (same affine and shape as the input) in the task's label values; then
+    `medseg predict` on that raw case with the model bundle equals the workflow's label map."""
     import SimpleITK as sitk
 
-    r = smk(tmp_path, "--cores", "2", "--show-failed-logs", "results/tissue_timm.json", configs=("tests/configs/tiny.yaml",))
+    data = _msd_folder(tmp_path / "Task_tissue")
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(f"datasets:\n  tissue:\n    source: {data}\n    spacing_mm: [3.0, 3.0, 3.0]\n"
+                   "    split: {test_fraction: 0.34, val_fraction: 0.34, seed: 0}\n")
+    r = smk(tmp_path / "work", "--cores", "2", "--show-failed-logs", "results/tissue_timm.json",
+            configs=("tests/configs/tiny.yaml", str(cfg)))
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
-    res = json.loads((tmp_path / "results/tissue_timm.json").read_text())
+    work = tmp_path / "work"
+    res = json.loads((work / "results/tissue_timm.json").read_text())
     assert res["task"] == "tissue" and res["n_cases"] == 2 and res["regions"] == {}
     for label in ("CSF", "GM", "WM"):
         for metric in ("dice", "hd95"):
             assert len(res["labels"][label][metric]["values"]) == 2
     assert list(res["predicted_only"]) == ["tissue_005"]
-    src = tmp_path / "results/tissue/demo/imagesTs/tissue_005.nii.gz"
-    pred_path = tmp_path / "results/tissue/predictions/timm/tissue_005.nii.gz"
+    src = data / "imagesTs/tissue_005.nii.gz"
+    pred_path = work / "results/tissue/predictions/timm/tissue_005.nii.gz"
     pred, ref = sitk.ReadImage(str(pred_path)), sitk.ReadImage(str(src))
     assert pred.GetSize() == ref.GetSize() and pred.GetOrigin() == ref.GetOrigin()
     assert pred.GetDirection() == ref.GetDirection() and pred.GetSpacing() == ref.GetSpacing()
     assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 3}
     out = tmp_path / "bundle_pred.nii.gz"
     cli = subprocess.run([sys.executable, "-m", "medseg.cli", "predict", "-i", str(src), "-m",
-                          str(tmp_path / "results/tissue/bundles/timm"), "-o", str(out)], capture_output=True, text=True)
+                          str(work / "results/tissue/bundles/timm"), "-o", str(out)], capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(pred))

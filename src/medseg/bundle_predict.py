@@ -48,7 +48,7 @@ def predict_raw(case: str, images: Mapping[str, str], bundle_dir: str | Path, ou
         n4 = from_mapping(N4Config, meta["n4"], "n4.") if steps["n4"] else None
         n4_case(case, {m: str(images[m]) for m in mods}, stage_images(n4_dir, mods),
                 {m: str(n4_dir / f"bias_{m}.nii.gz") for m in mods}, n4, channels=channels,
-                spacing_mm=meta.get("spacing_mm"))
+                spacing_mm=meta.get("spacing_mm"), orientation=meta.get("orientation"))
         stage, transform, warp = n4_dir, None, None
         if steps["register"]:
             reg = from_mapping(RegConfig, meta["register"], "register.")

@@ -22,7 +22,10 @@ RESULTS = "results"
 PLANS = {
     name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()
 }
-check_config(config, PLANS)  # unknown keys, encoders, losses: fail now, not hours later
+if workflow.is_main_process:  # once, not again in every job of a cluster run
+    check_config(
+        config, PLANS
+    )  # unknown keys, encoders, losses: fail now, not hours later
 
 
 def _alternatives(values):
@@ -114,11 +117,22 @@ TASK = f"{RESULTS}/{{dataset}}/task.json"
 CASE_DIR = f"{RESULTS}/{{dataset}}/preprocess/{{case}}"
 
 
-def raw_inputs(wildcards):
-    """The case's source files (real data), so that a changed file reruns the case's jobs; the
-    demo's files come from synth_cohort (its manifest is the sheet's input)."""
+def raw_images(wildcards):
+    """The case's source scans (real data), so that a changed scan reruns the jobs that read it;
+    the demo's files come from synth_cohort (its manifest is the sheet's input)."""
     p = plan(wildcards)
-    return [] if p.is_demo else p.raw_files(wildcards.case)
+    return (
+        []
+        if p.is_demo
+        else list(dict.fromkeys(p.files[wildcards.case].images.values()))
+    )
+
+
+def raw_seg(wildcards):
+    """The case's source label map (real data), for the jobs that read it."""
+    p = plan(wildcards)
+    seg = p.files[wildcards.case].seg
+    return [] if p.is_demo or seg is None else [seg]
 
 
 def sheet_inputs(wildcards):

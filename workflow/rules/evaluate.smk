@@ -4,7 +4,7 @@
 
 rule evaluate_case:
     input:
-        raw_inputs,
+        raw_seg,
         pred=f"{RESULTS}/{{dataset}}/predictions/{{model}}/{{case}}.nii.gz",
         sheet=ancient(SHEET),
         task=ancient(TASK),

@@ -5,7 +5,7 @@
 rule predict_case:
     input:
         unpack(atlas_transforms),
-        raw_inputs,
+        raw_images,
         norm=f"{CASE_DIR}/norm.npz",
         models=fold_models,
         images=stage_dir,
@@ -50,6 +50,7 @@ rule export_bundle:
             "reference": ref_mod(w),
             "steps": {s: step_on(w, s) for s in ("n4", "register", "skullstrip")},
             "spacing_mm": dataset_cfg(w).get("spacing_mm"),
+            "orientation": None if step_on(w, "register") else "LPS",
             "n4": n4_settings(w),
             "register": cfg_section("preprocessing", "register"),
             "skullstrip": (

@@ -22,7 +22,7 @@ rule prepare_atlas:
 rule n4_correct:
     # the first stage to read the scans: writes n4/<mod>.nii.gz and n4/bias_<mod>.nii.gz
     input:
-        raw_inputs,
+        raw_images,
         sheet=ancient(SHEET),
     output:
         images=directory(f"{CASE_DIR}/n4"),
@@ -45,6 +45,9 @@ rule n4_correct:
         files=lambda w: {m: plan(w).raw(w.case, m) for m in plan(w).modalities},
         channels=lambda w: dict(plan(w).files[w.case].channels),
         spacing_mm=lambda w: dataset_cfg(w).get("spacing_mm"),
+        # without registration the working space is the native grid in one orientation (LPS),
+        # so 2-D/2.5-D slices of every case run along the same anatomical axis
+        orientation=lambda w: None if step_on(w, "register") else "LPS",
         enabled=lambda w: step_on(w, "n4"),
         n4=n4_settings,
         # the demo cohort's applied bias fields, scored in n4_qc.json (absent for real data)
@@ -56,7 +59,7 @@ rule n4_correct:
 
 rule register_atlas:
     input:
-        raw_inputs,
+        raw_seg,
         sheet=ancient(SHEET),
         images=f"{CASE_DIR}/n4",
         atlas=f"{ATLAS_DIR}/head.nii.gz",

@@ -12,7 +12,8 @@ with job(snakemake) as p:
     cfg = from_mapping(N4Config, p["n4"], "preprocessing.n4.") if p["enabled"] else None
     qc = n4_case(case, p["files"], stage_images(out.images, mods),
                  {m: f"{out.images}/bias_{m}.nii.gz" for m in mods}, cfg, qc_png=out.qc_png,
-                 truth_dir=p["truth_dir"], channels=p["channels"], spacing_mm=p["spacing_mm"])
+                 truth_dir=p["truth_dir"], channels=p["channels"], spacing_mm=p["spacing_mm"],
+                 orientation=p["orientation"])
     write_json(qc, out.qc)
     tracking.log_metrics(qc)
     tracking.log_artifact(out.qc_png, "qc")

@@ -82,12 +82,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medseg.io import write_json
 
     pairs = match_cases(args.input, args.ref)
+    task = None
+    if args.task:
+        from medseg.cohort.sheet import read_task
+
+        task = read_task(args.task)
     settings = {"convention": args.convention, "lesionwise": args.lesionwise, "edition": args.edition,
                 "hd_max_mm": args.hd_max_mm, "nsd_tolerance_mm": args.nsd_tolerance_mm, "hd95_method": args.hd95_method}
     log.info("evaluating %d cases (%s)", len(pairs), settings)
     results = []
     for cid, pred_path, ref_path in pairs:
-        results.append(evaluate_case(pred_path, ref_path, case_id=cid, convention=args.convention, lesionwise=args.lesionwise,
+        results.append(evaluate_case(pred_path, ref_path, case_id=cid, task=task, convention=args.convention,
+                                     lesionwise=args.lesionwise and (task is None or bool(task.preset)),
                                      edition=args.edition, hd_max_mm=args.hd_max_mm, nsd_tolerance_mm=args.nsd_tolerance_mm,
                                      hd95_method=args.hd95_method))
     inputs = [p for _, pp, rp in pairs for p in (pp, rp)]
@@ -113,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--input", "--pred", dest="input", required=True, help="predicted label map or folder of them")
     p.add_argument("-r", "--ref", required=True, help="reference label map or folder of them (BraTS layout works)")
     add_output(p, "results JSON to write (docs/results_schema.md)", "--json")
+    p.add_argument("-t", "--task", default=None, help="task.json of the dataset (results/<dataset>/task.json): its labels "
+                                                     "and regions are scored (none given: BraTS in --convention)")
     p.add_argument("--convention", choices=["2021", "2023"], default="2021", help="BraTS label convention")
     p.add_argument("--lesionwise", action="store_true", help="also compute BraTS 2023 lesion-wise Dice and HD95")
     p.add_argument("--edition", choices=sorted(EDITIONS), default="2023-glioma", help="lesion-wise parameters")

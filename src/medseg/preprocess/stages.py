@@ -44,13 +44,15 @@ def resample_to_spacing(image: sitk.Image, spacing_mm: Sequence[float], interpol
 
 def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_fields: dict[str, str],
             cfg: N4Config | None, qc_png: str | None = None, truth_dir: str | None = None,
-            channels: Mapping[str, int] | None = None, spacing_mm: Sequence[float] | None = None) -> dict:
+            channels: Mapping[str, int] | None = None, spacing_mm: Sequence[float] | None = None,
+            orientation: str | None = None) -> dict:
     """N4-correct every modality of ``case`` (``cfg=None``: copy, unit field). Returns QC metrics.
 
     The first stage to read the source scans: ``channels`` picks each modality's channel of a
-    4-D (Decathlon) file; ``spacing_mm`` resamples every modality to that voxel size (the
-    generic recipe's working grid; ``None`` keeps the native grid). Predictions return to the
-    native grid at the end.
+    4-D (Decathlon) file; ``orientation`` (e.g. ``"LPS"``) reorders the axes losslessly so every
+    case's slices have the same anatomical direction (the working space without registration);
+    ``spacing_mm`` resamples every modality to that voxel size (``None`` keeps the grid).
+    Predictions return to the native grid at the end, through physical coordinates.
 
     Per modality: ``cv_wm_before`` / ``cv_wm_after``, the coefficient of variation in deep white
     matter (registered ICBM152 WM probability >= 0.9, outliers such as tumour dropped; the same
@@ -65,6 +67,8 @@ def n4_case(case: str, images: dict[str, str], out_images: dict[str, str], out_f
         truth_dir = None  # a truth folder of some other cohort (e.g. the demo's, left beside real data)
     for mod, path in images.items():
         img = read_source(path, case, (channels or {}).get(mod))  # the first stage to read the scans
+        if orientation is not None:
+            img = sitk.DICOMOrient(img, orientation)
         if spacing_mm is not None:
             img = resample_to_spacing(img, spacing_mm)
         wm = None
