@@ -81,7 +81,7 @@ def _sections():
 
 def test_every_section_rejects_unknown_keys_and_documents_each_key():
     for path, node in _walk(SCHEMA):
-        assert node.get("additionalProperties") is False or path == "models.<key>", \
+        assert node.get("additionalProperties") is False or path in ("models.<key>", "datasets.<key>.demo"), \
             f"schema section {path or 'top'} accepts unknown keys: add additionalProperties: false"
         for key, sub in node["properties"].items():
             assert sub.get("description"), f"{path}.{key} has no description"
@@ -106,6 +106,21 @@ def test_schema_and_dataclass_agree_on_keys_and_defaults(section):
         assert "default" in props[key], f"{section}.{key} has no default in the schema"
         assert _tuples(props[key]["default"]) == value, \
             f"{section}.{key}: schema default {props[key]['default']!r}, {cls.__name__} default {value!r}"
+
+
+def test_demo_defaults_are_the_generators_defaults():
+    from medseg.cohort.synth import SynthConfig
+    from medseg.cohort.synth_tissue import TissueSynthConfig
+
+    node = _node("datasets")["additionalProperties"]["properties"]["demo"]
+    kinds = {i["if"]["properties"]["kind"]["const"]: i["then"]["properties"] for i in node["allOf"]}
+    for kind, cls in (("brats", SynthConfig), ("tissue", TissueSynthConfig)):
+        defaults = _dataclass_defaults(cls)
+        for key, sub in kinds[kind].items():
+            if key in ("kind", "full_geometry"):
+                continue
+            assert key in defaults, f"datasets.<key>.demo.{key} (kind {kind}) is not a {cls.__name__} field"
+            assert _tuples(sub["default"]) == defaults[key], f"demo.{key} (kind {kind})"
 
 
 def test_arch_enum_is_the_model_registry():
@@ -138,7 +153,7 @@ def test_config_yaml_is_valid_and_sets_every_default_it_names():
                                   "inference.ovrlap", "evaluation.hd_max", "preprocessing.n4.itrations",
                                   "preprocessing.register.level", "preprocessing.skullstrip.metod",
                                   "preprocessing.normalize.percentile", "models.timm.features", "datasets.brats.split.sed",
-                                  "datasets.brats.steps.n5", "datasets.brats.demo.ncases", "datasets.brats.normalize.methd",
+                                  "datasets.brats.steps.n5", "datasets.brats.demo.ncases", "datasets.tissue.demo.full_geometry", "datasets.brats.normalize.methd",
                                   "datasets.brats.sourc", "trainin"])
 def test_unknown_key_anywhere_fails_with_its_path(path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
