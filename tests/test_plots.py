@@ -87,3 +87,4 @@ def test_modality_names():
     assert modality_name("a/BraTS2021_00000_t1ce.nii.gz") == "t1ce"
     assert modality_name("BraTS-GLI-00000-000-t2f.nii.gz") == "t2f"
     assert modality_name(("imagesTr/brain_001.nii.gz", 2)) == "brain_001 channel 2"
+    assert modality_name(("x/BraTS2021_00004_t1ce.nii.gz", None)) == "t1ce"

@@ -94,7 +94,9 @@ def modality_name(image_path: str | Path | tuple) -> str:
     ``-t2f``, ``_0000``) or, for a 4-D file, ``channel N``."""
     if isinstance(image_path, tuple):
         path, channel = image_path
-        return f"{Path(path).name.split('.')[0]} channel {channel}"
+        if channel is not None:
+            return f"{Path(path).name.split('.')[0]} channel {channel}"
+        image_path = path
     stem = Path(image_path).name.split(".")[0]
     tail = stem.replace("-", "_").rsplit("_", 1)[-1].lower()
     return tail if tail in _MODALITY_SUFFIX or tail.isdigit() or stem == tail else stem
@@ -156,7 +158,7 @@ def overlay_montage(cases: Sequence[tuple[str, str | Path | tuple, str | Path, s
     from medseg.cohort.sources import read_source
     from medseg.preprocess.qc import to_canonical
 
-    fig, axes = plt.subplots(1, len(cases), figsize=(3.8 * len(cases), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(cases), figsize=(3.8 * len(cases), 4.8), squeeze=False)
     legend: dict[str, str] = {}
     for ax, (case_id, image_path, ref_path, pred_path, dsc) in zip(axes[0], cases):
         path, channel = image_path if isinstance(image_path, tuple) else (image_path, None)
@@ -187,7 +189,7 @@ def overlay_montage(cases: Sequence[tuple[str, str | Path | tuple, str | Path, s
         for letter, (x, y) in zip("APRL", ((w / 2, 0.05 * h), (w / 2, 0.95 * h), (0.05 * w, h / 2), (0.95 * w, h / 2))):
             ax.text(x - 0.5, y - 0.5, letter, **style)
         scan = modality or modality_name(image_path)
-        ax.set_title(f"{case_id}\n{scan}, axial slice {z} (LPS grid); {structure} Dice {dsc:.3f}", fontsize=8)
+        ax.set_title(f"{case_id}\n{scan}, axial slice {z}\n{structure} Dice {dsc:.3f}", fontsize=8)
         ax.axis("off")
     handles = [Line2D([], [], color=c, lw=2, label=n) for n, c in legend.items()]
     handles += [Line2D([], [], color="0.3", ls=REF_STYLE, label="reference"),
