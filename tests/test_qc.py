@@ -171,3 +171,53 @@ def test_bad_arguments(images, tmp_path):
     with pytest.raises(ValueError, match="img must be 3-D"):
         qc.canonical_slices(sitk.Image(8, 8, sitk.sitkFloat32))
     assert not (tmp_path / "x.png").exists()
+
+
+def _atlas_cube() -> sitk.Image:
+    arr = np.zeros((30, 30, 30), np.uint8)
+    arr[10:20, 10:20, 10:20] = 1  # 1000 voxels of 2 mm = 8 mL on the atlas grid
+    mask = sitk.GetImageFromArray(arr)
+    mask.SetSpacing((2.0, 2.0, 2.0))
+    return mask
+
+
+def test_native_volume_through_the_affine_matches_resampling():
+    mask = _atlas_cube()
+    to_native = sitk.AffineTransform(3)
+    to_native.SetMatrix((1.1, 0.05, 0, 0, 0.9, 0, 0, 0.1, 1.2))  # det 1.188
+    to_native.SetCenter((30.0, 30.0, 30.0))
+    assert qc.native_volume_ml(mask) == pytest.approx(8.0)
+    ml = qc.native_volume_ml(mask, to_native)
+    assert ml == pytest.approx(8.0 * 1.1 * 0.9 * 1.2, rel=1e-6)
+    # oracle: resample the mask onto a fine native grid (native -> atlas = the inverse) and count
+    native = sitk.Image((80, 80, 80), sitk.sitkUInt8)
+    native.SetSpacing((1.0, 1.0, 1.0))
+    native.SetOrigin((-10.0, -10.0, -10.0))
+    resampled = sitk.Resample(mask, native, to_native.GetInverse(), sitk.sitkNearestNeighbor, 0)
+    counted = float(sitk.GetArrayViewFromImage(resampled).sum()) / 1000.0
+    assert ml == pytest.approx(counted, rel=0.03)
+
+
+def test_native_volume_with_a_warp():
+    mask = _atlas_cube()
+    field = np.zeros((30, 30, 30, 3), np.float64)
+    field[..., 0] = 0.1 * 2.0 * np.arange(30)[None, None, :]  # w_x = 0.1 x: det(I + dw/dx) = 1.1
+    warp = sitk.GetImageFromArray(field, isVector=True)
+    warp.CopyInformation(mask)
+    identity = sitk.AffineTransform(3)
+    assert qc.native_volume_ml(mask, identity, warp) == pytest.approx(8.0 * 1.1, rel=1e-3)
+    zero = sitk.GetImageFromArray(np.zeros_like(field), isVector=True)
+    zero.CopyInformation(mask)
+    assert qc.native_volume_ml(mask, identity, zero) == pytest.approx(8.0)
+
+
+def test_mask_qc_states_the_native_volume(tmp_path, monkeypatch):
+    mask = _atlas_cube()
+    image = sitk.Cast(mask, sitk.sitkFloat32) * 100.0 + 10.0
+    scale = sitk.ScaleTransform(3, (1.25, 1.0, 1.0))
+    titles = []
+    monkeypatch.setattr(qc, "_save", lambda fig, out, title: titles.append(title))
+    assert qc.mask_qc(image, mask, tmp_path / "m.png", title="c", to_native=scale) == pytest.approx(10.0)
+    assert qc.mask_qc(image, mask, tmp_path / "m.png", title="c") == pytest.approx(8.0)
+    assert "brain 10 mL in native space\n(atlas grid 8 mL x |det J|" in titles[0]
+    assert "brain 8.0 mL (native space" in titles[1] or "brain 8 mL (native space" in titles[1]

@@ -1,15 +1,65 @@
 """Checking a whole workflow config at load, before any job runs (called from ``common.smk``).
 
-Kept apart from :mod:`medseg.config` because it imports every stage's config (torch, timm):
-the jobs' own imports, and their conda envs, stay small.
+Kept apart from :mod:`medseg.config` because it imports every stage's config (torch, timm) and
+jsonschema: the jobs' own imports, and their conda envs, stay small. :func:`validate_config`
+checks the config against ``workflow/schemas/config.schema.yaml`` (unknown keys named by path),
+:func:`check_config` builds the typed configs.
 """
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from medseg.config import _build, _section
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | None = None) -> dict:
+    """The workflow config's JSON schema (``workflow/schemas/config.schema.yaml``) as a mapping."""
+    import yaml
+
+    with open(path or SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _key_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "the config"
+
+
+def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None:
+    """Validate ``config`` against the schema; every error names the config key it is about.
+
+    Unlike ``snakemake.utils.validate`` this fills no defaults and reports an unknown key as
+    ``training.stepz`` with the valid keys of its section (and the closest one), so a typo
+    anywhere (``tracking.enable``, ``resources.gpus``, ``models.<key>.<arch key>``) fails at load
+    instead of being ignored.
+
+    Raises:
+        ValueError: all violations, one per line, each starting with the config key.
+    """
+    import difflib
+
+    import jsonschema
+
+    schema = load_schema() if schema is None else schema
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    lines = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = list(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+            valid = sorted(err.schema.get("properties", {}))
+            for key in sorted(set(err.instance) - set(valid)):
+                close = difflib.get_close_matches(str(key), valid, n=1)
+                lines.append(f"config key {_key_path([*where, key])} is unknown" + (f" (did you mean {close[0]}?)" if close else "")
+                             + f"; valid keys of {_key_path(where)}: {valid}")
+        else:
+            lines.append(f"config key {_key_path(where)}: {err.message}")
+    if lines:
+        raise ValueError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
 
 
 def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = None) -> None:

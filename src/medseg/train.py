@@ -85,7 +85,7 @@ class TrainConfig:
         deep_supervision_weights: loss weights of the auxiliary outputs.
     """
 
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -97,7 +97,7 @@ class TrainConfig:
     fg_prob: float = 0.6
     grad_clip: float = 12.0
     checkpoint_every: int = 50
-    val_every: int = 100
+    val_every: int = 200
     seed: int = 0
     device: str = "auto"
     amp: bool = True

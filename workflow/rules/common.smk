@@ -13,9 +13,10 @@ export_package_path()
 
 from medseg.cohort.plan import dataset_plan
 from medseg.cohort.sheet import sheet_problems
-from medseg.config_check import check_config
+from medseg.config_check import check_config, validate_config
 
-validate(config, schema="../schemas/config.schema.yaml")
+validate_config(config)  # an unknown or bad key anywhere fails here, named by its path
+validate(config, schema="../schemas/config.schema.yaml")  # fills the defaults
 
 RESULTS = "results"
 PLANS = {
@@ -220,6 +221,16 @@ def atlas_transforms(wildcards):
 def skullstrip_modality(wildcards):
     mod = cfg_section("preprocessing", "skullstrip").get("modality", "t1")
     return mod if mod in plan(wildcards).modalities else plan(wildcards).reference
+
+
+def atlas_to_native(wildcards, what):
+    """A registered case's atlas -> native transform (what="tfm") or warp (what="warp"): its
+    brain-mask QC states the volume in native space; none with steps.register off (native grid).
+    """
+    if not step_on(wildcards, "register"):
+        return []
+    name = {"tfm": "tfm_atlas.tfm", "warp": "warp_atlas.nii.gz"}[what]
+    return f"{RESULTS}/{wildcards.dataset}/preprocess/{wildcards.case}/{name}"
 
 
 def skullstrip_atlas(wildcards):

@@ -98,6 +98,8 @@ rule skullstrip_brain:
     input:
         images=stage_dir,
         atlas=skullstrip_atlas,
+        atlas_transform=lambda w: atlas_to_native(w, "tfm"),
+        atlas_warp=lambda w: atlas_to_native(w, "warp"),
     output:
         mask=f"{CASE_DIR}/brain_mask.nii.gz",
         stats=f"{CASE_DIR}/brain_stats.json",

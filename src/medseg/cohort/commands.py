@@ -10,7 +10,7 @@ def _synth(a: argparse.Namespace) -> int:
     cfg = SynthConfig(n_cases=a.n_cases, seed=a.seed, spacing_mm=(a.spacing,) * 3)
     if a.full_geometry:
         cfg = SynthConfig.from_dict({"n_cases": a.n_cases, "seed": a.seed, "full_geometry": True})
-    generate_cohort(cfg, a.out, workers=a.workers)
+    generate_cohort(cfg, a.output, workers=a.workers)
     return 0
 
 
@@ -20,27 +20,30 @@ def _sheet(a: argparse.Namespace) -> int:
     from medseg.cohort.plan import dataset_plan
     from medseg.cohort.sheet import plan_sheet
 
-    ds = {"source": str(Path(a.root).resolve()), "convention": a.convention,
+    ds = {"source": str(Path(a.input).resolve()), "convention": a.convention,
           "split": {"test_fraction": a.test_fraction, "val_fraction": a.val_fraction, "n_folds": a.folds, "seed": a.seed}}
-    plan = dataset_plan(Path(a.root).name, ds)
-    rows = plan_sheet(plan, a.out, a.task, threads=a.threads)
+    plan = dataset_plan(Path(a.input).name, ds)
+    rows = plan_sheet(plan, a.output, a.task, threads=a.threads)
     return 1 if any(r["problem"] for r in rows) else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from medseg.cli import add_input, add_output
+
     p = sub.add_parser("synth-cohort", help="generate the demo cohort (BraTS 2021 layout + truth)")
-    p.add_argument("--out", required=True, help="output folder (images/, truth/, cohort.json)")
-    p.add_argument("--n-cases", type=int, default=16)
-    p.add_argument("--seed", type=int, default=42)
+    add_output(p, "output folder (images/, truth/, cohort.json)", "--out")
+    p.add_argument("--n-cases", type=int, default=16, help="number of cases")
+    p.add_argument("--seed", type=int, default=42, help="generator seed")
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (isotropic)")
     p.add_argument("--full-geometry", action="store_true", help="BraTS geometry: 240x240x155 at 1 mm")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="cases generated at a time (processes)")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("case-sheet", help="validate a dataset folder and write its case sheet (TSV) and task (JSON)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("root", help="dataset folder: BraTS (2021 or 2023+), nnU-Net v2 raw or Decathlon (dataset.json)")
-    p.add_argument("--out", required=True, help="case sheet to write (TSV)")
+    add_input(p, "dataset folder: BraTS (2021 or 2023+), nnU-Net v2 raw or Decathlon (dataset.json)",
+              legacy_positional="root")
+    add_output(p, "case sheet to write (TSV)", "--out")
     p.add_argument("--task", default=None, help="also write the dataset's resolved task (JSON) here")
     p.add_argument("--convention", default="auto", choices=["auto", "2021", "2023"], help="BraTS label convention")
     p.add_argument("--test-fraction", type=float, default=0.25, help="share of labelled cases held out for testing")

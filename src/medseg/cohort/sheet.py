@@ -15,7 +15,6 @@ reads.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 import os
@@ -23,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
 from medseg.cohort.sources import header, read_source
@@ -157,10 +157,8 @@ def build_case_sheet(task: Task, files: Mapping[str, CaseFiles], splits: Mapping
         r.setdefault("convention", "")
     rows += [{"case_id": c, "split": EXCLUDED, "fold": "", "labelled": "", "convention": "", "problem": _one_line(why)}
              for c, why in sorted((excluded or {}).items())]
-    with atomic_path(out_tsv) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns(mods), delimiter="\t", extrasaction="ignore", restval="")
-        w.writeheader()
-        w.writerows(rows)
+    with atomic_path(out_tsv) as tmp:  # object dtype: ints stay ints; a missing value is an empty cell
+        pd.DataFrame(rows, columns=columns(mods), dtype=object).to_csv(tmp, sep="\t", index=False, na_rep="")
     if out_task is not None:
         write_json(task.to_dict(), out_task)
     bad = [r["case_id"] for r in rows if r["problem"] and r["split"] != EXCLUDED]
@@ -186,8 +184,8 @@ def plan_sheet(plan, out_tsv: str | Path, out_task: str | Path | None = None, **
 
 
 def read_case_sheet(path: str | Path) -> dict[str, dict]:
-    with open(path, newline="") as f:
-        return {r["case_id"]: r for r in csv.DictReader(f, delimiter="\t")}
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)  # every cell as written, "" if empty
+    return {r["case_id"]: r for r in table.to_dict("records")}
 
 
 def read_task(path: str | Path) -> Task:

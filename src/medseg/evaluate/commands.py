@@ -81,7 +81,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medseg.evaluate.case import evaluate_case
     from medseg.io import write_json
 
-    pairs = match_cases(args.pred, args.ref)
+    pairs = match_cases(args.input, args.ref)
     task = None
     if args.task:
         from medseg.cohort.sheet import read_task
@@ -98,12 +98,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                      hd95_method=args.hd95_method))
     inputs = [p for _, pp, rp in pairs for p in (pp, rp)]
     summary = aggregate(results, provenance=provenance.collect(config=settings, inputs=inputs))
-    write_json(summary, args.json)
+    write_json(summary, args.output)
     if args.csv:
         write_cases_csv(results, args.csv)
     if args.plot:
         plot_boxplots(results, args.plot)
-    log.info("wrote %s", args.json)
+    log.info("wrote %s", args.output)
     return 0
 
 
@@ -113,18 +113,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from medseg.evaluate.lesionwise import EDITIONS
     from medseg.evaluate.metrics import DEFAULT_NSD_TOLERANCE_MM, HD95_METHODS
 
+    from medseg.cli import add_output
+
     p = subparsers.add_parser("evaluate", help="score label maps against references (BraTS metrics)", description=__doc__)
-    p.add_argument("--pred", required=True, help="predicted label map or folder of them")
-    p.add_argument("--ref", required=True, help="reference label map or folder of them (BraTS layout works)")
-    p.add_argument("--json", required=True, help="results JSON to write (docs/results_schema.md)")
-    p.add_argument("--task", default=None, help="task.json of the dataset (results/<dataset>/task.json): its labels and "
-                                                "regions are scored; default: BraTS in --convention")
-    p.add_argument("--convention", choices=["2021", "2023"], default="2021", help="BraTS label convention (default 2021)")
+    p.add_argument("-i", "--input", "--pred", dest="input", required=True, help="predicted label map or folder of them")
+    p.add_argument("-r", "--ref", required=True, help="reference label map or folder of them (BraTS layout works)")
+    add_output(p, "results JSON to write (docs/results_schema.md)", "--json")
+    p.add_argument("-t", "--task", default=None, help="task.json of the dataset (results/<dataset>/task.json): its labels "
+                                                     "and regions are scored (none given: BraTS in --convention)")
+    p.add_argument("--convention", choices=["2021", "2023"], default="2021", help="BraTS label convention")
     p.add_argument("--lesionwise", action="store_true", help="also compute BraTS 2023 lesion-wise Dice and HD95")
-    p.add_argument("--edition", choices=sorted(EDITIONS), default="2023-glioma", help="lesion-wise parameters (default 2023-glioma)")
-    p.add_argument("--csv", help="also write one row per case to this CSV")
-    p.add_argument("--plot", help="also write metric box plots to this PNG")
+    p.add_argument("--edition", choices=sorted(EDITIONS), default="2023-glioma", help="lesion-wise parameters")
+    p.add_argument("--csv", default=None, help="also write one row per case to this CSV")
+    p.add_argument("--plot", default=None, help="also write metric box plots to this PNG")
     p.add_argument("--hd-max-mm", type=float, default=DEFAULT_HD_MAX_MM, help="HD95/ASSD when one side is empty (mm)")
     p.add_argument("--nsd-tolerance-mm", type=float, default=DEFAULT_NSD_TOLERANCE_MM, help="surface Dice tolerance (mm)")
-    p.add_argument("--hd95-method", choices=sorted(HD95_METHODS), default="pooled", help="HD95 definition (default pooled, official BraTS)")
+    p.add_argument("--hd95-method", choices=sorted(HD95_METHODS), default="pooled", help="HD95 definition (pooled: official BraTS)")
     p.set_defaults(func=run_evaluate)

@@ -6,7 +6,7 @@ importing this module is cheap and works without a display.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,6 @@ from medseg.io import atomic_path, read_labels
 log = logging.getLogger(__name__)
 
 BOXPLOT_METRICS = ("dice", "hd95", "assd", "nsd")
-REF_COLOUR, PRED_COLOUR = "lime", "red"
 
 
 def _pyplot():
@@ -84,48 +83,121 @@ def select_montage_cases(case_results: Sequence[dict], region: str | None = None
     return [(tag, r["case"], float(r[section][region][metric])) for tag, r in picks]
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
+# Okabe & Ito (2008) colour-blind-safe palette (black left out: it is the background)
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
+REF_STYLE, PRED_STYLE = "solid", "dashed"
+_MODALITY_SUFFIX = ("t1ce", "t1c", "t1gd", "t1n", "t1", "t2f", "t2w", "t2", "flair", "ct", "pd", "dwi", "adc")
 
-    return mask & ~ndimage.binary_erosion(mask)
+
+def modality_name(image_path: str | Path | tuple) -> str:
+    """A short name for the displayed scan: the BraTS/nnU-Net suffix of its file name (``_t1ce``,
+    ``-t2f``, ``_0000``) or, for a 4-D file, ``channel N``."""
+    if isinstance(image_path, tuple):
+        path, channel = image_path
+        if channel is not None:
+            return f"{Path(path).name.split('.')[0]} channel {channel}"
+        image_path = path
+    stem = Path(image_path).name.split(".")[0]
+    tail = stem.replace("-", "_").rsplit("_", 1)[-1].lower()
+    return tail if tail in _MODALITY_SUFFIX or tail.isdigit() or stem == tail else stem
+
+
+def axial_view(image: sitk.Image, z: int | None = None) -> tuple[np.ndarray, float, int]:
+    """The axial slice ``z`` of ``image`` as displayed: reoriented to LPS axes, so that in
+    ``imshow`` (row 0 at the top) anterior is up and the patient's right is on the left of the
+    panel (radiological convention), whatever the file's orientation.
+
+    Returns:
+        ``(slice (ny, nx), imshow aspect (row mm / column mm), z)``; ``z`` defaults to the middle.
+    """
+    from medseg.preprocess.qc import to_canonical
+
+    canon = to_canonical(image)
+    arr = sitk.GetArrayViewFromImage(canon)
+    z = arr.shape[0] // 2 if z is None else z
+    sx, sy, _ = canon.GetSpacing()
+    return np.array(arr[z]), sy / sx, z
+
+
+def _structures(ref: np.ndarray, pred: np.ndarray, structures: Mapping[str, Sequence[int]] | None,
+                label_names: Mapping[int, str] | None) -> dict[str, np.ndarray]:
+    """name -> label values: ``structures`` (e.g. BraTS regions), else each label value present."""
+    if structures:
+        return {name: np.asarray(values) for name, values in structures.items()}
+    names = dict(label_names or {})
+    values = sorted(int(v) for v in np.union1d(np.unique(ref), np.unique(pred)) if v != 0)
+    return {names.get(v, f"label {v}"): np.asarray([v]) for v in values}
 
 
 def overlay_montage(cases: Sequence[tuple[str, str | Path | tuple, str | Path, str | Path, float]], out_png: str | Path,
-                    structure: str = "foreground") -> None:
-    """Axial slices with reference (green) and prediction (red) tumour outlines, one panel per case.
+                    structure: str = "foreground", *, modality: str | None = None,
+                    structures: Mapping[str, Sequence[int]] | None = None,
+                    label_names: Mapping[int, str] | None = None) -> None:
+    """Axial slices with the outline of every structure, reference solid and prediction dashed.
 
-    Each panel shows the axial slice with the largest reference tumour area (largest predicted
-    area if the reference is empty) of the whole tumour (any label > 0).
+    Every panel is in one display convention whatever the file's orientation (LSA, RAS, LPS ...):
+    axial, radiological (anterior up, the patient's right on the panel's left; see
+    :func:`axial_view`), with orientation letters, voxel anisotropy honoured. Each panel shows the
+    axial slice with the largest reference foreground (any label > 0; the prediction's if the
+    reference is empty). Colours are the Okabe-Ito colour-blind-safe palette, one per structure.
 
     Args:
         cases: ``(case_id, image_path, ref_path, pred_path, dice)`` tuples, e.g. best/median/worst;
             ``image_path`` may be ``(path, channel)`` for a 4-D source file.
-        structure: what the Dice in the titles is of.
         out_png: output PNG, written atomically.
+        structure: what the Dice in the titles is of.
+        modality: name of the displayed scan (default: from its file name, :func:`modality_name`).
+        structures: structure name -> label values it unites (e.g. BraTS ``{"WT": [1, 2, 4], ...}``);
+            default: each label value present, named by ``label_names`` (value -> name) or ``label N``.
     """
     if not cases:
         raise ValueError("cases is empty; nothing to draw")
     plt = _pyplot()
-    from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, len(cases), figsize=(3.6 * len(cases), 3.9), squeeze=False)
+    from medseg.cohort.sources import read_source
+    from medseg.preprocess.qc import to_canonical
+
+    fig, axes = plt.subplots(1, len(cases), figsize=(3.8 * len(cases), 4.8), squeeze=False)
+    legend: dict[str, str] = {}
     for ax, (case_id, image_path, ref_path, pred_path, dsc) in zip(axes[0], cases):
-        from medseg.cohort.sources import read_source
-
         path, channel = image_path if isinstance(image_path, tuple) else (image_path, None)
-        image = sitk.GetArrayFromImage(read_source(path, case_id, channel))
-        ref = sitk.GetArrayFromImage(read_labels(ref_path, case=case_id)) > 0
-        pred = sitk.GetArrayFromImage(read_labels(pred_path, case=case_id)) > 0
-        if not (image.shape == ref.shape == pred.shape):
-            raise ValueError(f"case {case_id!r}: image {image.shape}, reference {ref.shape} and prediction {pred.shape} differ in size")
-        area = (ref if ref.any() else pred).sum(axis=(1, 2))
+        image = read_source(path, case_id, channel)
+        ref_img, pred_img = read_labels(ref_path, case=case_id), read_labels(pred_path, case=case_id)
+        if not (image.GetSize() == ref_img.GetSize() == pred_img.GetSize()):
+            raise ValueError(f"case {case_id!r}: image {image.GetSize()}, reference {ref_img.GetSize()} and prediction "
+                             f"{pred_img.GetSize()} differ in size")
+        ref = sitk.GetArrayFromImage(to_canonical(ref_img))
+        pred = sitk.GetArrayFromImage(to_canonical(pred_img))
+        area = ((ref if ref.any() else pred) > 0).sum(axis=(1, 2))
         z = int(np.argmax(area))
-        lo, hi = np.percentile(image[z], [1, 99])
-        ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-        for mask, colour in ((ref[z], REF_COLOUR), (pred[z], PRED_COLOUR)):
-            edge = np.ma.masked_where(~_outline(mask), np.ones(mask.shape))
-            ax.imshow(edge, cmap=ListedColormap([colour]), interpolation="none")
-        ax.set_title(f"{case_id}\n{structure} Dice {dsc:.3f}, slice {z}", fontsize=9)
+        view, aspect, _ = axial_view(image, z)
+        lo, hi = np.percentile(view, [1, 99])
+        ax.imshow(view, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect, interpolation="nearest")
+        found = _structures(ref, pred, structures, label_names)
+        for name in found:  # colours in structure order, the same in every panel
+            legend.setdefault(name, OKABE_ITO[len(legend) % len(OKABE_ITO)])
+        # largest first, so that a small structure's outline is drawn over the edge it shares with a larger one
+        for name, values in sorted(found.items(), key=lambda kv: -int(np.isin(ref[z], kv[1]).sum())):
+            colour = legend[name]
+            for labels, style in ((ref[z], REF_STYLE), (pred[z], PRED_STYLE)):
+                mask = np.isin(labels, values)
+                if mask.any() and not mask.all():
+                    ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linestyles=style, linewidths=1.3)
+        h, w = view.shape
+        style = {"color": "yellow", "fontsize": 8, "ha": "center", "va": "center", "fontweight": "bold"}
+        for letter, (x, y) in zip("APRL", ((w / 2, 0.05 * h), (w / 2, 0.95 * h), (0.05 * w, h / 2), (0.95 * w, h / 2))):
+            ax.text(x - 0.5, y - 0.5, letter, **style)
+        scan = modality or modality_name(image_path)
+        ax.set_title(f"{case_id}\n{scan}, axial slice {z}\n{structure} Dice {dsc:.3f}", fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"reference {REF_COLOUR}, prediction {PRED_COLOUR}", fontsize=9)
-    _save(plt, fig, out_png)
+    handles = [Line2D([], [], color=c, lw=2, label=n) for n, c in legend.items()]
+    handles += [Line2D([], [], color="0.3", ls=REF_STYLE, label="reference"),
+                Line2D([], [], color="0.3", ls=PRED_STYLE, label="prediction")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle("axial, radiological convention (patient's right on the left, anterior up)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.94))
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    log.info("wrote %s", out_png)

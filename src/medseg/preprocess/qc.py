@@ -81,14 +81,9 @@ def _foreground(arr: np.ndarray) -> np.ndarray:
     if (arr == lo).mean() > 0.1:
         fg = arr > lo
     else:
-        hist, edges = np.histogram(arr, bins=256)
-        w0 = np.cumsum(hist)
-        mids = (edges[:-1] + edges[1:]) / 2
-        m0 = np.cumsum(hist * mids)
-        w1, total = w0[-1] - w0, m0[-1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            between = w0 * w1 * (m0 / w0 - (total - m0) / w1) ** 2
-        fg = arr > edges[int(np.nanargmax(between[:-1])) + 1]
+        from skimage.filters import threshold_otsu
+
+        fg = arr > threshold_otsu(arr, nbins=256)
     return fg if fg.any() else np.ones_like(arr, bool)
 
 
@@ -247,17 +242,56 @@ def registration_qc(fixed: sitk.Image, moving_resampled: sitk.Image, out_png: st
     _save(fig, out_png, title)
 
 
-def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str = "") -> float:
+def jacobian_determinant(transform: sitk.Transform, point_mm: tuple[float, float, float], step_mm: float = 1.0) -> float:
+    """``det J`` of ``transform`` at ``point_mm`` (central differences; exact for an affine transform)."""
+    p = np.asarray(point_mm, float)
+    cols = []
+    for axis in range(3):
+        e = np.zeros(3)
+        e[axis] = step_mm
+        cols.append((np.asarray(transform.TransformPoint(tuple(p + e))) - np.asarray(transform.TransformPoint(tuple(p - e))))
+                    / (2 * step_mm))
+    return float(np.linalg.det(np.stack(cols, axis=1)))
+
+
+def native_volume_ml(mask: sitk.Image, to_native: sitk.Transform | None = None, warp: sitk.Image | None = None) -> float:
+    """Volume in mL of ``mask`` (nonzero = inside) in the patient's native space.
+
+    A mask on an atlas grid covers ``|det J|`` times more native volume per voxel, ``J`` the
+    Jacobian of the atlas -> native map ``x -> A(x + w(x))`` (``to_native`` = ``A``, the linear
+    atlas -> native transform the registration wrote; ``warp`` = ``w``, its displacement field in
+    mm, or ``None``): the volume is ``sum over mask voxels of voxel volume x |det A| x det(I + dw/dx)``.
+    ``to_native=None``: the mask is already on a native-space grid (its voxel volume counts).
+    """
+    inside = sitk.GetArrayViewFromImage(mask) > 0
+    voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
+    n = int(inside.sum())
+    if to_native is None or n == 0:
+        return n * voxel_ml
+    com = np.argwhere(inside).mean(axis=0)[::-1]  # (x, y, z) continuous index
+    det_a = abs(jacobian_determinant(to_native, mask.TransformContinuousIndexToPhysicalPoint([float(c) for c in com])))
+    if warp is None or not np.any(sitk.GetArrayViewFromImage(warp)):
+        return n * voxel_ml * det_a
+    field = sitk.Cast(warp, sitk.sitkVectorFloat64)
+    jac = sitk.Resample(sitk.DisplacementFieldJacobianDeterminant(field), mask, sitk.Transform(), sitk.sitkLinear, 1.0)
+    return float(sitk.GetArrayViewFromImage(jac)[inside].sum()) * voxel_ml * det_a
+
+
+def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str = "",
+            to_native: sitk.Transform | None = None, warp: sitk.Image | None = None) -> float:
     """Mask outline over the image on three planes through the mask's centre of mass.
 
     Args:
         image: 3-D image.
         mask: binary mask (nonzero = inside) on ``image``'s grid.
         out_png: PNG to write.
-        title: figure title; the mask volume in mL (or "empty mask") is appended.
+        title: figure title; the mask's native-space volume in mL (or "empty mask") is appended.
+        to_native, warp: when ``image`` is on an atlas grid (after registration), the atlas ->
+            native transform and warp (see :func:`native_volume_ml`); the figure then states the
+            native volume (via the transform's Jacobian) and the atlas-grid one.
 
     Returns:
-        The mask volume in mL (0.0 for an empty mask).
+        The mask volume in mL in native space (0.0 for an empty mask).
 
     Raises:
         ValueError: ``mask`` not on ``image``'s grid.
@@ -270,8 +304,14 @@ def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str
     if n:
         com_zyx = np.argwhere(inside).mean(axis=0)
         center = ci.TransformContinuousIndexToPhysicalPoint([float(c) for c in com_zyx[::-1]])
-        ml = n * float(np.prod(ci.GetSpacing())) / 1000.0
+        ml = native_volume_ml(mask, to_native, warp)
         volume = f"brain {ml:.0f} mL" if ml >= 10 else f"brain {ml:.3g} mL"
+        if to_native is None:
+            volume += " (native space: counted on the scan's grid)"
+        else:
+            grid_ml = n * float(np.prod(ci.GetSpacing())) / 1000.0
+            volume += (f" in native space\n(atlas grid {grid_ml:.0f} mL x |det J| of the atlas->native transform"
+                       + (" and warp)" if warp is not None and np.any(sitk.GetArrayViewFromImage(warp)) else ")"))
         window = _window(arr[inside])
     else:
         ml, center, volume, window = 0.0, None, "empty mask", _window(arr[_foreground(arr)])
@@ -284,7 +324,7 @@ def mask_qc(image: sitk.Image, mask: sitk.Image, out_png: str | Path, title: str
         if m2.any() and not m2.all():
             ax.contour(m2.astype(np.float32), levels=[0.5], colors=["#ff3030"], linewidths=1.0)
         _decorate(ax, plane, m2.shape, plane)
-    _save(fig, out_png, f"{title}  {volume}".strip())
+    _save(fig, out_png, f"{title}\n{volume}".strip())
     return ml
 
 

@@ -203,19 +203,32 @@ def _gate(case: str, what: str, value: float, cfg: RegConfig) -> int:
     return 1
 
 
-def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig, qc_png: str | None = None) -> dict:
-    """Brain mask of ``image`` (``qc_png``: mask outline on three planes)."""
+def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig, qc_png: str | None = None,
+                    atlas_transform: str | None = None, atlas_warp: str | None = None) -> dict:
+    """Brain mask of ``image`` (``qc_png``: mask outline on three planes).
+
+    ``atlas_transform`` / ``atlas_warp``: when ``image`` is on the atlas grid (after registration),
+    the atlas -> native transform and warp files the registration wrote; the brain volume is then
+    computed in native space (:func:`medseg.preprocess.qc.native_volume_ml`).
+
+    Returns:
+        ``brain_volume_ml`` (native space), ``brain_volume_grid_ml`` (on ``image``'s grid).
+    """
+    from medseg.preprocess.qc import native_volume_ml
+
     img = read_image(image, case=case)
     mask = skullstrip(img, cfg)
     write_image(mask, out_mask)
+    to_native = sitk.ReadTransform(str(atlas_transform)) if atlas_transform else None
+    warp = read_image(atlas_warp, case=case, pixel_type=sitk.sitkVectorFloat64) if atlas_warp and to_native else None
     if qc_png:
         from medseg.preprocess.qc import mask_qc
 
-        mask_qc(img, mask, qc_png, title=f"{case} brain mask ({cfg.method})")
-    vol = float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing()) / 1000)
-    if vol == 0:
+        mask_qc(img, mask, qc_png, title=f"{case} brain mask ({cfg.method})", to_native=to_native, warp=warp)
+    grid = float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing()) / 1000)
+    if grid == 0:
         raise InputError(f"case {case}: skull stripping of {image} produced an empty brain mask")
-    return {"brain_volume_ml": vol}
+    return {"brain_volume_ml": native_volume_ml(mask, to_native, warp), "brain_volume_grid_ml": grid}
 
 
 def nonzero_brain(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
