@@ -23,8 +23,9 @@ from medseg.train import TrainConfig, load_model, train
 from medseg.volume_inference import InferenceConfig, predict_volume
 
 TASK = brats_task("brats", "2021")  # regions WT, TC, ET; WT paints ED (2)
-# as the workflow reads it back from task.json: regions (and labels) in alphabetical order ET, TC, WT
-SORTED = Task.from_dict(json.loads(json.dumps(TASK.to_dict(), sort_keys=True)))
+# a task whose regions are declared smallest first (ET, TC, WT): the object is still WT
+SORTED = Task("brats", TASK.modalities, dict(TASK.labels), {r: TASK.regions[r] for r in ("ET", "TC", "WT")},
+              TASK.preset)
 EDP = {"arch": "edpcnn", "encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8], "n_rays": 12, "n_points": 10,
        "radius_px": 10.0, "sg_steps": 2, "noise_samples": 2, "sg_base_channels": 4, "lr": 1e-3, "sg_lr": 1e-3}
 CFG = TrainConfig(steps=4, batch_size=2, checkpoint_every=2, val_every=2, threads=1, device="cpu", context=1)
@@ -66,7 +67,7 @@ def test_object_is_the_largest_region_whatever_the_region_order():
 
 
 def test_edpcnn_trains_through_train_resumes_exactly_and_predicts_wt_only(tmp_path):
-    """On the task as the workflow has it (regions ET, TC, WT): trains on WT, predicts into channel 2."""
+    """On a task with regions ET, TC, WT: trains on WT, predicts into channel 2."""
     TASK = SORTED  # noqa: N806
     npys, jsons = make_tiles(tmp_path, TASK)
     mcfg = model_config_from_mapping(EDP, "models.edpcnn.")
@@ -85,7 +86,7 @@ def test_edpcnn_trains_through_train_resumes_exactly_and_predicts_wt_only(tmp_pa
         assert (resumed / f).exists(), f
     assert {"dice_WT", "dice_mean", "sg_gt_loss", "centre_loss"} <= set((resumed / "metrics.csv").read_text().split("\n")[0].split(","))
     assert 0 <= summary["best"]["dice_mean"] <= 1 and summary["best"]["step"] in (2, 4)
-    assert json.loads((resumed / "summary.json").read_text())["task"]["regions"]["WT"] == ["NCR", "ED", "ET"]
+    assert dict(json.loads((resumed / "summary.json").read_text())["task"]["regions"])["WT"] == ["NCR", "ED", "ET"]
 
     model, meta = load_model(resumed / "model.pt")
     assert isinstance(model, EDPCNN) and model.n_outputs == 3 and model.object_channel == 2 and meta["context"] == 1

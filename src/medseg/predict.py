@@ -76,9 +76,10 @@ def predict_case(case: str, norm_npz: str, model_paths: Sequence[str], atlas_gri
     probs = None
     for fold_image, mpath in zip(image, model_paths):
         model, meta = load_model(mpath)
-        if meta.get("task") and meta["task"]["labels"] != dict(task.labels):
+        trained = Task.from_dict(meta["task"]) if meta.get("task") else task
+        if dict(trained.labels) != dict(task.labels):
             log.warning("case %s: %s was trained with labels %s, the dataset's are %s", case, mpath,
-                        meta["task"]["labels"], dict(task.labels))
+                        dict(trained.labels), dict(task.labels))
         p = predict_volume([model], fold_image, meta["context"], cfg, task.activation)
         probs = p if probs is None else probs + p
     # structures lie inside the brain / imaged foreground: drop predictions outside the (dilated) mask

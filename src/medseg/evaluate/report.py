@@ -22,7 +22,7 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
                   case_files: Mapping[str, tuple] | None = None,
                   excluded: Mapping[str, str] | None = None, predicted_only: Mapping[str, str] | None = None,
                   dataset: str | None = None, model: str | None = None, model_files: Sequence[str | Path] = (),
-                  sheet: str | Path | None = None, out_html: str | Path | None = None) -> dict:
+                  sheet: str | Path | None = None, out_html: str | Path | None = None, task: Any = None) -> dict:
     """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict.
 
     ``montage_png`` + ``case_files`` (case -> (image, reference, prediction) paths): overlay montage
@@ -34,7 +34,8 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
     describe the model (:func:`model_block`); ``sheet``: the dataset's case sheet, whose split
     column names every case's split (``splits``) and whose files are checksummed for the scored
     and predicted cases (``source_scans``). ``out_html``: the summary table page
-    (:func:`write_summary_html`). Schema: ``docs/results_schema.md``.
+    (:func:`write_summary_html`). ``task``: the dataset's :class:`~medseg.tasks.Task`, whose regions (or
+    labels) the montage outlines by name. Schema: ``docs/results_schema.md``.
     """
     if not case_jsons:
         raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
@@ -61,7 +62,8 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
         picks = select_montage_cases(cases)
         section = scored_section(cases[0])
         overlay_montage([(f"{tag}: {c}", *case_files[c], v) for tag, c, v in picks], montage_png,
-                        structure=next(iter(cases[0][section])))
+                        structure=next(iter(cases[0][section])),
+                        structures=task.structures() if task is not None else None)
     section = scored_section(cases[0])
     means = {r: round(results[section][r]["dice"]["mean"], 4) for r in results[section]}
     log.info("%d cases, mean Dice %s -> %s", len(cases), means, out_json)

@@ -66,7 +66,10 @@ def model_config_from_mapping(mapping: Mapping[str, Any] | None, path: str = "mo
     ``model_config`` saved in ``model.pt``).
     """
     mapping = dict(mapping or {})
-    spec = get_arch(mapping.get("arch", "timm_unet"))
+    try:
+        spec = get_arch(mapping.get("arch", "timm_unet"))
+    except ValueError as e:
+        raise ValueError(f"{path}{e}".replace(f"{path}models.", path)) from e
     return from_mapping(spec.config, mapping, path)
 
 

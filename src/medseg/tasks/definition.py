@@ -158,15 +158,22 @@ class Task:
 
     # -- (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "modalities": list(self.modalities), "labels": dict(self.labels),
-                "regions": {r: list(m) for r, m in self.regions.items()}, "preset": self.preset,
+        """JSON-able form; labels and regions as ``[name, ...]`` pairs, because their order is the
+        order of the network's output channels and JSON files are written with sorted keys."""
+        return {"name": self.name, "modalities": list(self.modalities), "labels": [[n, v] for n, v in self.labels.items()],
+                "regions": [[r, list(m)] for r, m in self.regions.items()], "preset": self.preset,
                 "recipe": self.recipe}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Task:
-        return cls(name=d["name"], modalities=tuple(d["modalities"]), labels=dict(d["labels"]),
-                   regions={r: tuple(m) for r, m in (d.get("regions") or {}).items()}, preset=d.get("preset"),
+        pairs = lambda x: list(x.items()) if isinstance(x, Mapping) else [tuple(p) for p in (x or [])]  # noqa: E731
+        return cls(name=d["name"], modalities=tuple(d["modalities"]), labels=dict(pairs(d["labels"])),
+                   regions={r: tuple(m) for r, m in pairs(d.get("regions"))}, preset=d.get("preset"),
                    recipe=d.get("recipe", "brain"))
+
+    def structures(self) -> dict[str, tuple[int, ...]]:
+        """What figures outline: every region (its label values), or every label of a task without regions."""
+        return self.region_values() if self.regions else {n: (v,) for n, v in self.labels.items()}
 
 
 RECIPES = ("brain", "generic")

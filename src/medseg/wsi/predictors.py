@@ -58,11 +58,11 @@ def task_kind(meta: dict) -> str:
 def task_classes(meta: dict) -> list[str] | None:
     """Class names of a checkpoint (labels: without background; regions: one per channel), if recorded."""
     task = meta.get("task")
-    if isinstance(task, dict):
-        if task_kind(meta) == "labels" and isinstance(task.get("labels"), dict):
-            return [k for k, _ in sorted(task["labels"].items(), key=lambda kv: kv[1])]
-        if isinstance(task.get("regions"), dict):
-            return list(task["regions"])
+    if isinstance(task, dict) and "labels" in task:
+        from medseg.tasks import Task
+
+        t = Task.from_dict({"name": "task", "modalities": ("rgb",), **task})
+        return list(t.regions) if t.regions else list(t.labels)
     regions = meta.get("regions")
     return list(regions) if task_kind(meta) == "regions" and regions else None
 
