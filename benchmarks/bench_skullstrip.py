@@ -15,6 +15,9 @@ Setups (each a demo cohort scored against its true brain mask, in each T1's own 
     python benchmarks/bench_skullstrip.py                 # 4 cases per setup, every method
     python benchmarks/bench_skullstrip.py --cases 2 --methods deepbet atlas
 
+Each line also gives the share of the true tumour inside the mask (a method that cuts out a dark
+necrotic core or a tumour at the brain's edge loses it for segmentation).
+
 Output: one line per mask, the table, and benchmarks/out/skullstrip/bench_skullstrip.json.
 Exit 1 if the default method's mean Dice on a crosswise setup is below 0.95.
 """
@@ -30,7 +33,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.cohort.synth import SynthConfig, generate_cohort, true_brain_mask
+from medseg.cohort.synth import (
+    SynthConfig,
+    generate_cohort,
+    true_brain_mask,
+    true_head_motion,
+)
 from medseg.preprocess.atlas import atlas_images
 from medseg.preprocess.skullstrip import METHODS, SkullstripConfig, skullstrip
 
@@ -46,6 +54,13 @@ SETUPS = {  # name: (anatomy of the heads, FOV variety, anatomy of the atlas)
 def dice(a: sitk.Image, b: sitk.Image) -> float:
     x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
     return float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1))
+
+
+def tumour_in_t1(case_dir: Path, truth_dir: Path, t1: sitk.Image) -> np.ndarray:
+    """The true whole tumour (the seg is in the T1ce frame) as seen in the T1 (head motion applied), (z, y, x) bool."""
+    seg = sitk.ReadImage(str(case_dir / f"{case_dir.name}_seg.nii.gz"), sitk.sitkUInt8)
+    moved = sitk.Resample(seg, t1, true_head_motion(truth_dir, "t1"), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(moved) > 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,18 +88,21 @@ def main(argv: list[str] | None = None) -> int:
                 truth_dir = root / "truth" / case_dir.name
                 truth = true_brain_mask(truth_dir, "t1", t1)
                 fov = json.loads((truth_dir / "truth.json").read_text()).get("fov", "standard")
+                tumour = tumour_in_t1(case_dir, truth_dir, t1)
                 for m in a.methods:
                     if m == "robex" and a.robex_cases is not None and k >= a.robex_cases:
                         continue
                     t0 = time.perf_counter()
                     mask = skullstrip(t1, SkullstripConfig(method=m, atlas_dir=atlas_dir))
                     row = {"setup": setup, "case": case_dir.name, "fov": fov, "method": m, "dice": dice(mask, truth),
-                           "seconds": time.perf_counter() - t0}
+                           "seconds": time.perf_counter() - t0,
+                           "tumour_kept": float((sitk.GetArrayViewFromImage(mask)[tumour] > 0).mean())}
                     rows.append(row)
-                    print(f"{setup:22s} {row['case']} {fov:14s} {m:8s} Dice {row['dice']:.4f} ({row['seconds']:.1f} s)",
-                          flush=True)
+                    print(f"{setup:22s} {row['case']} {fov:14s} {m:8s} Dice {row['dice']:.4f} ({row['seconds']:.1f} s), "
+                          f"tumour inside the mask {row['tumour_kept']:.1%}", flush=True)
     table = {s: {m: {"dice": float(np.mean([r["dice"] for r in rows if r["setup"] == s and r["method"] == m])),
                      "seconds": float(np.mean([r["seconds"] for r in rows if r["setup"] == s and r["method"] == m])),
+                     "tumour_kept": float(np.mean([r["tumour_kept"] for r in rows if r["setup"] == s and r["method"] == m])),
                      "n": sum(r["setup"] == s and r["method"] == m for r in rows)}
                  for m in a.methods} for s in SETUPS}
     print(f"\nmean brain-mask Dice (mean seconds per mask), {a.cases} T1 heads per setup"
@@ -92,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'setup':24s}" + "".join(f"{m:>20s}" for m in a.methods))
     for s, per in table.items():
         print(f"{s:24s}" + "".join(f"{v['dice']:>12.4f} ({v['seconds']:4.1f} s)" for v in per.values()))
+    print("fraction of the true tumour inside the mask:")
+    for s, per in table.items():
+        print(f"{s:24s}" + "".join(f"{v['tumour_kept']:>20.1%}" for v in per.values()))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bench_skullstrip.json").write_text(json.dumps({"mean": table, "masks": rows}, indent=2) + "\n")
     if default not in a.methods:

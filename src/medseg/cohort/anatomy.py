@@ -162,7 +162,8 @@ def _cache_file(spacing: float, anatomy: str = "icbm") -> Path | None:
             h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
     except OSError:
         return None
-    return cache_dir() / f"head_model_{anatomy}_{spacing:g}mm_{h.hexdigest()[:16]}.npz"
+    name = "head_model" if anatomy == "icbm" else f"head_model_{anatomy}"
+    return cache_dir() / f"{name}_{spacing:g}mm_{h.hexdigest()[:16]}.npz"
 
 
 def _write_cache(model: HeadModel, path: Path) -> None:
@@ -240,7 +241,7 @@ def _build_robex_model(spacing: float) -> HeadModel:
     """The ROBEX head (one real subject with skull, face and neck) on its own grid at ``spacing`` mm."""
     head_path, mask_path = head_atlas_paths()
     src = sitk.ReadImage(str(head_path), sitk.sitkFloat32)
-    ref = sitk.Image([int(round(n * s / spacing)) for n, s in zip(src.GetSize(), src.GetSpacing())], sitk.sitkFloat32)
+    ref = sitk.Image([round(n * s / spacing) for n, s in zip(src.GetSize(), src.GetSpacing())], sitk.sitkFloat32)
     ref.SetDirection(src.GetDirection())
     ref.SetSpacing([spacing] * 3)
     shift = 0.5 * (spacing - np.array(src.GetSpacing()))

@@ -186,9 +186,9 @@ def search_start(fixed: sitk.Image, moving: sitk.Image, spacing_mm: float, bins:
 
 
 def _register_sitk(fixed: sitk.Image, moving: sitk.Image, kind: str, cfg: RegConfig,
-                   fixed_mask: sitk.Image | None, info: RegInfo | None = None) -> sitk.Transform:
+                   fixed_mask: sitk.Image | None) -> tuple[sitk.Transform, RegInfo]:
     fixed, moving = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
-    info = RegInfo() if info is None else info
+    info = RegInfo()
     base = sitk.Euler3DTransform() if kind == "rigid" else sitk.AffineTransform(3)
     init = sitk.CenteredTransformInitializer(fixed, moving, base, sitk.CenteredTransformInitializerFilter.MOMENTS)
     if kind != "rigid" and cfg.init == "search":
@@ -219,8 +219,8 @@ def _register_sitk(fixed: sitk.Image, moving: sitk.Image, kind: str, cfg: RegCon
              f"; search start moved {info.search_shift_mm:.0f} mm, {info.search_rotation_deg:.0f} deg" if kind != "rigid"
              and cfg.init == "search" else "")
     if kind != "bspline":
-        return init
-    return sitk.CompositeTransform([init, _bspline_sitk(fixed, moving, init, cfg, fixed_mask)])
+        return init, info
+    return sitk.CompositeTransform([init, _bspline_sitk(fixed, moving, init, cfg, fixed_mask)]), info
 
 
 def _bspline_sitk(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Transform, cfg: RegConfig,
@@ -247,7 +247,7 @@ def _bspline_sitk(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Transform,
 
 
 def _register_elastix(fixed: sitk.Image, moving: sitk.Image, kind: str, cfg: RegConfig,
-                      fixed_mask: sitk.Image | None, info: RegInfo | None = None) -> sitk.Transform:
+                      fixed_mask: sitk.Image | None) -> sitk.Transform:
     import itk  # heavy (~20 s to load its wrapped libraries): only when this backend is chosen
 
     def to_itk(img: sitk.Image):
@@ -311,7 +311,9 @@ def _elastix_bspline(tp) -> sitk.BSplineTransform:
     return out
 
 
-BACKENDS: dict[str, Callable[..., sitk.Transform]] = {"sitk": _register_sitk, "elastix": _register_elastix}
+BACKENDS: dict[str, Callable[..., sitk.Transform | tuple[sitk.Transform, RegInfo]]] = {
+    "sitk": _register_sitk, "elastix": _register_elastix,
+}
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, kind: str = "rigid", cfg: RegConfig = RegConfig(),
@@ -340,10 +342,9 @@ def register_with_info(fixed: sitk.Image, moving: sitk.Image, kind: str = "rigid
     small = coarsen(sitk.Cast(fixed, sitk.sitkFloat32), cfg.work_spacing_mm)
     if fixed_mask is not None and small.GetSize() != fixed.GetSize():
         fixed_mask = sitk.Resample(fixed_mask, small, sitk.Transform(), sitk.sitkNearestNeighbor)
-    info = RegInfo()
-    tfm = BACKENDS[cfg.backend](small, coarsen(sitk.Cast(moving, sitk.sitkFloat32), cfg.work_spacing_mm), kind, cfg,
-                                fixed_mask, info)
-    return tfm, info
+    out = BACKENDS[cfg.backend](small, coarsen(sitk.Cast(moving, sitk.sitkFloat32), cfg.work_spacing_mm), kind, cfg,
+                                fixed_mask)
+    return out if isinstance(out, tuple) else (out, RegInfo())  # a backend returns (transform, info) or a transform
 
 
 def similarity(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
