@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import time
 import uuid
@@ -140,11 +141,13 @@ def log_metric(key: str, value: float, step: int | None = None) -> None:
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Record the numbers (and booleans) of a (nested) mapping; other values (``None``, strings, lists such as a
+    QC dict's ``qc_warnings``) are not metrics and are left out."""
     if _current is None:
         return
     ts = _now()
     for k, v in _flatten(metrics).items():
-        if v is not None:
+        if isinstance(v, numbers.Real):  # numpy scalars too
             _current["metrics"].append([k, float(v), int(step or 0), ts])
 
 
