@@ -270,3 +270,20 @@ def test_fov_edge_gate_fires_on_a_mask_in_the_air_not_on_a_brain_cut_by_the_fov(
     assert gates.mask_at_fov_edge(t1, bad, 200.0).startswith("mask_at_fov_edge")
     ml = gates.mask_volume_ml(mask)
     assert gates.brain_volume(mask, 700, 2400) is None and gates.brain_volume(mask, ml + 1, 2400).startswith("brain_volume")
+
+
+def test_fov_variety_and_anatomy_are_what_the_truth_says(robex_cases):
+    """The neck case's FOV reaches 150 mm below the brain's centre; the tilted case is tilted 15-25 degrees; a
+    ROBEX-anatomy case has no true atlas correspondence (asking for one is an error, not a wrong answer)."""
+    from medseg.cohort.synth import true_native_to_atlas
+
+    neck = img(robex_cases["neck"]["t1ce"])
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(robex_cases["neck"]["truth"] / "brain_mask.nii.gz"))) > 0
+    centre_z = neck.TransformContinuousIndexToPhysicalPoint(np.argwhere(brain).mean(0)[::-1].tolist())[2]
+    corners = [neck.TransformIndexToPhysicalPoint([i * (n - 1) for i, n in zip(c, neck.GetSize())])
+               for c in np.ndindex(2, 2, 2)]
+    assert min(p[2] for p in corners) <= centre_z - 145
+    truth = json.loads((robex_cases["tilted"]["truth"] / "truth.json").read_text())
+    assert truth["anatomy"] == "robex" and 15 <= abs(truth["tilt_deg"]) <= 25
+    with pytest.raises(ValueError, match="not the atlas's"):
+        true_native_to_atlas(robex_cases["tilted"]["truth"])
