@@ -176,10 +176,11 @@ def image_to_nifti(image: sitk.Image):
 
 @functools.lru_cache(maxsize=1)
 def _deepbet_model():
-    """deepbet's two TorchScript networks, from inside its wheel (``site-packages/data/models``; no download), on CPU."""
+    """deepbet's two TorchScript networks, from inside its wheel (``site-packages/data/models``; no download), on
+    CUDA when present (deepbet picks the device), else on the CPU."""
     from deepbet.bet import BrainExtraction
 
-    return BrainExtraction(no_gpu=True)
+    return BrainExtraction(no_gpu=False)
 
 
 def _deepbet_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
