@@ -287,3 +287,22 @@ def test_fov_variety_and_anatomy_are_what_the_truth_says(robex_cases):
     assert truth["anatomy"] == "robex" and 15 <= abs(truth["tilt_deg"]) <= 25
     with pytest.raises(ValueError, match="not the atlas's"):
         true_native_to_atlas(robex_cases["tilted"]["truth"])
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "LSA"])
+def test_image_to_nifti_keeps_every_voxel_where_it_is(orientation):
+    """deepbet's input: the same voxel values at the same world points (nibabel RAS = ITK LPS with x, y negated)."""
+    from medseg.preprocess.skullstrip import image_to_nifti
+
+    arr = np.random.default_rng(1).random((7, 8, 9)).astype(np.float32)
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.9, 1.3, 2.5))
+    image.SetOrigin((12.0, -30.0, 5.0))
+    image.SetDirection(sitk.DICOMOrientImageFilter_GetDirectionCosinesFromOrientation(orientation))
+    nii = image_to_nifti(image)
+    data = np.asarray(nii.dataobj)
+    for ijk in ([0, 0, 0], [3, 5, 2], [8, 7, 6]):
+        lps = image.TransformIndexToPhysicalPoint(ijk)
+        ras = nii.affine @ np.array([*ijk, 1.0])
+        np.testing.assert_allclose(ras[:3], [-lps[0], -lps[1], lps[2]], atol=1e-5)
+        assert data[tuple(ijk)] == image[ijk]
