@@ -71,9 +71,20 @@ def head_foreground(arr: np.ndarray) -> np.ndarray:
     return arr > edges[int(np.nanargmax(between[:-1])) + 1]
 
 
+def _span(head2d: np.ndarray) -> np.ndarray:
+    """Pixels with head on both sides along a row or along a column: the head's section with its dark
+    interior (bone, CSF, a brain cut open by the FOV) included, the air around it not."""
+    def both_sides(a: np.ndarray, axis: int) -> np.ndarray:
+        fwd = np.maximum.accumulate(a, axis=axis)
+        back = np.flip(np.maximum.accumulate(np.flip(a, axis), axis=axis), axis)
+        return fwd & back
+
+    return both_sides(head2d, 0) | both_sides(head2d, 1)
+
+
 def mask_at_fov_edge(image: sitk.Image, mask: sitk.Image, max_mm2: float) -> str | None:
     """Reason if, on some face of the field of view, more than ``max_mm2`` of the mask lies where the
-    image shows no head (outside the head's outline on that face, holes in it filled).
+    image shows no head (outside the head's section on that face: :func:`_span` of its foreground).
 
     Args:
         image: the head image the mask was made from.
@@ -91,7 +102,7 @@ def mask_at_fov_edge(image: sitk.Image, mask: sitk.Image, max_mm2: float) -> str
             m2 = np.take(inside, at, axis=axis)
             if not m2.any():
                 continue
-            h2 = ndi.binary_fill_holes(ndi.binary_dilation(ndi.binary_closing(np.take(head, at, axis=axis), iterations=2)))
+            h2 = _span(ndi.binary_dilation(ndi.binary_opening(np.take(head, at, axis=axis)), iterations=2))
             out = float((m2 & ~h2).sum()) * area
             if out > worst[0]:
                 worst = (out, f"{side} face of array axis {'zyx'[axis]}")
