@@ -59,7 +59,8 @@ class RegConfig:
             a head with neck and face, cropped or tilted 20 degrees starts near the right pose).
         search_spacing_mm: voxel size of the coarse search.
         min_nmi_at_limit: QC gate -- a registration that used all its iterations at the finest
-            level (it did not converge) fails when its normalised mutual information is below this.
+            level (it did not converge; an affine that hits the limit first gets one more round of
+            ``iterations`` at the finest level) fails when its normalised mutual information is below this.
     """
 
     backend: str = "sitk"
@@ -185,6 +186,21 @@ def search_start(fixed: sitk.Image, moving: sitk.Image, spacing_mm: float, bins:
     return tfm
 
 
+def _linear_stage(fixed: sitk.Image, moving: sitk.Image, tfm: sitk.Transform, cfg: RegConfig,
+                  fixed_mask: sitk.Image | None, shrink: list[int]) -> sitk.ImageRegistrationMethod:
+    """Optimise ``tfm`` in place (regular-step gradient descent over ``shrink`` levels); return the method run."""
+    reg = _method(cfg, fixed_mask)
+    reg.SetMetricSamplingPercentage(cfg.sampling, cfg.seed)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=cfg.iterations,
+                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel(shrink)
+    reg.SetSmoothingSigmasPerLevel([max(s - 1, 0) for s in shrink])
+    reg.SetInitialTransform(tfm, inPlace=True)
+    reg.Execute(fixed, moving)
+    return reg
+
+
 def _register_sitk(fixed: sitk.Image, moving: sitk.Image, kind: str, cfg: RegConfig,
                    fixed_mask: sitk.Image | None) -> tuple[sitk.Transform, RegInfo]:
     fixed, moving = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
@@ -202,16 +218,12 @@ def _register_sitk(fixed: sitk.Image, moving: sitk.Image, kind: str, cfg: RegCon
         init.SetCenter(start.GetCenter())
         init.SetMatrix(start.GetMatrix())
         init.SetTranslation(start.GetTranslation())
-    reg = _method(cfg, fixed_mask)
-    reg.SetMetricSamplingPercentage(cfg.sampling, cfg.seed)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=cfg.iterations,
-                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
     shrink = [2 ** (i + cfg.finest_shrink_log2) for i in reversed(range(cfg.levels))]
-    reg.SetShrinkFactorsPerLevel(shrink)
-    reg.SetSmoothingSigmasPerLevel([max(s - 1, 0) for s in shrink])
-    reg.SetInitialTransform(init, inPlace=True)
-    reg.Execute(fixed, moving)
+    reg = _linear_stage(fixed, moving, init, cfg, fixed_mask, shrink)
+    if kind != "rigid" and reg.GetOptimizerIteration() >= cfg.iterations:  # not converged: once more at the finest level
+        log.info("sitk affine registration hit its iteration limit (metric %.4f); continuing at the finest level",
+                 reg.GetMetricValue())
+        reg = _linear_stage(fixed, moving, init, cfg, fixed_mask, shrink[-1:])
     info.iterations, info.metric = int(reg.GetOptimizerIteration()), float(reg.GetMetricValue())
     info.hit_limit, info.stop = info.iterations >= cfg.iterations, reg.GetOptimizerStopConditionDescription()
     log.info("sitk %s registration: %d iterations, metric %.4f (%s)%s", "rigid" if kind == "rigid" else "affine",
