@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import sys
 import threading
@@ -272,11 +273,13 @@ def log_metric(key: str, value: float, step: int | None = None) -> None:
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Record metrics at ``step``; a live record is rewritten for the syncer (see :func:`job_run`)."""
+    """Record the numbers (and booleans) of a (nested) mapping at ``step``; other values (``None``, strings,
+    lists such as a QC dict's ``qc_warnings``) are not metrics and are left out. A live record is rewritten
+    for the syncer (see :func:`job_run`)."""
     if _current is None:
         return
     ts = _now()
-    flat = {k: v for k, v in _flatten(metrics).items() if v is not None}
+    flat = {k: v for k, v in _flatten(metrics).items() if isinstance(v, numbers.Real)}  # numpy scalars too
     with _lock:
         _current["metrics"].extend([k, float(v), int(step or 0), ts] for k, v in flat.items())
     _maybe_flush(frozenset(flat))

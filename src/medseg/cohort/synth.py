@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from medseg.cohort.anatomy import HeadModel, load_head_model
+from medseg.cohort.anatomy import ANATOMIES, HeadModel, load_head_model
 from medseg.cohort.tumour import LABELS, insert_tumour
 from medseg.io import array_to_image, read_json, write_image, write_json
 
@@ -42,9 +42,22 @@ ORIENTATIONS = {  # DICOM orientation code -> direction matrix (ITK/LPS world)
 }
 
 
+FOV_KINDS = ("standard", "neck", "vertex_cropped", "tilted")  # with fov_variety: case index % 4 picks one
+
+
 @dataclass(frozen=True)
 class SynthConfig:
-    """Demo cohort parameters (config key ``datasets.<name>.demo``)."""
+    """Demo cohort parameters (config key ``datasets.<name>.demo``).
+
+    Attributes (beyond the self-explanatory ones):
+        anatomy: head the cases are built from (:data:`medseg.cohort.anatomy.ANATOMIES`): ``icbm``
+            (the atlas's own anatomy: truth maps native space to the atlas, so registration error
+            can be scored, but atlas-based scores are inflated) or ``robex`` (one real subject that
+            the atlas is not made from: scores predict real scans).
+        fov_variety: clinical fields of view, by case index modulo 4 (:data:`FOV_KINDS`): standard,
+            head with face and neck, cropped at the vertex (3-12 mm into the brain), or tilted by
+            15-25 degrees (pitch, either way). Off: every case is a standard FOV.
+    """
 
     n_cases: int = 16
     seed: int = 42
@@ -58,8 +71,12 @@ class SynthConfig:
     noise: tuple[float, float] = (0.015, 0.035)
     tumour_volume_ml: tuple[float, float] = (15.0, 100.0)
     prefix: str = "BraTS2021_"
+    anatomy: str = "icbm"
+    fov_variety: bool = False
 
     def __post_init__(self) -> None:
+        if self.anatomy not in ANATOMIES:
+            raise ValueError(f"demo.anatomy must be one of {ANATOMIES}, got {self.anatomy!r}")
         if self.n_cases < 1:
             raise ValueError(f"demo.n_cases must be >= 1, got {self.n_cases}")
         bad = set(self.orientations) - set(ORIENTATIONS)
@@ -119,6 +136,57 @@ def _native_grid(cfg: SynthConfig, rng: np.random.Generator, centre_world: np.nd
     return ref
 
 
+def _pitch(deg: float) -> np.ndarray:
+    a = np.deg2rad(deg)
+    return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+
+def _set_si_range(ref: sitk.Image, lo_mm: float, hi_mm: float) -> sitk.Image:
+    """``ref`` with its head-foot (world z) axis re-cut to cover world z in [lo_mm, hi_mm]; other axes kept."""
+    direction = np.asarray(ref.GetDirection()).reshape(3, 3)
+    axis = int(np.argmax(np.abs(direction[2])))
+    spacing = np.asarray(ref.GetSpacing())
+    size = list(ref.GetSize())
+    size[axis] = int(np.ceil((hi_mm - lo_mm) / spacing[axis])) + 1
+    origin = np.asarray(ref.GetOrigin(), float)
+    start = lo_mm if direction[2, axis] > 0 else hi_mm  # world z of index 0 along that axis
+    origin = origin + direction[:, axis] * (start - origin[2]) / direction[2, axis]
+    out = sitk.Image([int(v) for v in size], sitk.sitkFloat32)
+    out.SetSpacing(ref.GetSpacing())
+    out.SetDirection(ref.GetDirection())
+    out.SetOrigin(origin.tolist())
+    return out
+
+
+def _fov(cfg: SynthConfig, index: int, rot: np.ndarray) -> tuple[str, np.ndarray, float]:
+    """The case's FOV kind, its rotation (tilted: an extra 15-25 degree pitch) and the tilt in degrees."""
+    if not cfg.fov_variety:
+        return "standard", rot, 0.0
+    kind = FOV_KINDS[index % len(FOV_KINDS)]
+    if kind != "tilted":
+        return kind, rot, 0.0
+    frng = np.random.default_rng([cfg.seed, index, 16])  # its own stream: the rest of the case is unchanged
+    tilt = float(frng.uniform(15, 25) * frng.choice([-1, 1]))
+    return kind, rot @ _pitch(tilt), tilt
+
+
+def _recut(kind: str, ref: sitk.Image, model: HeadModel, affine: sitk.Transform, native_centre: np.ndarray,
+           seed: tuple[int, int]) -> tuple[sitk.Image, float]:
+    """Neck: the FOV reaches 150 mm below the brain's centre (face, neck); vertex_cropped: the FOV's top
+    is 3-12 mm below the brain's top (skull and some brain cut off). Returns the grid and the cut in mm."""
+    if kind not in ("neck", "vertex_cropped"):
+        return ref, 0.0
+    zc = float(native_centre[2])
+    if kind == "neck":
+        return _set_si_range(ref, zc - 150.0, zc + 95.0), 0.0
+    idx = np.argwhere(model.brain)[::50][:, ::-1]
+    inv = affine.GetInverse()
+    top = max(inv.TransformPoint(model.reference.TransformIndexToPhysicalPoint([int(v) for v in p]))[2] for p in idx)
+    cut = float(np.random.default_rng([*seed, 17]).uniform(3, 12))
+    extent = (ref.GetSize()[int(np.argmax(np.abs(np.asarray(ref.GetDirection()).reshape(3, 3)[2])))] - 1) * max(ref.GetSpacing())
+    return _set_si_range(ref, top - cut - min(extent, 170.0), top - cut), cut
+
+
 def _elastic(rng: np.random.Generator, ref: sitk.Image, magnitude_mm: float) -> sitk.DisplacementFieldTransform:
     coarse_spacing = 16.0
     size = [int(np.ceil(s * sp / coarse_spacing)) + 3 for s, sp in zip(ref.GetSize(), ref.GetSpacing())]
@@ -155,7 +223,7 @@ def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Pat
     """Generate case ``index`` and write its files; return its truth summary."""
     case = cfg.case_ids()[index]
     rng = np.random.default_rng([cfg.seed, index])
-    model = load_head_model(float(max(1.0, 0.75 * min(cfg.spacing_mm))))
+    model = load_head_model(float(max(1.0, 0.75 * min(cfg.spacing_mm))), cfg.anatomy)
     wm, gm, csf = model.wm.copy(), model.gm.copy(), model.csf.copy()
     depth = _brain_depth(model)
     canon_spacing = model.reference.GetSpacing()[0]
@@ -168,9 +236,11 @@ def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Pat
     brain_idx = np.argwhere(model.brain).mean(0)[::-1]
     centre = np.array(model.reference.TransformContinuousIndexToPhysicalPoint(brain_idx.tolist()))
     rot = _rotation(rng, cfg.max_rotation_deg) * rng.uniform(0.93, 1.07)
+    fov_kind, rot, tilt = _fov(cfg, index, rot)
     affine = _affine(rot, rng.uniform(-cfg.max_translation_mm, cfg.max_translation_mm, 3), centre)
     native_centre = np.array(affine.GetInverse().TransformPoint(centre.tolist()))
     ref = _native_grid(cfg, rng, native_centre)
+    ref, cut = _recut(fov_kind, ref, model, affine, native_centre, (cfg.seed, index))
     elastic = _elastic(rng, ref, cfg.elastic_mm)
 
     def to_native(arr: np.ndarray, motion: sitk.Transform | None, interp) -> np.ndarray:
@@ -180,7 +250,8 @@ def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Pat
 
     case_dir, tdir = images_dir / case, truth_dir / case
     scale = rng.uniform(300, 1500)
-    truth = {"case": case, "orientation": None, "scale": scale, "motion": {}, "bias_log_max": {}}
+    truth = {"case": case, "orientation": None, "scale": scale, "motion": {}, "bias_log_max": {}, "anatomy": cfg.anatomy,
+             "fov": fov_kind, "tilt_deg": tilt, "vertex_cut_mm": cut}
     for m, mod in enumerate(MODALITIES):
         motion = None
         if mod != "t1ce":
@@ -210,8 +281,16 @@ def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Pat
 
 
 def true_native_to_atlas(truth_case_dir: str | Path) -> sitk.Transform:
-    """The applied mapping from a case's native (T1ce) world to the canonical ICBM152 world."""
+    """The applied mapping from a case's native (T1ce) world to the canonical ICBM152 world.
+
+    Raises:
+        ValueError: the case is of ``robex`` anatomy, which has no known correspondence with the atlas.
+    """
     d = Path(truth_case_dir)
+    anatomy = read_json(d / "truth.json").get("anatomy", "icbm")
+    if anatomy != "icbm":
+        raise ValueError(f"{d.name}: demo anatomy {anatomy!r} is not the atlas's: there is no true native -> atlas "
+                         "mapping (score its registration by the NMI or the brain mask instead)")
     affine = sitk.ReadTransform(str(d / "affine.tfm"))
     field = sitk.ReadImage(str(d / "elastic_displacement.nii.gz"), sitk.sitkVectorFloat64)
     return sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])

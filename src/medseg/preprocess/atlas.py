@@ -42,11 +42,15 @@ class Atlas:
 
 
 @functools.lru_cache(maxsize=4)
-def atlas_images(spacing: float = 2.0, margin_mm: float = 10.0) -> Atlas:
-    """Atlas images on the ICBM152 grid at ``spacing`` mm, cropped to the brain + ``margin_mm``."""
+def atlas_images(spacing: float = 2.0, margin_mm: float = 10.0, anatomy: str = "icbm") -> Atlas:
+    """Atlas images on the ICBM152 grid at ``spacing`` mm, cropped to the brain + ``margin_mm``.
+
+    ``anatomy="robex"`` makes the same kind of atlas from the ROBEX head instead (on its own grid):
+    the crosswise check scores heads made of ICBM152 anatomy against it (leave one anatomy out).
+    """
     if spacing <= 0:
         raise ValueError(f"register.atlas_spacing_mm must be > 0, got {spacing}")
-    m = load_head_model(float(spacing))
+    m = load_head_model(float(spacing), anatomy)
     brain_t1 = m.wm * T1_CONTRAST["wm"] + m.gm * T1_CONTRAST["gm"] + m.csf * T1_CONTRAST["csf"]
     idx = np.argwhere(m.brain)
     pad = int(np.ceil(margin_mm / spacing))

