@@ -59,10 +59,10 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
     if out_html is not None:
         write_summary_html(results, cases, split_of, out_html)
     if montage_png is not None and case_files:
-        picks = select_montage_cases(cases)
         section = scored_section(cases[0])
-        overlay_montage([(f"{tag}: {c}", *case_files[c], v) for tag, c, v in picks], montage_png,
-                        structure=next(iter(cases[0][section])),
+        first = next(iter(task.structures())) if task is not None else next(iter(cases[0][section]))  # WT for BraTS
+        picks = select_montage_cases(cases, region=first)
+        overlay_montage([(f"{tag}: {c}", *case_files[c], v) for tag, c, v in picks], montage_png, structure=first,
                         structures=task.structures() if task is not None else None)
     section = scored_section(cases[0])
     means = {r: round(results[section][r]["dice"]["mean"], 4) for r in results[section]}
