@@ -201,3 +201,18 @@ def test_fingerprint_parts(tmp_path):
     prev = fingerprint(FAST, MODEL, files, {"fold": 0})
     prev["files"][npys[0]][2] = "0" * 64
     assert fingerprint(FAST, MODEL, files, {"fold": 0}, previous=prev)["files"][npys[0]][2] == "0" * 64
+
+
+def test_cases_on_their_own_grids_train_from_crops(tmp_path):
+    """Without registration every case keeps its own grid: tiles of different in-plane shapes train
+    from training.patch_size crops; whole-slice batches need one shape and say so."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    npys, jsons = make_tiles(a, n=1, shape=(6, 24, 20))
+    more = make_tiles(b, n=1, shape=(6, 30, 26))
+    tiles = TileSet(npys + more[0], jsons + more[1])
+    assert tiles.plane is None and tiles.planes == [(24, 20), (30, 26)]
+    x, y = make_batch(tiles, 0, 0, 4, 1, 0.5, (16, 16), AugmentConfig())
+    assert x.shape == (4, 12, 16, 16) and y.shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="set training.patch_size"):
+        make_batch(tiles, 0, 0, 4, 1, 0.5, None, AugmentConfig())

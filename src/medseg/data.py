@@ -67,9 +67,10 @@ class TileSet:
                 raise ValueError(f"{path} holds {table.get('n_folds', 1)} fold(s); fold {fold} was asked for: re-run tile_case")
         self.fold = fold
         shapes = {a.shape[2:] for a in self.arrays}
-        if len(shapes) != 1:
-            raise ValueError(f"tiles have different in-plane shapes {sorted(shapes)}; all cases must share the atlas grid")
-        self.plane = shapes.pop()
+        # one in-plane shape (atlas space) allows whole-slice batches; cases on their own grids
+        # (no registration) need training.patch_size crops
+        self.plane = shapes.pop() if len(shapes) == 1 else None
+        self.planes = sorted(shapes | ({self.plane} if self.plane else set()))
 
     def image(self, i: int) -> np.ndarray:
         """Case ``i``'s image channels for this fold, ``(C, z, y, x)`` (a memory-mapped view)."""
@@ -102,6 +103,9 @@ def make_batch(tiles: TileSet, step: int, seed: int, batch_size: int, context: i
     (T region masks, or T = 1 map of class indices: see :func:`as_loss_target`)."""
     rng = np.random.default_rng([seed, step])
     size = patch or tiles.plane
+    if size is None:
+        raise ValueError(f"training cases have different in-plane shapes {tiles.planes} (no common grid, e.g. "
+                         "steps.register off): set training.patch_size to crop them to one size")
     xs, ys = [], []
     for _ in range(batch_size):
         i = int(rng.integers(len(tiles.arrays)))
