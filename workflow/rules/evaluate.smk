@@ -98,6 +98,7 @@ rule aggregate_results:
             for c in usable(w).test_cases()
         },
         segs=lambda w: {c: plan(w).raw(c, "seg") for c in usable(w).test_cases()},
+        reference=ref_mod,
         excluded=lambda w: dict(usable(w).excluded),
         experiment=EXPERIMENT,
     script:

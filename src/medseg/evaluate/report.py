@@ -22,7 +22,8 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
                   case_files: Mapping[str, tuple] | None = None,
                   excluded: Mapping[str, str] | None = None, predicted_only: Mapping[str, str] | None = None,
                   dataset: str | None = None, model: str | None = None, model_files: Sequence[str | Path] = (),
-                  sheet: str | Path | None = None, out_html: str | Path | None = None, task: Any = None) -> dict:
+                  sheet: str | Path | None = None, out_html: str | Path | None = None, task: Any = None,
+                  modality: str | None = None) -> dict:
     """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict.
 
     ``montage_png`` + ``case_files`` (case -> (image, reference, prediction) paths): overlay montage
@@ -35,7 +36,7 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
     column names every case's split (``splits``) and whose files are checksummed for the scored
     and predicted cases (``source_scans``). ``out_html``: the summary table page
     (:func:`write_summary_html`). ``task``: the dataset's :class:`~medseg.tasks.Task`, whose regions (or
-    labels) the montage outlines by name. Schema: ``docs/results_schema.md``.
+    labels) the montage outlines by name; ``modality``: the name of the scan it shows. Schema: ``docs/results_schema.md``.
     """
     if not case_jsons:
         raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
@@ -63,6 +64,7 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
         first = next(iter(task.structures())) if task is not None else next(iter(cases[0][section]))  # WT for BraTS
         picks = select_montage_cases(cases, region=first)
         overlay_montage([(f"{tag}: {c}", *case_files[c], v) for tag, c, v in picks], montage_png, structure=first,
+                        modality=modality,
                         structures=task.structures() if task is not None else None)
     section = scored_section(cases[0])
     means = {r: round(results[section][r]["dice"]["mean"], 4) for r in results[section]}
