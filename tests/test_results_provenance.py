@@ -44,8 +44,13 @@ def test_results_name_split_model_config_and_scans(tmp_path, monkeypatch):
         metrics[-1].write_text(json.dumps({"case": c, "regions": {"WT": {"dice": dice, "hd95": 12.3456789, "assd": 1.0, "nsd": 0.9,
                                                                         "edge_case": "none"}}}))
     config = {"models": {"m": {"encoder": "tiny"}}, "training": {"steps": 3}}
+    qc = []  # preprocessing gates that only warned (qc_action: warn) reach the results JSON, per case
+    for c, warn in (("a", ["brain_volume: brain mask volume 2600 mL is outside ..."]), ("b", [])):
+        (tmp_path / "preprocess" / c).mkdir(parents=True)
+        qc.append(tmp_path / "preprocess" / c / "skullstrip_qc.json")
+        qc[-1].write_text(json.dumps({"brain_volume_ml": 1.0, "qc_warnings": warn}))
     res = write_results(metrics, "r.json", "r.csv", "r.png", config=config, dataset="ds", model="m",
-                        model_files=["model.pt"], sheet="cases.tsv")
+                        model_files=["model.pt"], sheet="cases.tsv", qc_jsons=qc)
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["schema_version"] == 4 and saved["dataset"] == "ds" and saved["config"] == config
     assert saved["model"]["name"] == "m" and saved["model"]["arch"] == "unet" and saved["model"]["n_parameters"] > 0
@@ -53,6 +58,7 @@ def test_results_name_split_model_config_and_scans(tmp_path, monkeypatch):
     assert saved["splits"] == {"a": {"split": "test", "fold": None}, "b": {"split": "test", "fold": None},
                                "t": {"split": "train", "fold": 0}}
     assert set(saved["source_scans"]) == {"a", "b"}  # scored cases only
+    assert saved["qc_warnings"] == {"a": ["brain_volume: brain mask volume 2600 mL is outside ..."]}
     assert saved["source_scans"]["a"]["t1"] == {"file": "a_t1.nii.gz", "sha256": hashlib.sha256(b"a").hexdigest()}
     assert saved["regions"]["WT"]["dice"]["values"]["a"] == 0.123456789 and res["n_cases"] == 2  # JSON: full precision
     table = list(csv.DictReader(open(tmp_path / "r.csv")))

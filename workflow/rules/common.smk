@@ -243,6 +243,21 @@ def skullstrip_atlas(wildcards):
     )
 
 
+def qc_files(wildcards):
+    """The QC JSONs whose gates can warn (registration, skull stripping) of every usable case:
+    the results JSON lists their warnings (qc_action: warn)."""
+    names = [
+        n
+        for n, step in (
+            ("register_qc.json", "register"),
+            ("skullstrip_qc.json", "skullstrip"),
+        )
+        if step_on(wildcards, step)
+    ]
+    cases = usable(wildcards).cases
+    return [f for n in names for f in case_files(wildcards.dataset, cases, n)]
+
+
 def case_files(dataset, cases, pattern):
     return [f"{RESULTS}/{dataset}/preprocess/{c}/{pattern}" for c in cases]
 

@@ -37,6 +37,7 @@ rule aggregate_results:
             case=usable(w).unlabelled_cases(),
         ),
         models=fold_models,
+        qc=qc_files,
         bundle=f"{RESULTS}/{{dataset}}/bundles/{{model}}",
         sheet=ancient(SHEET),
         task=ancient(TASK),

@@ -11,7 +11,8 @@ with job(snakemake) as p:
                         montage_png=out.montage, case_files=files, excluded=p["excluded"],
                         predicted_only=dict(zip(p["unlabelled"], inp.unlabelled)),
                         dataset=w.dataset, model=w.model, model_files=list(inp.models), sheet=inp.sheet,
-                        out_html=out.summary, task=read_task(inp.task), modality=p["reference"])
+                        out_html=out.summary, task=read_task(inp.task), modality=p["reference"],
+                        qc_jsons=list(inp.qc))
     # mean test scores per region (or label), named alike in every run: comparable in the MLflow UI
     section = "regions" if res.get("regions") else "labels"
     scores = {f"{metric}_{name}": s[metric]["mean"] for name, s in res[section].items()

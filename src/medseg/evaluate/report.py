@@ -23,7 +23,7 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
                   excluded: Mapping[str, str] | None = None, predicted_only: Mapping[str, str] | None = None,
                   dataset: str | None = None, model: str | None = None, model_files: Sequence[str | Path] = (),
                   sheet: str | Path | None = None, out_html: str | Path | None = None, task: Any = None,
-                  modality: str | None = None) -> dict:
+                  modality: str | None = None, qc_jsons: Sequence[str | Path] = ()) -> dict:
     """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict.
 
     ``montage_png`` + ``case_files`` (case -> (image, reference, prediction) paths): overlay montage
@@ -36,7 +36,9 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
     column names every case's split (``splits``) and whose files are checksummed for the scored
     and predicted cases (``source_scans``). ``out_html``: the summary table page
     (:func:`write_summary_html`). ``task``: the dataset's :class:`~medseg.tasks.Task`, whose regions (or
-    labels) the montage outlines by name; ``modality``: the name of the scan it shows. Schema: ``docs/results_schema.md``.
+    labels) the montage outlines by name; ``modality``: the name of the scan it shows. ``qc_jsons``:
+    the cases' preprocessing QC files (``preprocess/<case>/*_qc.json``); the gates that only warned
+    (``qc_action: warn``) are listed under ``qc_warnings`` (case -> reasons). Schema: ``docs/results_schema.md``.
     """
     if not case_jsons:
         raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
@@ -45,6 +47,12 @@ def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_cs
     results = aggregate(cases, provenance=prov)
     results["excluded_cases"] = dict(sorted((excluded or {}).items()))
     results["predicted_only"] = dict(sorted((predicted_only or {}).items()))
+    warnings: dict[str, list[str]] = {}
+    for path in qc_jsons:
+        found = read_json(path).get("qc_warnings") or []
+        if found:
+            warnings.setdefault(Path(path).parent.name, []).extend(found)
+    results["qc_warnings"] = dict(sorted(warnings.items()))
     results["dataset"] = dataset
     results["model"] = model_block(model, model_files, config)
     results["config"] = dict(config or {})
