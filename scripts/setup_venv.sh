@@ -12,5 +12,9 @@ stamp=".venv/.medseg-installed${extra:+-$extra}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".${extra:+[$extra]}"
+  if [ "$extra" = test ] || [ "$extra" = slurm ]; then
+    # --no-deps: the plugin declares numpy>=2.4.5, panoptica numpy<2.3; it runs on either (pyproject.toml)
+    .venv/bin/python -m pip install --quiet --no-deps "snakemake-executor-plugin-slurm==2.8.0"
+  fi
   touch "$stamp"
 fi
