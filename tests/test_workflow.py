@@ -219,7 +219,12 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     # what reruns when (issue 14): a replaced reference label map reruns that case's evaluation only,
     # and a fixed file brings its case back through the case sheet
     seg = data / case / f"{case}_seg.nii.gz"
-    seg.write_bytes(seg.read_bytes())  # new mtime, as a replaced file has
+    img = sitk.ReadImage(str(seg))
+    arr = sitk.GetArrayFromImage(img)
+    arr[tuple(np.argwhere(arr == 0)[0])] = 2  # a corrected reference: one voxel more oedema
+    fixed = sitk.GetImageFromArray(arr)
+    fixed.CopyInformation(img)
+    sitk.WriteImage(fixed, str(seg))
     dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
     counts = _job_counts(dry.stdout)
     assert counts.get("evaluate_case") == 1 and "n4_correct" not in counts and "train_model" not in counts, dry.stdout
