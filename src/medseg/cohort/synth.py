@@ -45,6 +45,15 @@ ORIENTATIONS = {  # DICOM orientation code -> direction matrix (ITK/LPS world)
 FOV_KINDS = ("standard", "neck", "vertex_cropped", "tilted")  # with fov_variety: case index % 4 picks one
 
 
+def check_scan_geometry(orientations: tuple[str, ...], spacing_mm: tuple[float, ...]) -> None:
+    """The orientations and voxel size a demo writes its cases in (both demos' ``demo`` settings)."""
+    bad = set(orientations) - set(ORIENTATIONS)
+    if bad:
+        raise ValueError(f"demo.orientations: unknown {sorted(bad)}; valid: {sorted(ORIENTATIONS)}")
+    if min(spacing_mm) <= 0:
+        raise ValueError(f"demo.spacing_mm must be positive, got {spacing_mm}")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Demo cohort parameters (config key ``datasets.<name>.demo``).
@@ -79,11 +88,7 @@ class SynthConfig:
             raise ValueError(f"demo.anatomy must be one of {ANATOMIES}, got {self.anatomy!r}")
         if self.n_cases < 1:
             raise ValueError(f"demo.n_cases must be >= 1, got {self.n_cases}")
-        bad = set(self.orientations) - set(ORIENTATIONS)
-        if bad:
-            raise ValueError(f"demo.orientations: unknown {sorted(bad)}; valid: {sorted(ORIENTATIONS)}")
-        if min(self.spacing_mm) <= 0:
-            raise ValueError(f"demo.spacing_mm must be positive, got {self.spacing_mm}")
+        check_scan_geometry(self.orientations, self.spacing_mm)
 
     @classmethod
     def from_dict(cls, d: dict) -> SynthConfig:

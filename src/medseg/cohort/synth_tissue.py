@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from medseg.cohort.anatomy import load_head_model
-from medseg.cohort.synth import ORIENTATIONS, _affine, _elastic, _native_grid, _rotation, _single_threaded, _smooth_field
+from medseg.cohort.synth import _affine, check_scan_geometry, _elastic, _native_grid, _rotation, _single_threaded, _smooth_field
 from medseg.io import array_to_image, write_image, write_json
 from medseg.tasks.layouts.base import CaseFiles, Discovery
 
@@ -52,11 +52,7 @@ class TissueSynthConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.n_unlabelled < self.n_cases:
             raise ValueError(f"demo.n_unlabelled must be in [0, n_cases), got {self.n_unlabelled} of {self.n_cases}")
-        bad = set(self.orientations) - set(ORIENTATIONS)
-        if bad:
-            raise ValueError(f"demo.orientations: unknown {sorted(bad)}; valid: {sorted(ORIENTATIONS)}")
-        if min(self.spacing_mm) <= 0:
-            raise ValueError(f"demo.spacing_mm must be positive, got {self.spacing_mm}")
+        check_scan_geometry(self.orientations, self.spacing_mm)
 
     @classmethod
     def from_dict(cls, d: dict) -> TissueSynthConfig:
