@@ -276,9 +276,8 @@ def test_tiny_config_end_to_end(tiny_run):
 
 @pytest.mark.slow
 def test_tiny_run_in_mlflow(tiny_run, monkeypatch, tmp_path):
-    """The demo's mlflow.db as a user opens it (MLflow client, no special environment variables, in the
-    project folder like `mlflow ui`): one parent run named after target and dataset with the config,
-    git commit and test scores; every job's run nested under it; training curves and system
+    """The demo's mlflow.db as a user opens it (MLflow client in the project folder, like `mlflow ui`):
+    one parent run named after target and dataset with the config, git commit and test scores; every job's run nested under it; training curves and system
     metrics; the bundle as an MLflow model that loads and predicts a case as the workflow did."""
     import mlflow
     import SimpleITK as sitk
@@ -287,9 +286,14 @@ def test_tiny_run_in_mlflow(tiny_run, monkeypatch, tmp_path):
 
     res = json.loads((tiny_run / "results/brats_timm.json").read_text())
     monkeypatch.chdir(tiny_run)
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
-        monkeypatch.delenv(var, raising=False)
-    client = MlflowClient("sqlite:///mlflow.db")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    # MLflow caches one store per URI string, and the URI set by an earlier set_tracking_uri, for the
+    # life of the process: the relative URI a user's `mlflow ui` uses would reach the store an earlier
+    # test opened in another folder (test_tracking)
+    uri = f"sqlite:///{tiny_run / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)
+    client = MlflowClient(uri)
     exp = client.get_experiment_by_name("medseg-brats")
     assert exp.artifact_location == f"mlartifacts/{exp.experiment_id}"  # relative: the project can move
     runs = client.search_runs([exp.experiment_id], max_results=500)
