@@ -25,6 +25,8 @@ from medseg.augment3d import Augment3DConfig, augment3d
 from medseg.data import Prefetcher
 from medseg.data3d import Patch3DConfig, PoolPrefetcher, VolumeSet3D, make_batch3d
 
+from _steps import time_steps  # benchmarks/_steps.py
+
 
 def make_volumes(folder: Path, n: int = 4, shape=(96, 128, 112), channels: int = 4) -> VolumeSet3D:
     """``n`` cases of ``(channels, *shape)`` float16 images with WT/TC/ET-like nested regions."""
@@ -77,18 +79,7 @@ def data_wait_share(model: nn.Module, vols: VolumeSet3D, steps: int, batch: int,
         it = ((s, make(s)) for s in range(steps))
     else:
         it = iter(PoolPrefetcher(make, 0, steps, workers, 2 * workers) if workers > 1 else Prefetcher(make, 0, steps))
-    wait = compute = 0.0
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        _, (x, y) = next(it)
-        t1 = time.perf_counter()
-        loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        t2 = time.perf_counter()
-        wait += t1 - t0
-        compute += t2 - t1
+    wait, compute = time_steps(model, opt, loss_fn, it, steps)
     return wait / (wait + compute), (wait + compute) / steps
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ from medseg.data import AugmentConfig, TileSet, make_batch
 from medseg.io import write_json
 from medseg.losses import get_loss
 from medseg.models import ModelConfig, build_model
+
+from _steps import time_steps  # benchmarks/_steps.py
 
 
 def make_tiles(folder: Path, n: int = 6, shape=(80, 100, 82)) -> tuple[list[str], list[str]]:
@@ -46,18 +47,7 @@ def run(tiles: TileSet, steps: int, encoder: str, prefetch: bool, batch: int,
     loss_fn = get_loss("dice_bce")
     make = lambda s: make_batch(tiles, s, 0, batch, 1, 0.6, patch, AugmentConfig())  # noqa: E731
     it = iter(Prefetcher(make, 0, steps)) if prefetch else ((s, make(s)) for s in range(steps))
-    wait = compute = 0.0
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        _, (x, y) = next(it)
-        t1 = time.perf_counter()
-        loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        t2 = time.perf_counter()
-        wait += t1 - t0
-        compute += t2 - t1
+    wait, compute = time_steps(model, opt, loss_fn, it, steps)
     return wait / (wait + compute), wait + compute
 
 

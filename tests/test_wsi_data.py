@@ -165,7 +165,7 @@ def test_sheet_splits_by_slide_and_records_problems(demo, tmp_path):
     rows = {r["case_id"]: r for r in build_slide_sheet(bad, bad / "ann", CLASSES, test_fraction=0.0, val_fraction=0.0)}
     assert rows["fine"]["problem"] == ""
     assert "no microns-per-pixel" in rows["nompp"]["problem"] and "datasets.<name>.mpp" in rows["nompp"]["problem"]
-    assert "has no annotation file" in rows["orphan"]["problem"]
+    assert rows["orphan"]["problem"] == "" and split_of(rows["orphan"]) == "predict"  # unannotated: predicted only
 
 
 def test_class_aware_sampling():
@@ -223,3 +223,28 @@ def test_no_slide_in_two_splits_and_plan_matches_sheet(demo, tmp_path):
     assert rows[1]["case_id"] not in plan.without(sheet_problems(tmp_path / "slides.tsv")).ids(split_of(rows[1]))
     with pytest.raises(ValueError, match="must be 'demo' or a folder with slides/"):
         slide_plan("y", {"source": str(tmp_path / "nowhere"), "classes": ["a"]})
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(demo / "slides", partial / "slides")
+    shutil.copytree(demo / "annotations", partial / "annotations")
+    (partial / "annotations" / "slide_02.geojson").unlink()
+    plan = slide_plan("partial", {**cfg, "source": str(partial)})
+    rows = build_slide_sheet(partial / "slides", partial / "annotations", CLASSES, test_fraction=0.25, val_fraction=0.3)
+    assert {r["case_id"]: split_of(r) for r in rows} == dict(plan.splits) and plan.splits["slide_02"] == "predict"
+    assert "slide_02" not in plan.ids("train") + plan.ids("val") + plan.ids("test")
+
+
+def test_demo_finds_the_cmu_slide_where_setup_put_it_and_never_downloads(tmp_path, monkeypatch, caplog):
+    from medseg.wsi import demo
+
+    monkeypatch.setenv("MEDSEG_DATA_DIR", str(tmp_path))
+    (tmp_path / "slides").mkdir()
+    svs = tmp_path / "slides" / demo.CMU_FILE
+    svs.write_bytes(b"stand-in")
+    assert demo.resolve_cmu("auto") == svs and "unexpected checksum" in caplog.text
+    assert demo.resolve_cmu("none") is None and demo.resolve_cmu(str(svs)) == svs
+    with pytest.raises(InputError, match="missing.svs does not exist"):
+        demo.resolve_cmu(str(tmp_path / "missing.svs"))
+    monkeypatch.setattr(demo, "default_cmu_paths", lambda: [tmp_path / "elsewhere" / demo.CMU_FILE])
+    assert demo.resolve_cmu("auto") is None and "scripts/fetch_demo_slide.sh" in caplog.text

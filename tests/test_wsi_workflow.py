@@ -1,7 +1,5 @@
 """The slide branch through Snakemake: dry run, and a tiny end-to-end run whose checkpoint then
 predicts a slide through ``medseg stitch-slide --predictor model.pt``.
-
-Needs ``include: "workflow/rules/slides.smk"`` in the Snakefile (skipped until then).
 """
 from __future__ import annotations
 
@@ -16,10 +14,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-INCLUDED = "slides.smk" in (REPO / "Snakefile").read_text()
-pytestmark = pytest.mark.skipif(not INCLUDED, reason="the Snakefile does not include workflow/rules/slides.smk yet")
 
-TINY = {"slide_datasets": {"slides": {
+TINY = {"datasets": {"slides": {"kind": "slide",
     "source": "demo", "classes": ["skin", "colon"],
     "demo": {"n_slides": 4, "size": 1024, "seed": 0, "cmu": "none"},
     "split": {"test_fraction": 0.25, "val_fraction": 0.34, "seed": 0},

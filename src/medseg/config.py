@@ -58,3 +58,9 @@ def _build(cls: type[T], data: Mapping[str, Any] | None, path: str) -> T:
         if path in str(e):
             raise
         raise ValueError(f"config {path}: {e}") from e
+
+
+def datasets_of_kind(config: Mapping[str, Any], kind: str = "mri") -> dict[str, Mapping[str, Any]]:
+    """The ``datasets.<name>`` entries of one kind: ``mri`` (the default when ``kind`` is unset) or ``slide``."""
+    return {name: ds for name, ds in (config.get("datasets") or {}).items()
+            if isinstance(ds, Mapping) and ds.get("kind", "mri") == kind}

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medseg.config import _build, _section
+from medseg.config import _build, _section, datasets_of_kind
 
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -110,7 +110,7 @@ def check_config(config: Mapping[str, Any], plans: Mapping[str, Any] | None = No
             raise ValueError(f"{path}.encoder must be a timm model name, got {mcfg.encoder!r}"
                              + (f"; did you mean one of {close}?" if close else "")
                              + " (python -c 'import timm; print(timm.list_models())' lists them)")
-    datasets = _section(config, ("datasets",)) or {}
+    datasets = datasets_of_kind(config, "mri")
     if plans is None:
         from medseg.cohort.plan import dataset_plan
 

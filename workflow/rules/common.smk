@@ -13,6 +13,7 @@ export_package_path()
 
 from medseg.cohort.plan import dataset_plan
 from medseg.cohort.sheet import sheet_problems
+from medseg.config import datasets_of_kind
 from medseg.config_check import check_config, validate_config
 
 validate_config(config)  # an unknown or bad key anywhere fails here, named by its path
@@ -20,7 +21,8 @@ validate(config, schema="../schemas/config.schema.yaml")  # fills the defaults
 
 RESULTS = "results"
 PLANS = {
-    name: dataset_plan(name, ds, RESULTS) for name, ds in config["datasets"].items()
+    name: dataset_plan(name, ds, RESULTS)
+    for name, ds in datasets_of_kind(config, "mri").items()
 }
 if workflow.is_main_process:  # once, not again in every job of a cluster run
     check_config(
@@ -61,14 +63,19 @@ def usable(wildcards):
 
 
 def all_results():
-    """What `snakemake` with no target builds: every dataset x default_models (all models if null)."""
+    """What `snakemake` with no target builds: every dataset (MRI and slide) x default_models (all
+    models if null)."""
     models = config.get("default_models") or list(config["models"])
     unknown = sorted(set(models) - set(config["models"]))
     if unknown:
         raise ValueError(
             f"default_models names {unknown}, which are not keys of models {sorted(config['models'])}"
         )
-    return expand(f"{RESULTS}/{{dataset}}_{{model}}.json", dataset=PLANS, model=models)
+    return expand(
+        f"{RESULTS}/{{dataset}}_{{model}}.json",
+        dataset=[*PLANS, *SLIDE_PLANS],
+        model=models,
+    )
 
 
 def model_inference(wildcards):
@@ -307,12 +314,12 @@ def invocation_datasets(targets):
     """The datasets an invocation works on: those its target files belong to (all for rule names)."""
     found = [
         d
-        for d in PLANS
+        for d in [*PLANS, *SLIDE_PLANS]
         if any(
             str(t).startswith((f"{RESULTS}/{d}_", f"{RESULTS}/{d}/")) for t in targets
         )
     ]
-    return found or list(PLANS)
+    return found or [*PLANS, *SLIDE_PLANS]
 
 
 def start_tracking():

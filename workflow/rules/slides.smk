@@ -1,4 +1,4 @@
-# Whole-slide images (slide_datasets.<name>): demo slides or a folder of slides + QuPath GeoJSON;
+# Whole-slide images (datasets.<name> with kind: slide): demo slides or a folder of slides + QuPath GeoJSON;
 # case sheet with splits by slide, stain target fitted on training slides, class-aware tiles at an
 # mpp, the common trainer, stitched prediction (OME-TIFF + GeoJSON), per-slide evaluation and
 # results/<name>_<model>.json. Needs common.smk (cfg_section, preflight_inputs, RESULTS).
@@ -34,8 +34,8 @@ rule slides_sheet:
         annotation_dir=lambda w: SLIDE_PLANS[w.slideset].annotation_dir,
         classes=lambda w: list(SLIDE_PLANS[w.slideset].classes),
         split=lambda w: slide_cfg(w, "split"),
-        mpp=lambda w: config["slide_datasets"][w.slideset].get("mpp"),
-        ignore=lambda w: config["slide_datasets"][w.slideset].get("ignore_classes", []),
+        mpp=lambda w: config["datasets"][w.slideset].get("mpp"),
+        ignore=lambda w: config["datasets"][w.slideset].get("ignore_classes", []),
         experiment=SLIDE_EXPERIMENT,
     script:
         "../scripts/slides_sheet.py"
@@ -57,7 +57,7 @@ rule slides_stain:
         ],
         method=lambda w: slide_cfg(w, "stain").get("method", "macenko"),
         mpp=lambda w: slide_cfg(w, "tiles").get("mpp", 1.0),
-        slide_mpp=lambda w: config["slide_datasets"][w.slideset].get("mpp"),
+        slide_mpp=lambda w: config["datasets"][w.slideset].get("mpp"),
         experiment=SLIDE_EXPERIMENT,
     script:
         "../scripts/slides_stain.py"
@@ -80,7 +80,7 @@ rule slides_tiles:
         annotation=lambda w: SLIDE_PLANS[w.slideset].annotation(w.slide),
         classes=lambda w: list(SLIDE_PLANS[w.slideset].classes),
         tiles=lambda w: slide_cfg(w, "tiles"),
-        slide_mpp=lambda w: config["slide_datasets"][w.slideset].get("mpp"),
+        slide_mpp=lambda w: config["datasets"][w.slideset].get("mpp"),
         experiment=SLIDE_EXPERIMENT,
     script:
         "../scripts/slides_tiles.py"
@@ -158,7 +158,7 @@ rule slides_predict:
         classes=lambda w: list(SLIDE_PLANS[w.slideset].classes),
         predict=lambda w: slide_cfg(w, "predict"),
         mpp=lambda w: slide_cfg(w, "tiles").get("mpp", 1.0),
-        slide_mpp=lambda w: config["slide_datasets"][w.slideset].get("mpp"),
+        slide_mpp=lambda w: config["datasets"][w.slideset].get("mpp"),
         experiment=SLIDE_EXPERIMENT,
     script:
         "../scripts/slides_predict.py"
@@ -195,6 +195,7 @@ rule slides_aggregate:
             f"{RESULTS}/{w.slideset}/thumbnails/{w.model}/{{slide}}.png",
             slide=slides_usable(w).ids("test"),
         ),
+        predicted=lambda w: slide_predictions(w, "predict"),
         model=f"{RESULTS}/{{slideset}}/models/{{model}}/fold_0/model.pt",
         sheet=ancient(SLIDE_SHEET),
     output:
@@ -207,7 +208,7 @@ rule slides_aggregate:
         "../../envs/wsi.yaml"
     params:
         config=lambda w: {
-            "slide_datasets": {w.slideset: config["slide_datasets"][w.slideset]},
+            "datasets": {w.slideset: config["datasets"][w.slideset]},
             "models": {w.model: config["models"][w.model]},
         },
         experiment=SLIDE_EXPERIMENT,

@@ -1,11 +1,11 @@
-# Slide datasets (slide_datasets.<name>): parse-time plans (slide ids, files, splits by slide),
+# Slide datasets (datasets.<name> with kind: slide): parse-time plans (slide ids, files, splits by slide),
 # wildcard constraints and input functions of workflow/rules/slides.smk.
 from medseg.wsi.plan import sheet_problems as slide_sheet_problems
 from medseg.wsi.plan import slide_plan
 
 SLIDE_PLANS = {
     name: slide_plan(name, ds, RESULTS)
-    for name, ds in config.get("slide_datasets", {}).items()
+    for name, ds in datasets_of_kind(config, "slide").items()
 }
 SLIDE_SHEET = f"{RESULTS}/{{slideset}}/slides.tsv"
 SLIDE_TASK = f"{RESULTS}/{{slideset}}/task.json"
@@ -25,7 +25,7 @@ wildcard_constraints:
 
 
 def slide_cfg(w, *keys):
-    node = config["slide_datasets"][w.slideset]
+    node = config["datasets"][w.slideset]
     for k in keys:
         node = node.get(k, {}) if isinstance(node, dict) else {}
     return node
@@ -51,14 +51,19 @@ def slide_files(w, split):
 
 
 def slide_tiles(w, split):
+    ids = slides_usable(w).ids(split)
+    model = f"{RESULTS}/{w.slideset}/models/{w.model}/fold_{w.fold}/model.pt"
+    if split == "train" and not ids and not os.path.exists(model):
+        raise ValueError(
+            f"datasets.{w.slideset}: no usable annotated slide to train on "
+            f"(annotations/<slide id>.geojson; slides without one are only predicted); to "
+            f"predict with a model trained elsewhere, put its model.pt and stain.json in {os.path.dirname(model)}/"
+        )
+    return [f"{RESULTS}/{w.slideset}/tiles/{s}.npy" for s in ids]
+
+
+def slide_predictions(w, split):
     return [
-        f"{RESULTS}/{w.slideset}/tiles/{s}.npy" for s in slides_usable(w).ids(split)
+        f"{RESULTS}/{w.slideset}/predictions/{w.model}/{s}/probabilities.ome.tif"
+        for s in slides_usable(w).ids(split)
     ]
-
-
-def all_slide_results():
-    return expand(
-        f"{RESULTS}/{{slideset}}_{{model}}.json",
-        slideset=SLIDE_PLANS,
-        model=config["models"],
-    )

@@ -1,14 +1,9 @@
 from pathlib import Path
 
 from medseg.jobs import job
-from medseg.wsi.demo import DemoConfig, fetch_cmu, make_demo_dataset
+from medseg.wsi.demo import DemoConfig, make_demo_dataset, resolve_cmu
 
 with job(snakemake) as p:
     demo = dict(p["demo"])
-    cmu = demo.pop("cmu", "fetch")
-    out = Path(snakemake.output.manifest).parent
-    if cmu == "fetch":
-        cmu = fetch_cmu(out / "source" / "cmu_small_region.svs")
-    elif cmu == "none":
-        cmu = None
-    make_demo_dataset(out, DemoConfig(**demo), cmu)
+    cmu = resolve_cmu(demo.pop("cmu", "auto"))
+    make_demo_dataset(Path(snakemake.output.manifest).parent, DemoConfig(**demo), cmu)

@@ -10,7 +10,7 @@ from medseg.wsi.stitch_slide import SlideStitchConfig, stitch_slide
 with job(snakemake) as p:
     predictor, meta = load_checkpoint_predictor(snakemake.input.model)
     config = from_mapping(SlideStitchConfig, {**p["predict"], "mpp": p["mpp"], "slide_mpp": p["slide_mpp"]},
-                          f"slide_datasets.{snakemake.wildcards.slideset}.predict.")
+                          f"datasets.{snakemake.wildcards.slideset}.predict.")
     summary = stitch_slide(p["slide"], Path(snakemake.output.tiff).parent, predictor, config,
                            stain=load_stain(snakemake.input.stain), classes=p["classes"], kind=task_kind(meta))
     write_json(summary, snakemake.output.summary)

@@ -84,7 +84,33 @@ def _default_unet() -> ModelConfig:
 
 
 @dataclass(frozen=True)
-class EDPCNNConfig:
+class StarDPSettings:
+    """The star-pattern DP and training settings EDPCNN adds to its U-Net (see :class:`EDPCNNConfig`)."""
+
+    n_rays: int = 50
+    n_points: int = 65
+    radius_px: float = 65.0
+    delta: int = 2
+    smoothing_window: int = 5
+    interp: str = "bilinear"
+    sg_base_channels: int = 8
+    sg_depth: int = 3
+    sg_steps: int = 10
+    noise_samples: int = 10
+    noise_sigma: float = 1.0
+    lr: float = 1e-4
+    sg_lr: float = 1e-4
+    centre_jitter: bool = True
+    angle_jitter: float = math.pi
+    centre_loss_weight: float = 0.1
+    centre_method: str = "midrange"
+    centre_threshold: float = 0.0
+    eval_output: str = "mask_logits"
+    spatial_dims: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class EDPCNNConfig(StarDPSettings):
     """Config of model key ``edpcnn``; defaults are the paper's settings (Sec. 3.3-3.4).
 
     Attributes:
@@ -116,26 +142,6 @@ class EDPCNNConfig:
     """
 
     unet: ModelConfig = field(default_factory=_default_unet)
-    n_rays: int = 50
-    n_points: int = 65
-    radius_px: float = 65.0
-    delta: int = 2
-    smoothing_window: int = 5
-    interp: str = "bilinear"
-    sg_base_channels: int = 8
-    sg_depth: int = 3
-    sg_steps: int = 10
-    noise_samples: int = 10
-    noise_sigma: float = 1.0
-    lr: float = 1e-4
-    sg_lr: float = 1e-4
-    centre_jitter: bool = True
-    angle_jitter: float = math.pi
-    centre_loss_weight: float = 0.1
-    centre_method: str = "midrange"
-    centre_threshold: float = 0.0
-    eval_output: str = "mask_logits"
-    spatial_dims: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
         if self.unet.out_channels != 1:
@@ -160,7 +166,7 @@ class EDPCNNConfig:
 
 
 @dataclass(frozen=True)
-class EDPCNNModelConfig:
+class EDPCNNModelConfig(StarDPSettings):
     """Config of the registry key ``edpcnn`` (``models.<key>`` with ``arch: edpcnn``): flat.
 
     The U-Net encoder settings of :class:`~medseg.models.unet.ModelConfig` (``encoder``,
@@ -181,26 +187,6 @@ class EDPCNNModelConfig:
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
     pretrained: bool = False
     weights: str | None = None
-    n_rays: int = 50
-    n_points: int = 65
-    radius_px: float = 65.0
-    delta: int = 2
-    smoothing_window: int = 5
-    interp: str = "bilinear"
-    sg_base_channels: int = 8
-    sg_depth: int = 3
-    sg_steps: int = 10
-    noise_samples: int = 10
-    noise_sigma: float = 1.0
-    lr: float = 1e-4
-    sg_lr: float = 1e-4
-    centre_jitter: bool = True
-    angle_jitter: float = math.pi
-    centre_loss_weight: float = 0.1
-    centre_method: str = "midrange"
-    centre_threshold: float = 0.0
-    eval_output: str = "mask_logits"
-    spatial_dims: ClassVar[int] = 2
     patch_size: ClassVar[None] = None
 
     def __post_init__(self) -> None:
@@ -216,7 +202,7 @@ class EDPCNNModelConfig:
         unet = ModelConfig(arch="timm_unet", encoder=self.encoder, in_channels=self.in_channels, out_channels=1,
                            decoder_channels=tuple(self.decoder_channels), pretrained=self.pretrained,
                            weights=self.weights)
-        names = [f.name for f in fields(EDPCNNConfig) if f.name != "unet"]
+        names = [f.name for f in fields(StarDPSettings)]
         return EDPCNNConfig(unet=unet, **{n: getattr(self, n) for n in names})
 
 

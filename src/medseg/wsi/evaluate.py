@@ -154,13 +154,15 @@ def plot_outlines(rgb: np.ndarray, ref: np.ndarray, pred: np.ndarray, classes: S
 
 
 def write_slide_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_csv: str | Path,
-                        out_png: str | Path, *, excluded: dict[str, str] | None = None, config: dict | None = None,
+                        out_png: str | Path, *, excluded: dict[str, str] | None = None,
+                        predicted_only: dict[str, str] | None = None, config: dict | None = None,
                         inputs: Sequence[str | Path] = (), rule: str | None = None,
                         wildcards: dict | None = None) -> dict:
     """Aggregate per-slide results into ``results/<dataset>_<model>.json`` (the MRI schema), CSV and box plots.
 
     The schema's ``labels`` section holds the per-class summaries; ``slides`` adds the per-slide
-    pixel accuracy and mean Dice; ``excluded_cases`` lists slides left out with the reason.
+    pixel accuracy and mean Dice; ``excluded_cases`` lists slides left out with the reason,
+    ``predicted_only`` the unannotated slides' prediction folders (predicted, not scored).
     """
     from medseg import provenance
     from medseg.evaluate.aggregate import aggregate, summary, write_cases_csv
@@ -173,7 +175,7 @@ def write_slide_results(case_jsons: Sequence[str | Path], out_json: str | Path, 
     results = aggregate(cases, provenance=provenance.collect(config, inputs=inputs, rule=rule, wildcards=wildcards))
     results["slides"] = {k: summary({c["case"]: c["slide"][k] for c in cases}) for k in ("pixel_accuracy", "mean_dice")}
     results["excluded_cases"] = dict(sorted((excluded or {}).items()))
-    results["predicted_only"] = {}
+    results["predicted_only"] = dict(sorted((predicted_only or {}).items()))
     write_json(results, out_json)
     write_cases_csv(cases, out_csv)
     plot_boxplots(cases, out_png, metrics=("dice", "iou", "sensitivity", "precision"))

@@ -19,13 +19,14 @@ from medseg.wsi.sheet import SLIDE_SUFFIXES, read_sheet, split_of
 
 @dataclass(frozen=True)
 class SlidePlan:
-    """One slide dataset (``slide_datasets.<name>``).
+    """One slide dataset (``datasets.<name>``).
 
     Attributes:
         name: dataset key.
         slide_dir, annotation_dir: where slides and ``<id>.geojson`` are (or will be, for the demo).
         slides: slide id -> slide file.
-        splits: slide id -> ``train`` / ``val`` / ``test``.
+        splits: slide id -> ``train`` / ``val`` / ``test``, or ``predict`` for a slide without an
+            annotation file (predicted, not scored, never trained on).
         classes: class names.
     """
 
@@ -50,7 +51,7 @@ class SlidePlan:
 
 
 def slide_plan(name: str, cfg: Mapping[str, Any], results: str = "results") -> SlidePlan:
-    """Plan of ``slide_datasets.<name>``; the demo lives in ``<results>/<name>/demo/``."""
+    """Plan of ``datasets.<name>``; the demo lives in ``<results>/<name>/demo/``."""
     source = cfg.get("source", "demo")
     classes = tuple(cfg["classes"])
     split = cfg.get("split", {})
@@ -61,14 +62,17 @@ def slide_plan(name: str, cfg: Mapping[str, Any], results: str = "results") -> S
     else:
         root = Path(source)
         if not (root / "slides").is_dir():
-            raise ValueError(f"slide_datasets.{name}.source must be 'demo' or a folder with slides/ and "
+            raise ValueError(f"datasets.{name}.source must be 'demo' or a folder with slides/ and "
                              f"annotations/, got {source!r}")
         slides = {p.stem: str(p) for p in sorted((root / "slides").iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES}
         if not slides:
-            raise ValueError(f"slide_datasets.{name}: no slides ({', '.join(SLIDE_SUFFIXES)}) in {root / 'slides'}")
-    assigned = assign_splits(list(slides), split.get("test_fraction", 0.3), 1, split.get("val_fraction", 0.15),
-                             split.get("seed", 0))
-    splits = {s: split_of(a) for s, a in assigned.items()}
+            raise ValueError(f"datasets.{name}: no slides ({', '.join(SLIDE_SUFFIXES)}) in {root / 'slides'}")
+    annotated = list(slides) if source == "demo" else [s for s in slides if (root / "annotations" / f"{s}.geojson").exists()]
+    splits = dict.fromkeys(sorted(set(slides) - set(annotated)), "predict")
+    if annotated:
+        assigned = assign_splits(annotated, split.get("test_fraction", 0.3), 1, split.get("val_fraction", 0.15),
+                                 split.get("seed", 0))
+        splits.update({s: split_of(a) for s, a in assigned.items()})
     return SlidePlan(name, str(root / "slides"), str(root / "annotations"), slides, splits, classes,
                      source == "demo")
 

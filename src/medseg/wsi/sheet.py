@@ -44,7 +44,8 @@ def slide_mpp(slide_path: str | Path, mpp_override: float | None = None) -> floa
 
 def inspect_slide(slide_path: Path, annotation: Path | None, classes: Sequence[str],
                   mpp_override: float | None = None, ignore: Sequence[str] = ()) -> dict:
-    """Sheet row of one slide (without split); problems are recorded, not raised."""
+    """Sheet row of one slide (without split); problems are recorded, not raised. ``annotation`` None:
+    an unannotated slide (split ``predict``), only the slide is checked."""
     row = {"case_id": slide_path.stem, "slide": str(slide_path), "annotation": str(annotation or ""),
            "mpp": "", "width": "", "height": "", "problem": ""}
     try:
@@ -52,9 +53,8 @@ def inspect_slide(slide_path: Path, annotation: Path | None, classes: Sequence[s
             width, height = slide.dimensions
         row.update(width=int(width), height=int(height))
         row["mpp"] = slide_mpp(slide_path, mpp_override)
-        if annotation is None or not annotation.exists():
-            raise InputError(f"slide {slide_path} has no annotation file ({annotation or 'none given'})")
-        check_annotations(annotation, classes, (int(height), int(width)), ignore)
+        if annotation is not None:
+            check_annotations(annotation, classes, (int(height), int(width)), ignore)
     except (InputError, ValueError) as e:
         row["problem"] = str(e)
         log.warning("slide %s: %s", slide_path.name, e)
@@ -67,7 +67,8 @@ def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes
     """One row per slide file in ``slide_dir`` (annotation ``<annotation_dir>/<id>.geojson``).
 
     Split columns follow the MRI case sheet: ``split`` is ``train`` or ``test``; within train,
-    ``fold`` is the fold the slide validates (``None``: trains every fold).
+    ``fold`` is the fold the slide validates (``None``: trains every fold). A slide without an
+    annotation file is ``predict``: predicted, not scored (splits are drawn among the others).
 
     Raises:
         InputError: no slide files in ``slide_dir``.
@@ -76,17 +77,20 @@ def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes
     paths = sorted(p for p in slide_dir.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES) if slide_dir.is_dir() else []
     if not paths:
         raise InputError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in {slide_dir}")
-    rows = [inspect_slide(p, annotation_dir / f"{p.stem}.geojson", classes, mpp_override, ignore) for p in paths]
-    splits = assign_splits([r["case_id"] for r in rows], test_fraction, n_folds, val_fraction, seed)
+    annotations = {p.stem: annotation_dir / f"{p.stem}.geojson" for p in paths}
+    annotations = {s: a if a.exists() else None for s, a in annotations.items()}
+    rows = [inspect_slide(p, annotations[p.stem], classes, mpp_override, ignore) for p in paths]
+    annotated = [r["case_id"] for r in rows if annotations[r["case_id"]] is not None]
+    splits = assign_splits(annotated, test_fraction, n_folds, val_fraction, seed) if annotated else {}
     for r in rows:
-        r.update(splits[r["case_id"]])
+        r.update(splits.get(r["case_id"], {"split": "predict", "fold": None}))
     return rows
 
 
 def split_of(row: dict) -> str:
-    """``train``, ``val`` (fold 0's validation with one fold) or ``test``."""
-    if row["split"] == "test":
-        return "test"
+    """``train``, ``val`` (fold 0's validation with one fold), ``test`` or ``predict`` (unannotated)."""
+    if row["split"] in ("test", "predict"):
+        return row["split"]
     return "val" if row.get("fold") not in (None, "") and int(row["fold"]) == 0 else "train"
 
 
