@@ -80,3 +80,22 @@ def differences(old: Mapping | None, new: Mapping) -> list[str]:
     if not old:
         return list(PARTS.values())
     return [name for key, name in PARTS.items() if old.get(key) != new.get(key)]
+
+
+def stat_signature(paths: Sequence[str | Path]) -> str:
+    """Digest of each file's path, size and modification time (``missing`` for a file that is not
+    there): changes when a file is replaced, fixed, added or removed, at the cost of one ``stat``
+    per file (5,000 files: about 20 ms) and without reading any.
+
+    The case sheet takes it as a parameter instead of listing every source scan as an input: the
+    sheet is an input of every job, and Snakemake compares each requested file with every input
+    of the job that produces it, so 5,000 inputs there cost it seconds per 1,000 cases in the DAG.
+    """
+    rows = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            rows.append((str(p), st.st_size, st.st_mtime_ns))
+        except OSError:
+            rows.append((str(p), "missing"))
+    return _digest(rows)

@@ -35,6 +35,7 @@ checkpoint case_sheet:
     threads: 8  # reading every scan of a 1,000-case dataset: ~1.75 CPU-s per BraTS case
     params:
         dataset=lambda w: dataset_cfg(w),
+        sources=sheet_sources,
         validate=lambda w: dataset_cfg(w).get("validate", "full"),
         register=lambda w: step_on(w, "register"),
         bad_cases=lambda w: dataset_cfg(w).get("bad_cases", "skip"),

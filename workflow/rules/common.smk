@@ -14,6 +14,7 @@ export_package_path()
 from medseg.cohort.plan import dataset_plan
 from medseg.cohort.sheet import sheet_problems
 from medseg.config import datasets_of_kind
+from medseg.fingerprint import stat_signature
 from medseg.config_check import check_config, validate_config
 
 validate_config(config)  # an unknown or bad key anywhere fails here, named by its path
@@ -156,11 +157,21 @@ def raw_seg(wildcards):
 
 
 def sheet_inputs(wildcards):
-    """Every source file of the dataset (a fixed file brings its case back), or the demo's manifest."""
+    """The demo's manifest; a real dataset's source files are tracked by sheet_sources."""
     p = plan(wildcards)
-    if p.is_demo:
-        return [f"{RESULTS}/{wildcards.dataset}/demo/cohort.json"]
-    return [f for c in p.files for f in p.raw_files(c)]
+    return [f"{RESULTS}/{wildcards.dataset}/demo/cohort.json"] if p.is_demo else []
+
+
+def sheet_sources(wildcards):
+    """Path, size and mtime digest of every source file of a real dataset: a fixed, replaced, added
+    or removed file reruns the case sheet (which brings a fixed case back). A parameter, not
+    inputs: see medseg.fingerprint.stat_signature."""
+    p = plan(wildcards)
+    return (
+        ""
+        if p.is_demo
+        else stat_signature([f for c in p.files for f in p.raw_files(c)])
+    )
 
 
 def cfg_section(*keys):
