@@ -216,3 +216,23 @@ def test_cases_on_their_own_grids_train_from_crops(tmp_path):
     assert x.shape == (4, 12, 16, 16) and y.shape == (4, 3, 16, 16)
     with pytest.raises(ValueError, match="set training.patch_size"):
         make_batch(tiles, 0, 0, 4, 1, 0.5, None, AugmentConfig())
+
+
+def test_stat_signature_changes_when_a_source_file_is_fixed_added_or_removed(tmp_path):
+    import os
+
+    from medseg.fingerprint import stat_signature
+
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    a.write_bytes(b"truncated")
+    b.write_bytes(b"fine")
+    sig = stat_signature([a, b])
+    assert stat_signature([a, b]) == sig  # stat only: stable while nothing changes
+    a.write_bytes(b"the fixed file")
+    fixed = stat_signature([a, b])
+    assert fixed != sig
+    st = a.stat()
+    a.write_bytes(b"the fixed fil_")
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert stat_signature([a, b]) != fixed  # same size, newer
+    assert stat_signature([a]) != stat_signature([a, b]) != stat_signature([a, b, tmp_path / "gone.nii.gz"])
