@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 from scipy import ndimage
 from skimage import data
@@ -160,12 +161,15 @@ def test_sheet_splits_by_slide_and_records_problems(demo, tmp_path):
     write_synthetic_slide(bad / "nompp.tif", 256, mpp=None, min_level_side=256)
     write_synthetic_slide(bad / "fine.tif", 256, mpp=0.5, min_level_side=256)
     write_synthetic_slide(bad / "orphan.tif", 256, mpp=0.5, min_level_side=256)
+    tifffile.imwrite(bad / "blank.tif", np.full((256, 256, 3), 245, np.uint8), tile=(128, 128),
+                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
     for name in ("nompp", "fine"):
         (bad / "ann" / f"{name}.geojson").write_text(json.dumps([square(0, 0, 50, 50, "skin")]))
     rows = {r["case_id"]: r for r in build_slide_sheet(bad, bad / "ann", CLASSES, test_fraction=0.0, val_fraction=0.0)}
     assert rows["fine"]["problem"] == ""
     assert "no microns-per-pixel" in rows["nompp"]["problem"] and "datasets.<name>.mpp" in rows["nompp"]["problem"]
     assert rows["orphan"]["problem"] == "" and split_of(rows["orphan"]) == "predict"  # unannotated: predicted only
+    assert "no tissue found in slide" in rows["blank"]["problem"] and "blank.tif" in rows["blank"]["problem"]
 
 
 def test_class_aware_sampling():

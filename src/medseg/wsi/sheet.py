@@ -2,7 +2,7 @@
 
 Splits are by slide (:func:`medseg.cohort.splits.assign_splits` on slide ids), never by tile, so
 no slide contributes to two splits. As for MRI cases, a slide's problem (unreadable file, no
-microns-per-pixel, missing or invalid annotations) goes in its ``problem`` column instead of
+microns-per-pixel, no tissue on its thumbnail, invalid annotations) goes in its ``problem`` column instead of
 stopping the sheet; the workflow leaves such slides out and lists them with the reason.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from medseg.cohort.splits import assign_splits
 from medseg.io import InputError, atomic_path
 from medseg.wsi.annotations import check_annotations
 from medseg.wsi.slide import base_mpp, open_slide
+from medseg.wsi.tissue import require_tissue, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def inspect_slide(slide_path: Path, annotation: Path | None, classes: Sequence[s
     try:
         with open_slide(slide_path) as slide:
             width, height = slide.dimensions
+            require_tissue(tissue_mask(slide, max_side=512)[0], slide_path)
         row.update(width=int(width), height=int(height))
         row["mpp"] = slide_mpp(slide_path, mpp_override)
         if annotation is not None:
