@@ -228,6 +228,18 @@ def validate(model: torch.nn.Module, cases: Sequence[tuple[np.ndarray, np.ndarra
     return {**{f"dice_{n}": float(v) for n, v in zip(names, s)}, "dice_mean": float(s.mean())}
 
 
+
+def resumable_checkpoint(path: Path, device, training, model_cfg, inputs: Sequence, extra: dict) -> tuple[dict, dict]:
+    """``(checkpoint, fingerprint)``: the checkpoint at ``path`` if it was written by a run with this
+    fingerprint (:mod:`medseg.fingerprint`: configs and input files), else ``{}`` (a fresh start, logged
+    with what changed), and the fingerprint a checkpoint of this run records."""
+    ck = torch.load(path, map_location=device, weights_only=True) if path.exists() else {}
+    fp = fingerprint(training, model_cfg, inputs, extra, previous=ck.get("fingerprint"))
+    if ck and (changed := differences(ck.get("fingerprint"), fp)):
+        log.warning("checkpoint %s was trained with a different %s: starting fresh", path, ", ".join(changed))
+        ck = {}
+    return ck, fp
+
 def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Sequence[str], Sequence[str]],
           out_dir: str | Path, mcfg: AnyModelConfig, cfg: TrainConfig, icfg: InferenceConfig,
           task: Task, stop_after: int | None = None, fold: int = 0) -> dict:
@@ -287,12 +299,8 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     ckpt_path, history, best = out / "checkpoint.pt", [], {"dice_mean": -1.0, "step": -1}
     start = 0
-    ck = torch.load(ckpt_path, map_location=device, weights_only=True) if ckpt_path.exists() else {}
-    fp = fingerprint(cfg, mcfg, [*train_tiles[0], *train_tiles[1], *val_tiles[0], *val_tiles[1]],
-                     {"fold": fold, "task": task.to_dict()}, previous=ck.get("fingerprint"))
-    if ck and (changed := differences(ck.get("fingerprint"), fp)):
-        log.warning("checkpoint %s was trained with a different %s: starting fresh", ckpt_path, ", ".join(changed))
-        ck = {}
+    ck, fp = resumable_checkpoint(ckpt_path, device, cfg, mcfg, [*train_tiles[0], *train_tiles[1], *val_tiles[0],
+                                                                 *val_tiles[1]], {"fold": fold, "task": task.to_dict()})
     if ck:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

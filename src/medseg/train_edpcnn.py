@@ -44,12 +44,11 @@ from medseg import tracking
 from medseg.data import Prefetcher, TileSet, make_batch
 from medseg.edpcnn_inference import object_channel, object_mask, object_name, predict_volume_edpcnn
 from medseg.evaluate.metrics import dice
-from medseg.fingerprint import differences, fingerprint
 from medseg.io import write_json
 from medseg.models import build_model, with_io_channels
 from medseg.models.edpcnn import EDPCNN, EDPCNNModelConfig, make_optimizers, train_step
 from medseg.tasks.definition import Task
-from medseg.train import TrainConfig, _save, _write_history, plot_curves
+from medseg.train import TrainConfig, _save, _write_history, plot_curves, resumable_checkpoint
 from medseg.volume_inference import InferenceConfig, resolve_device
 
 log = logging.getLogger(__name__)
@@ -107,12 +106,9 @@ def train_edpcnn(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tu
              device, torch.get_num_threads(), name, mcfg.object_channel, mcfg.n_rays, mcfg.n_points, mcfg.radius_px)
     ckpt_path, history, best = out / "checkpoint.pt", [], {"dice_mean": -1.0, "step": -1}
     start = 0
-    ck = torch.load(ckpt_path, map_location=device, weights_only=True) if ckpt_path.exists() else {}
-    fp = fingerprint(cfg, mcfg, [*train_tiles[0], *train_tiles[1], *val_tiles[0], *val_tiles[1]],
-                     {"fold": fold, "task": task.to_dict(), "trainer": "edpcnn"}, previous=ck.get("fingerprint"))
-    if ck and (changed := differences(ck.get("fingerprint"), fp)):
-        log.warning("checkpoint %s was trained with a different %s: starting fresh", ckpt_path, ", ".join(changed))
-        ck = {}
+    ck, fp = resumable_checkpoint(ckpt_path, device, cfg, mcfg, [*train_tiles[0], *train_tiles[1], *val_tiles[0],
+                                                                 *val_tiles[1]],
+                                  {"fold": fold, "task": task.to_dict(), "trainer": "edpcnn"})
     if ck:
         model.load_state_dict(ck["model"])
         opt_u.load_state_dict(ck["optimizer"])
