@@ -154,15 +154,20 @@ def surfel_hd95(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], per
     """
     import surface_distance  # DeepMind's package (PyPI ``surface-distance``), imported only when used
 
-    ref, pred = _pair(ref, pred)
-    sp = _spacing(spacing, ref.ndim)
-    if (case := edge_case(ref, pred)) != ec.NONE:
-        raise ValueError(f"surface distances need two non-empty masks, got edge case {case!r}")
-    box = bounding_box(ref | pred, 1)
+    ref, pred, sp, box = _surface_pair(ref, pred, spacing, 1)
     with warnings.catch_warnings():  # surface-distance 0.1 uses scipy.ndimage.filters/morphology (gone in SciPy 2)
         warnings.simplefilter("ignore", DeprecationWarning)
         dists = surface_distance.compute_surface_distances(np.ascontiguousarray(ref[box]), np.ascontiguousarray(pred[box]), sp)
     return float(surface_distance.compute_robust_hausdorff(dists, percent))
+
+
+def _surface_pair(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], margin: int):
+    """Checked masks, spacing and their joint bounding box (+ ``margin``) for surface distances."""
+    ref, pred = _pair(ref, pred)
+    sp = _spacing(spacing, ref.ndim)
+    if (case := edge_case(ref, pred)) != ec.NONE:
+        raise ValueError(f"surface distances need two non-empty masks, got edge case {case!r}")
+    return ref, pred, sp, bounding_box(ref | pred, margin)
 
 
 def _hd95(method: str, ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], sd: SurfaceDistances | None) -> float:
@@ -181,11 +186,7 @@ def surface_distances(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float
     Raises:
         ValueError: a mask is empty (use the edge-case values instead), or bad shapes/spacing.
     """
-    ref, pred = _pair(ref, pred)
-    sp = _spacing(spacing, ref.ndim)
-    if (case := edge_case(ref, pred)) != ec.NONE:
-        raise ValueError(f"surface distances need two non-empty masks, got edge case {case!r}")
-    box = bounding_box(ref | pred, margin)
+    ref, pred, sp, box = _surface_pair(ref, pred, spacing, margin)
     ref_b, pred_b = _border(ref[box]), _border(pred[box])
     to_pred = ndimage.distance_transform_edt(~pred_b, sampling=sp)
     to_ref = ndimage.distance_transform_edt(~ref_b, sampling=sp)
