@@ -1,7 +1,7 @@
 # medseg: brain-tumour MRI segmentation, from raw scans to results/{dataset}_{model}.json
 from snakemake.utils import min_version
 
-min_version("8.20")
+min_version("9.17")  # 9.10-9.16 run jobs beyond --cores (snakemake#3913)
 
 
 configfile: "config.yaml"
