@@ -103,7 +103,10 @@ class _FakeSnakemake:
     """What a Snakemake script job sees: rule, wildcards, input, params, log, threads, config."""
 
     def __init__(self, tmp_path, config):
-        from snakemake.io import InputFiles, Log, Params, Wildcards
+        try:
+            from snakemake.iocontainers import InputFiles, Log, Params, Wildcards  # Snakemake >= 9.26
+        except ImportError:
+            from snakemake.io import InputFiles, Log, Params, Wildcards
 
         self.rule = "n4_correct"
         self.wildcards = Wildcards(fromdict={"dataset": "brats", "case": "BraTS2021_00001"})

@@ -6,6 +6,8 @@ include: "slides_common.smk"
 
 
 rule slides_demo:
+    input:
+        slide_demo_source,
     output:
         manifest=f"{RESULTS}/{{slideset}}/demo/demo.json",
     log:

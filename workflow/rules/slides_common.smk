@@ -2,6 +2,7 @@
 # wildcard constraints and input functions of workflow/rules/slides.smk.
 from medseg.wsi.plan import sheet_problems as slide_sheet_problems
 from medseg.wsi.plan import slide_plan
+from medseg.wsi.demo import default_cmu_paths
 
 SLIDE_PLANS = {
     name: slide_plan(name, ds, RESULTS)
@@ -29,6 +30,18 @@ def slide_cfg(w, *keys):
     for k in keys:
         node = node.get(k, {}) if isinstance(node, dict) else {}
     return node
+
+
+def slide_demo_source(w):
+    """The CMU-1 file the demo's skin texture comes from, if any (its arrival, e.g. after
+    scripts/fetch_demo_slide.sh, rebuilds the demo); nothing for scikit-image textures.
+    """
+    setting = str(slide_cfg(w, "demo").get("cmu", "auto"))
+    if setting == "none":
+        return []
+    if setting != "auto":
+        return [setting]
+    return [str(p) for p in default_cmu_paths() if p.is_file()][:1]
 
 
 def slides_usable(w):
