@@ -229,6 +229,15 @@ def validate(model: torch.nn.Module, cases: Sequence[tuple[np.ndarray, np.ndarra
 
 
 
+def seeded_device(cfg: TrainConfig) -> torch.device:
+    """Set the training's torch threads, seed and deterministic algorithms; return its device."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return resolve_device(cfg.device)
+
+
 def resumable_checkpoint(path: Path, device, training, model_cfg, inputs: Sequence, extra: dict) -> tuple[dict, dict]:
     """``(checkpoint, fingerprint)``: the checkpoint at ``path`` if it was written by a run with this
     fingerprint (:mod:`medseg.fingerprint`: configs and input files), else ``{}`` (a fresh start, logged
@@ -265,11 +274,7 @@ def train(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tuple[Seq
     env = ddp.detect_env()
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(cfg.device)
+    device = seeded_device(cfg)
     if env.distributed:
         device = ddp.init_distributed(env, backend="gloo" if device.type == "cpu" else None)
     log.info("training on %s (%d CPU threads%s)", device, torch.get_num_threads(),

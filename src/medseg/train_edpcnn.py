@@ -48,8 +48,8 @@ from medseg.io import write_json
 from medseg.models import build_model, with_io_channels
 from medseg.models.edpcnn import EDPCNN, EDPCNNModelConfig, make_optimizers, train_step
 from medseg.tasks.definition import Task
-from medseg.train import TrainConfig, _save, _write_history, plot_curves, resumable_checkpoint
-from medseg.volume_inference import InferenceConfig, resolve_device
+from medseg.train import TrainConfig, _save, _write_history, plot_curves, resumable_checkpoint, seeded_device
+from medseg.volume_inference import InferenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,7 @@ def train_edpcnn(train_tiles: tuple[Sequence[str], Sequence[str]], val_tiles: tu
         raise ValueError(f"train_edpcnn needs an EDPCNNModelConfig (models.<key>.arch: edpcnn), got {type(mcfg).__name__}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(cfg.device)
+    device = seeded_device(cfg)
     tiles = TileSet(*train_tiles, fold=fold)
     if tiles.n_image != len(task.modalities):
         raise ValueError(f"tiles hold {tiles.n_image} image channels but the task has {len(task.modalities)} "
