@@ -56,6 +56,24 @@ def feature_class(feature: dict) -> str | None:
     return cls if isinstance(cls, str) else None
 
 
+def classified_features(features: Sequence[dict], classes: Sequence[str], ignore: Sequence[str], source):
+    """``(index, class name, feature)`` of every feature not in ``ignore``.
+
+    Raises:
+        InputError: a feature without a classification or with a class outside ``classes``, naming
+            ``source`` (the annotation file) and the feature.
+    """
+    for k, feature in enumerate(features):
+        name = feature_class(feature)
+        if name in ignore:
+            continue
+        if name not in classes:
+            what = "has no classification" if name is None else f"has class {name!r}"
+            raise InputError(f"annotation file {source}: feature {k} {what}, which is not one of the dataset's "
+                             f"classes {list(classes)} (add it to the class list or to ignore)")
+        yield k, name, feature
+
+
 def feature_polygons(feature: dict) -> list[list[np.ndarray]]:
     """Polygons of a Polygon/MultiPolygon feature: each a list of rings ``(N, 2)`` ``(x, y)``, exterior first."""
     geom = feature.get("geometry") or {}
@@ -125,14 +143,7 @@ def rasterize(features: Sequence[dict], classes: Sequence[str], shape: tuple[int
         raise ValueError(f"classes must have at most 255 names, got {len(classes)}")
     index = {name: i + 1 for i, name in enumerate(classes)}
     mask = np.zeros(shape, dtype=np.uint8)
-    for k, feature in enumerate(features):
-        name = feature_class(feature)
-        if name in ignore:
-            continue
-        if name not in index:
-            what = "has no classification" if name is None else f"has class {name!r}"
-            raise InputError(f"annotation file {source}: feature {k} {what}, which is not one of the dataset's "
-                             f"classes {list(classes)} (add it to the class list or to ignore)")
+    for k, name, feature in classified_features(features, classes, ignore, source):
         for rings in feature_polygons(feature):
             if slide_size is not None:
                 _check_inside(rings, slide_size, source, k, name)
@@ -170,14 +181,7 @@ def check_annotations(path: str | Path, classes: Sequence[str], slide_size: tupl
         InputError: unreadable file, unknown/missing class name, polygon outside the slide.
     """
     counts = {name: 0 for name in classes}
-    for k, feature in enumerate(read_geojson(path)):
-        name = feature_class(feature)
-        if name in ignore:
-            continue
-        if name not in counts:
-            what = "has no classification" if name is None else f"has class {name!r}"
-            raise InputError(f"annotation file {path}: feature {k} {what}, which is not one of the dataset's "
-                             f"classes {list(classes)} (add it to the class list or to ignore)")
+    for k, name, feature in classified_features(read_geojson(path), classes, ignore, path):
         for rings in feature_polygons(feature):
             _check_inside(rings, slide_size, path, k, name)
             counts[name] += 1
