@@ -1,4 +1,4 @@
-# medseg: brain-tumour MRI segmentation, from raw scans to results/{dataset}_{model}.json
+# medseg: medical image segmentation, from raw scans (or slides) to results/{dataset}_{model}.json
 from snakemake.utils import min_version
 
 min_version("9.17")  # 9.10-9.16 run jobs beyond --cores (snakemake#3913)
@@ -11,6 +11,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/tracking.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/normalize.smk"
@@ -23,4 +24,4 @@ include: "workflow/rules/slides.smk"
 rule all:
     default_target: True
     input:
-        all_results(),
+        DEFAULT_TARGETS,

@@ -44,8 +44,9 @@ import torch
 from scipy import ndimage as ndi
 
 from medseg.cohort.synth import SynthConfig, generate_cohort
-from medseg.losses import dice_bce
-from medseg.models.edpcnn import EDPCNN, EDPCNNConfig, make_optimizers, train_step
+from medseg.training.losses import dice_bce
+from medseg.models.edpcnn import EDPCNN, EDPCNNConfig
+from medseg.training.edpcnn_step import make_optimizers, train_step
 from medseg.models.star_dp import largest_component_centre
 from medseg.models.unet import ModelConfig, TimmUNet
 
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if cohort is None:
             tmp = tempfile.TemporaryDirectory(prefix="bench_edpcnn_")
             cohort = Path(tmp.name)
-        generate_cohort(SynthConfig(n_cases=args.cases, seed=args.seed, spacing_mm=(2.0, 2.0, 2.0)), cohort, workers=2)
+        generate_cohort(SynthConfig(n_cases=args.cases, seed=args.seed, spacing_mm=(2.0, 2.0, 2.0), anatomy="icbm",
+                                    fov_variety=False), cohort, workers=2)
     cases = json.loads((cohort / "cohort.json").read_text())["cases"]
     rng = np.random.default_rng(args.seed)
     order = list(rng.permutation(cases))

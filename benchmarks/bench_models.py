@@ -43,7 +43,7 @@ def run_workflow(workdir: Path, dataset: str, models: list[str], configs: list[s
 def model_row(workdir: Path, dataset: str, model: str) -> dict:
     import torch
 
-    from medseg.train import load_model
+    from medseg.models.checkpoint import load_model
 
     res = json.loads((workdir / f"results/{dataset}_{model}.json").read_text())
     fold = workdir / f"results/{dataset}/models/{model}/fold_0"

@@ -39,10 +39,11 @@ import SimpleITK as sitk  # noqa: E402
 
 from medseg.cohort.synth import SynthConfig, generate_cohort, true_brain_mask  # noqa: E402
 from medseg.preprocess.atlas import atlas_images  # noqa: E402
-from medseg.preprocess.n4 import N4Config, log_field_correlation  # noqa: E402
-from medseg.preprocess.normalize import NormConfig  # noqa: E402
-from medseg.preprocess.register import RegConfig  # noqa: E402
-from medseg.preprocess.skullstrip import SkullstripConfig  # noqa: E402
+from medseg.preprocess.config import N4Config
+from medseg.preprocess.n4 import log_field_correlation
+from medseg.preprocess.config import NormConfig
+from medseg.preprocess.config import RegConfig
+from medseg.preprocess.config import SkullstripConfig
 from medseg.preprocess.stages import (brain_stats, collect_stats, fit_normalizer, n4_case, normalize_case,  # noqa: E402
                                       register_case, skullstrip_case)
 
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medseg-bench-pre-") as tmp:
         tmp = Path(tmp)
         print(f"generating {a.cases} BraTS-size demo case(s): 4 x 240x240x155 at 1 mm ...", flush=True)
-        generate_cohort(SynthConfig(n_cases=a.cases, seed=a.seed, spacing_mm=(1.0,) * 3, fov_mm=(240.0, 240.0, 155.0)),
+        generate_cohort(SynthConfig(n_cases=a.cases, seed=a.seed, spacing_mm=(1.0,) * 3, fov_mm=(240.0, 240.0, 155.0),
+                                    anatomy="icbm", fov_variety=False),
                         tmp / "cohort")
         atlas_dir = tmp / "atlas"
         atlas_images(a.atlas_spacing).save(atlas_dir)

@@ -34,8 +34,10 @@ import SimpleITK as sitk
 
 from medseg.cohort.synth import SynthConfig, generate_cohort, true_head_motion, true_native_to_atlas
 from medseg.preprocess.atlas import atlas_images
-from medseg.preprocess.n4 import N4Config, n4_correct
-from medseg.preprocess.register import RegConfig, register
+from medseg.preprocess.config import N4Config
+from medseg.preprocess.n4 import n4_correct
+from medseg.preprocess.config import RegConfig
+from medseg.preprocess.register import register
 from medseg.preprocess.warp import factor_warp, fixed_to_moving, moving_to_fixed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RegConfig(backend=a.backend, atlas_spacing_mm=a.spacing)
     rows = []
     with tempfile.TemporaryDirectory(prefix="medseg-bench-reg-") as tmp:
-        generate_cohort(SynthConfig(n_cases=a.cases, seed=a.seed, spacing_mm=(a.spacing,) * 3), tmp, workers=1)
+        generate_cohort(SynthConfig(n_cases=a.cases, seed=a.seed, spacing_mm=(a.spacing,) * 3, anatomy="icbm",
+                                         fov_variety=False), tmp, workers=1)
         for case_dir in sorted((Path(tmp) / "images").iterdir()):
             r = measure_case(case_dir, Path(tmp) / "truth" / case_dir.name, fixed, points, cfg)
             rows.append(r)

@@ -40,7 +40,8 @@ from medseg.cohort.synth import (
     true_head_motion,
 )
 from medseg.preprocess.atlas import atlas_images
-from medseg.preprocess.skullstrip import METHODS, SkullstripConfig, skullstrip
+from medseg.preprocess.skullstrip import METHODS, skullstrip
+from medseg.preprocess.config import SkullstripConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 0.95

@@ -24,7 +24,7 @@ import time
 import torch
 from monai.inferers import sliding_window_inference as monai_swi
 
-from medseg.stitch import sliding_window_inference
+from medseg.stitch.inference import sliding_window_inference
 
 log = logging.getLogger("bench_stitch")
 

@@ -3,7 +3,7 @@ similar parameter count, same patch, batch, loss and optimiser, on this machine'
 
 Prints one row per model: parameters, training steps per second (forward + Jaccard loss +
 backward + AdamW step on random data, after warm-up), the ratio to DynUNet, and medseg's
-preflight estimate of the GPU memory the same step needs under AMP (``medseg.models.memory``).
+preflight estimate of the GPU memory the same step needs under AMP (``medseg.training.memory``).
 ``unet3d`` is also timed in ``channels_last_3d`` layout. ``--all`` adds tiramisu3d and
 factorized_unet in their paper configurations (slow on a CPU).
 
@@ -16,9 +16,12 @@ import time
 
 import torch
 
-from medseg.losses import get_loss
-from medseg.models import FactorizedUNetConfig, Tiramisu3DConfig, UNet3DConfig, build_model
-from medseg.models.memory import estimate_module_memory
+from medseg.training.losses import get_loss
+from medseg.models.factorized_unet import FactorizedUNetConfig
+from medseg.models.tiramisu3d import Tiramisu3DConfig
+from medseg.models.unet3d import UNet3DConfig
+from medseg.models import build_model
+from medseg.training.memory import estimate_module_memory
 
 
 def n_params(model: torch.nn.Module) -> int:

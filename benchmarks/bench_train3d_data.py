@@ -1,6 +1,6 @@
 """Share of 3-D training step time spent waiting for data (target <= 10 %).
 
-Trains a small 3-D U-Net on 64^3 patches drawn by :func:`medseg.data3d.make_batch3d` from
+Trains a small 3-D U-Net on 64^3 patches drawn by :func:`medseg.training.batches3d.make_batch3d` from
 memory-mapped float16 volumes (default augmentation on), once with medseg's background
 prefetcher and once building each batch inline, and prints both wait shares.
 ``bench_train3d.py`` imports :func:`make_volumes` and :func:`data_wait_share` to report the same
@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.augment3d import Augment3DConfig, augment3d
-from medseg.data import Prefetcher
-from medseg.data3d import Patch3DConfig, PoolPrefetcher, VolumeSet3D, make_batch3d
+from medseg.training.config import Augment3DConfig
+from medseg.training.augment3d import augment3d
+from medseg.training.batches import Prefetcher
+from medseg.training.config import Patch3DConfig
+from medseg.training.batches3d import PoolPrefetcher, VolumeSet3D, make_batch3d
 
 from _steps import time_steps  # benchmarks/_steps.py
 
@@ -68,8 +70,8 @@ def data_wait_share(model: nn.Module, vols: VolumeSet3D, steps: int, batch: int,
                     aug: Augment3DConfig | None, prefetch: bool = True, loss_fn=None, workers: int = 1) -> tuple[float, float]:
     """Train ``steps`` steps; returns ``(share of time waiting for the next batch, seconds per step)``.
 
-    ``prefetch`` builds batches ahead on one thread (:class:`medseg.data.Prefetcher`), or on
-    ``workers`` threads when ``workers > 1`` (:class:`medseg.data3d.PoolPrefetcher`).
+    ``prefetch`` builds batches ahead on one thread (:class:`medseg.training.batches.Prefetcher`), or on
+    ``workers`` threads when ``workers > 1`` (:class:`medseg.training.batches3d.PoolPrefetcher`).
     """
     loss_fn = loss_fn or (lambda lg, y: F.binary_cross_entropy_with_logits(lg, y))
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
@@ -84,7 +86,7 @@ def data_wait_share(model: nn.Module, vols: VolumeSet3D, steps: int, batch: int,
 
 
 def augment_ms(batch: int, patch: tuple[int, int, int], channels: int = 4, reps: int = 10) -> dict[str, float]:
-    """Milliseconds of :func:`medseg.augment3d.augment3d` per ``(batch, channels, *patch)`` batch."""
+    """Milliseconds of :func:`medseg.training.augment3d.augment3d` per ``(batch, channels, *patch)`` batch."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, channels, *patch)).astype(np.float32)
     y = (rng.random((batch, 3, *patch)) < 0.1).astype(np.uint8)

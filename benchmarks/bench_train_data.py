@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.data import AugmentConfig, TileSet, make_batch
+from medseg.training.config import AugmentConfig
+from medseg.training.batches import TileSet, make_batch
 from medseg.io import write_json
-from medseg.losses import get_loss
-from medseg.models import ModelConfig, build_model
+from medseg.training.losses import get_loss
+from medseg.models.unet import ModelConfig
+from medseg.models import build_model
 
 from _steps import time_steps  # benchmarks/_steps.py
 
@@ -39,7 +41,7 @@ def make_tiles(folder: Path, n: int = 6, shape=(80, 100, 82)) -> tuple[list[str]
 
 def run(tiles: TileSet, steps: int, encoder: str, prefetch: bool, batch: int,
         patch: tuple[int, int] | None = None) -> tuple[float, float]:
-    from medseg.data import Prefetcher
+    from medseg.training.batches import Prefetcher
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(encoder=encoder, in_channels=12))

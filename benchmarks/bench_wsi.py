@@ -26,10 +26,11 @@ OUT = Path(__file__).resolve().parent / "out" / "wsi"
 
 
 def make_model(path: str | None) -> torch.nn.Module:
-    from medseg.models import ModelConfig, build_model
+    from medseg.models.unet import ModelConfig
+    from medseg.models import build_model
 
     if path:
-        from medseg.train import load_model
+        from medseg.models.checkpoint import load_model
 
         return load_model(path)[0]
     torch.manual_seed(0)
@@ -57,7 +58,8 @@ def main() -> None:
 
     from medseg.wsi.demo import DemoConfig, make_demo_dataset
     from medseg.wsi.slide import open_slide, read_region, select_level
-    from medseg.wsi.stitch_slide import SlideStitchConfig, stitch_slide
+    from medseg.wsi.config import SlideStitchConfig
+    from medseg.wsi.stitch_slide import stitch_slide
     from medseg.wsi.tissue import tissue_mask
 
     OUT.mkdir(parents=True, exist_ok=True)

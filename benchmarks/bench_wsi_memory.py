@@ -53,7 +53,8 @@ def child(task: str, slide: str, out: str, tile: int, overlap: float, batch_size
         write_synthetic_slide(slide, int(out), compression="jpeg")
     else:
         from medseg.wsi.predictors import identity
-        from medseg.wsi.stitch_slide import SlideStitchConfig, stitch_slide
+        from medseg.wsi.config import SlideStitchConfig
+        from medseg.wsi.stitch_slide import stitch_slide
         result = stitch_slide(slide, out, identity, SlideStitchConfig(tile=tile, overlap=overlap,
                                                                        batch_size=batch_size))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

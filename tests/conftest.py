@@ -17,7 +17,8 @@ def demo_cohort(tmp_path_factory) -> Path:
     from medseg.cohort.synth import SynthConfig, generate_cohort
 
     out = tmp_path_factory.mktemp("demo")
-    cfg = SynthConfig(n_cases=3, seed=3, spacing_mm=(3.0, 3.0, 3.0), orientations=("LPS", "RAS", "LSA"))
+    cfg = SynthConfig(n_cases=3, seed=3, spacing_mm=(3.0, 3.0, 3.0), orientations=("LPS", "RAS", "LSA"),
+                      anatomy="icbm", fov_variety=False)
     generate_cohort(cfg, out, workers=1)
     return out
 

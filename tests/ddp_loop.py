@@ -1,4 +1,4 @@
-"""A tiny DDP training loop on 3-D patches: what train.py's 3-D loop does with :mod:`medseg.ddp`.
+"""A tiny DDP training loop on 3-D patches: what train.py's 3-D loop does with :mod:`medseg.training.ddp`.
 
 Run under torchrun by ``tests/test_ddp.py`` (2 CPU processes, gloo) and called in-process as the
 one-process reference::
@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.augment3d import Augment3DConfig
-from medseg.data3d import Patch3DConfig, VolumeSet3D, make_batch3d
-from medseg.ddp import DistEnv, all_reduce_mean, detect_env, init_distributed, shard, shutdown, unwrap, wrap_model
+from medseg.training.config import Augment3DConfig
+from medseg.training.config import Patch3DConfig
+from medseg.training.batches3d import VolumeSet3D, make_batch3d
+from medseg.training.ddp import DistEnv, all_reduce_mean, detect_env, init_distributed, shard, shutdown, unwrap, wrap_model
 
 PATCH = Patch3DConfig(patch_size=(12, 12, 12))
 

@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg.cohort.plan import dataset_plan
+from medseg.cohort.listing import list_cases
 from medseg.cohort.sheet import case_row, plan_sheet, read_case_sheet, read_task, sheet_problems
 from medseg.cohort.splits import assign_splits, fold_cases, held_out_cases
 from medseg.io import InputError
-from medseg.tasks.layouts import check_case_id, detect_layout
+from medseg.tasks.layouts.base import check_case_id
+from medseg.tasks.layouts import detect_layout
 
 MODS = ("t1", "t1ce", "t2", "flair")
 SUFFIX = {"brats2021": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
@@ -38,7 +39,7 @@ def sheet(root, out, convention="auto", splits=None, **kw):
     """Discover ``root`` and write its case sheet; return (rows, plan, task)."""
     from dataclasses import replace
 
-    plan = dataset_plan(root.name, {"source": str(root), "convention": convention,
+    plan = list_cases(root.name, {"source": str(root), "convention": convention,
                                     "split": {"test_fraction": 0.25, "val_fraction": 0.34}})
     rows = plan_sheet(replace(plan, splits=splits) if splits else plan, out, out.with_suffix(".json"), **kw)
     return rows, plan, read_task(out.with_suffix(".json"))
@@ -267,12 +268,12 @@ def test_splits_deterministic_disjoint_and_test_held_out():
 
 
 def test_excluded_cases_leave_every_other_split_alone():
-    from medseg.cohort.plan import dataset_plan
+    from medseg.cohort.listing import list_cases
 
     ds = {"source": "demo", "demo": {"n_cases": 12, "seed": 1}, "split": {"test_fraction": 0.25, "seed": 0}}
-    full = dataset_plan("brats", ds)
+    full = list_cases("brats", ds)
     bad = full.train_cases(0)[0]
-    less = dataset_plan("brats", {**ds, "exclude": [bad]})
+    less = list_cases("brats", {**ds, "exclude": [bad]})
     assert bad not in less.cases and less.excluded == {bad: "datasets.brats.exclude"}
     assert {c: s for c, s in full.splits.items() if c != bad} == less.splits
     assert bad not in less.train_cases(0) + less.val_cases(0) + less.test_cases()
@@ -283,4 +284,4 @@ def test_excluded_cases_leave_every_other_split_alone():
     assert fewer.test_cases() == less.test_cases()[1:] and fewer.train_cases(0) == less.train_cases(0)
     assert less.without({}) is less
     with pytest.raises(ValueError, match="exclude.*nope"):
-        dataset_plan("brats", {**ds, "exclude": ["nope"]})
+        list_cases("brats", {**ds, "exclude": ["nope"]})

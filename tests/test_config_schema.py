@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medseg.config_check import load_schema, validate_config
+from medseg.plan.check import load_schema, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema()
 # keys of a dataclass the workflow sets itself (not user config)
 NOT_CONFIG = {"in_channels", "out_channels", "object_channel", "register", "atlas_dir"}
-MODEL_OVERRIDES = {"training", "inference"}  # a model key's overrides of the global sections (medseg.train.MODEL_SECTIONS)
+MODEL_OVERRIDES = {"training", "inference"}  # a model key's overrides of the global sections (medseg.plan.runs.MODEL_SECTIONS)
+# a model key's own keys that the plan reads, not the network config (networks are size-agnostic)
+MODEL_PLAN_KEYS = MODEL_OVERRIDES | {"patch_size"}
 # keys without a schema default on purpose: the workflow sets them when the config does not
 # (snakemake fills schema defaults into the config, which would override the workflow's value)
 WORKFLOW_SETS = {"training.threads"}  # train_model: the rule's threads
@@ -66,14 +68,14 @@ def _tuples(value):
 
 
 def _sections():
-    from medseg.data import AugmentConfig
+    from medseg.training.config import AugmentConfig
     from medseg.models import REGISTRY
-    from medseg.preprocess.n4 import N4Config
-    from medseg.preprocess.normalize import NormConfig
-    from medseg.preprocess.register import RegConfig
-    from medseg.preprocess.skullstrip import SkullstripConfig
-    from medseg.train import TrainConfig
-    from medseg.volume_inference import InferenceConfig
+    from medseg.preprocess.config import N4Config
+    from medseg.preprocess.config import NormConfig
+    from medseg.preprocess.config import RegConfig
+    from medseg.preprocess.config import SkullstripConfig
+    from medseg.training.config import TrainConfig
+    from medseg.inference.config import InferenceConfig
 
     models = {i["if"]["properties"]["arch"]["const"]: i["then"] for i in _node("models")["additionalProperties"]["allOf"]}
     out = {"training": (TrainConfig, _node("training")), "training.augment": (AugmentConfig, _node("training", "augment")),
@@ -82,7 +84,7 @@ def _sections():
            "preprocessing.skullstrip": (SkullstripConfig, _node("preprocessing", "skullstrip")),
            "preprocessing.normalize": (NormConfig, _node("preprocessing", "normalize"))}
     for arch, spec in REGISTRY.items():
-        out[f"models.<{arch}>"] = (spec.config, models.get(arch, {"properties": {}}))
+        out[f"models.<{arch}>"] = (spec.config_class(), models.get(arch, {"properties": {}}))
     return out
 
 
@@ -98,7 +100,17 @@ def test_every_section_rejects_unknown_keys_and_documents_each_key():
 def test_schema_and_dataclass_agree_on_keys_and_defaults(section):
     cls, node = _sections()[section]
     defaults = {k: v for k, v in _dataclass_defaults(cls).items() if k not in NOT_CONFIG}
-    props = {k: v for k, v in node["properties"].items() if not (section.startswith("models.") and k in MODEL_OVERRIDES)}
+    props = {k: v for k, v in node["properties"].items() if not (section.startswith("models.") and k in MODEL_PLAN_KEYS)}
+    if section.startswith("models."):  # models.<key>.patch_size: the plan's, defaulting to the registry entry's
+        from medseg.models import REGISTRY
+
+        entry = REGISTRY[section[len("models.<"):-1]]
+        patch = node["properties"].get("patch_size")
+        if entry.default_patch is None:
+            assert patch is None, f"{section}.patch_size: the registry entry has no default patch"
+        else:
+            assert patch is not None and _tuples(patch["default"]) == entry.default_patch, \
+                f"{section}.patch_size: schema default {patch and patch.get('default')}, registry {entry.default_patch}"
     assert set(props) == set(defaults), (f"{section}: keys only in the schema {sorted(set(props) - set(defaults))}, "
                                          f"only in {cls.__name__} {sorted(set(defaults) - set(props))}")
     for key, value in defaults.items():
@@ -139,13 +151,20 @@ def test_arch_enum_is_the_model_registry():
 
 
 def test_evaluation_defaults_are_evaluate_case_defaults():
+    """evaluate_case takes the ``evaluation`` settings as an EvalConfig (its defaults when not given) or as
+    keyword options: every schema key is one of its fields, with the dataclass's default in the file too."""
+    from medseg.config import with_options
     from medseg.evaluate.case import evaluate_case
+    from medseg.evaluate.config import EvalConfig
 
     params = inspect.signature(evaluate_case).parameters
-    props = _node("evaluation")["properties"]
-    for key, sub in props.items():
-        assert key in params, f"evaluation.{key} is not an argument of evaluate_case"
-        assert sub["default"] == params[key].default, key
+    assert params["config"].default is None and params["options"].kind is inspect.Parameter.VAR_KEYWORD
+    defaults = _dataclass_defaults(EvalConfig)
+    raw = load_schema(with_defaults=False)["properties"]["evaluation"]["properties"]
+    assert set(raw) == set(defaults), f"evaluation: schema {sorted(raw)}, EvalConfig {sorted(defaults)}"
+    for key, sub in raw.items():
+        assert sub["default"] == defaults[key], key
+        assert getattr(with_options(EvalConfig(), {key: sub["default"]}, "evaluate_case"), key) == sub["default"]
 
 
 def test_config_yaml_is_valid_and_sets_every_default_it_names():

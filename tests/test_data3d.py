@@ -6,9 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from medseg.augment3d import Augment3DConfig, SpatialDraw, augment3d, input_extent, warp
-from medseg.data import Prefetcher
-from medseg.data3d import (Patch3DConfig, PoolPrefetcher, VolumeSet3D, crop_pad, locations_path, make_batch3d,
+from medseg.training.config import Augment3DConfig
+from medseg.training.augment3d import SpatialDraw, augment3d, input_extent, warp
+from medseg.training.batches import Prefetcher
+from medseg.training.batches3d import (Patch3DConfig, PoolPrefetcher, VolumeSet3D, crop_pad, locations_path, make_batch3d,
                            sample_patch, write_class_locations)
 
 NO_AUG = Augment3DConfig(p_rotate=0, p_scale=0, p_flip=0, p_brightness=0, p_contrast=0, p_gamma=0, p_noise=0)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.data3d import write_class_locations
-from medseg.ddp import DistEnv, all_reduce_mean, detect_env, shard
+from medseg.training.batches3d import write_class_locations
+from medseg.training.ddp import DistEnv, all_reduce_mean, detect_env, shard
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

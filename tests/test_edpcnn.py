@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from medseg.models import ModelConfig
-from medseg.models.edpcnn import EDPCNN, EDPCNNConfig, build_edpcnn, fit_sg, make_optimizers, train_step, _sg_ce
+from medseg.models.unet import ModelConfig
+from medseg.models.edpcnn import EDPCNN, EDPCNNConfig, build_edpcnn
+from medseg.training.edpcnn_step import _sg_ce, fit_sg, make_optimizers, train_step
 from medseg.models.star_dp import (
     closed_contour_dp,
     contour_energy,

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg.evaluate import aggregate, evaluate_case, write_cases_csv
-from medseg.evaluate.aggregate import overlay_montage, plot_boxplots, select_montage_cases
+from medseg.evaluate import aggregate
+from medseg.evaluate.case import evaluate_case
+from medseg.evaluate.aggregate import write_cases_csv
+from medseg.evaluate.plots import overlay_montage, plot_boxplots, select_montage_cases
 from medseg.evaluate.commands import case_id_from_path, match_cases, register
 from medseg.io import InputError
-from medseg.tasks import LabelError as ConventionError
+from medseg.tasks.definition import LabelError as ConventionError
 
 SPACING_XYZ = (0.5, 1.0, 2.0)  # SimpleITK order; array (z, y, x) spacing is (2.0, 1.0, 0.5)
 SHAPE_ZYX = (10, 16, 20)

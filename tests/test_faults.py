@@ -60,8 +60,23 @@ def test_disk_full_leaves_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == [], f"partial files left: {list(tmp_path.iterdir())}"
 
 
+def _case_job(tmp_path, case: str, images: dict):
+    """A case job whose stages write into ``tmp_path/case``."""
+    from medseg.preprocess.case import CaseFolder, CaseJob
+
+    return CaseJob(case, {m: str(p) for m, p in images.items()}, CaseFolder(str(tmp_path / case)))
+
+
+def _written(job) -> list:
+    """Every file the case's stages left in its folder."""
+    from pathlib import Path
+
+    root = Path(job.folder.root)
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
 def test_nan_voxels_fail_the_case_with_its_name_and_file(tmp_path):
-    from medseg.preprocess.n4 import N4Config
+    from medseg.preprocess.config import N4Config, N4Stage
     from medseg.preprocess.stages import n4_case
 
     arr = np.random.default_rng(0).random((8, 16, 16)).astype(np.float32) + 1
@@ -69,10 +84,10 @@ def test_nan_voxels_fail_the_case_with_its_name_and_file(tmp_path):
     arr[4, 8, 9] = np.inf
     path = tmp_path / "BraTS2021_00009_t1.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
-    outs = {"t1": str(tmp_path / "n4_t1.nii.gz")}
+    job = _case_job(tmp_path, "BraTS2021_00009", {"t1": path})
     with pytest.raises(InputError, match=r"BraTS2021_00009.*_t1\.nii\.gz.*2 voxels are NaN or infinite"):
-        n4_case("BraTS2021_00009", {"t1": str(path)}, outs, {"t1": str(tmp_path / "bias_t1.nii.gz")}, N4Config())
-    assert not list(tmp_path.glob("n4_*")) and not list(tmp_path.glob("bias_*"))
+        n4_case(job, N4Stage(N4Config()))
+    assert not _written(job)  # no corrected image, bias field or QC
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
@@ -94,7 +109,7 @@ def test_truncated_gzip_is_an_error_not_zeros(tmp_path, dtype):
 
 def test_4d_image_is_caught_by_the_case_sheet(tmp_path):
     from medseg.cohort.sheet import build_case_sheet, case_row
-    from medseg.tasks import brats_task
+    from medseg.tasks.presets import brats_task
     from medseg.tasks.layouts import discover
 
     make_case(tmp_path, "four")
@@ -109,10 +124,11 @@ def test_4d_image_is_caught_by_the_case_sheet(tmp_path):
 def test_empty_label_map_is_a_valid_training_case(tmp_path):
     """No tumour: the sheet accepts it (with a warning), it tiles, and batches come from brain slices."""
     from medseg.cohort.sheet import build_case_sheet, case_row
-    from medseg.data import AugmentConfig, TileSet, make_batch
-    from medseg.tasks import brats_task
+    from medseg.training.config import AugmentConfig
+    from medseg.training.batches import TileSet, make_batch
+    from medseg.tasks.presets import brats_task
     from medseg.tasks.layouts import discover
-    from medseg.tiling import tile_case
+    from medseg.preprocess.tiling import tile_case
 
     make_case(tmp_path, "empty", labels=(0,))
     task = brats_task("b", "2021")
@@ -153,24 +169,24 @@ def test_write_image_gzip_is_complete_readable_and_deterministic(tmp_path):
 def test_blank_scan_fails_n4_with_its_name_not_an_itk_traceback(tmp_path, value):
     """All-zero / constant modality: was "ITK ERROR: ImageMomentsCalculator ... Total Mass of the
     image was zero" (0) or "Zero-valued spacing is not supported" (50) from the atlas registration."""
-    from medseg.preprocess.n4 import N4Config
+    from medseg.preprocess.config import N4Config, N4Stage
     from medseg.preprocess.stages import n4_case
 
     path = tmp_path / "BraTS2021_00013_flair.nii.gz"
     img = sitk.GetImageFromArray(np.full((20, 24, 24), value, np.float32))
     img.SetSpacing((3.0, 3.0, 3.0))
     sitk.WriteImage(img, str(path))
+    job = _case_job(tmp_path, "BraTS2021_00013", {"flair": path})
     with pytest.raises(InputError, match=rf"case 'BraTS2021_00013', file .*_flair\.nii\.gz: every voxel is {value:g}: a blank scan"):
-        n4_case("BraTS2021_00013", {"flair": str(path)}, {"flair": str(tmp_path / "n4.nii.gz")},
-                {"flair": str(tmp_path / "bias.nii.gz")}, N4Config())
-    assert not (tmp_path / "n4.nii.gz").exists()
+        n4_case(job, N4Stage(N4Config()))
+    assert not (tmp_path / "BraTS2021_00013" / "n4" / "flair.nii.gz").exists() and not _written(job)
 
 
 def test_non_finite_n4_result_fails_the_case(tmp_path, monkeypatch):
     """A log field below -8.3 rounds to a field of 0 (multiples of 2^-12), so image / field is inf;
     N4's output is checked before it is written."""
     from medseg.preprocess import stages
-    from medseg.preprocess.n4 import N4Config
+    from medseg.preprocess.config import N4Config, N4Stage
 
     def n4_zero_corner(image, mask, cfg, transform):
         field = sitk.GetArrayFromImage(image) * 0 + 1
@@ -183,38 +199,39 @@ def test_non_finite_n4_result_fails_the_case(tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "n4_correct", n4_zero_corner)
     path = tmp_path / "BraTS2021_00014_t1.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((8, 16, 16)).astype(np.float32) + 1), str(path))
-    outs = {"t1": str(tmp_path / "n4.nii.gz")}, {"t1": str(tmp_path / "bias.nii.gz")}
+    job = _case_job(tmp_path, "BraTS2021_00014", {"t1": path})
     with pytest.raises(InputError, match=r"case 'BraTS2021_00014', file .*_t1\.nii\.gz: N4 bias correction gave 8 "
                                          r"bias-field voxels that are not finite and > 0 and 8 NaN or infinite voxels"):
-        stages.n4_case("BraTS2021_00014", {"t1": str(path)}, *outs, N4Config())
-    assert not list(tmp_path.glob("n4*")) and not list(tmp_path.glob("bias*"))
+        stages.n4_case(job, N4Stage(N4Config()))
+    assert not _written(job)  # neither the corrected image nor the bias field
 
 
 @pytest.mark.parametrize("masked", [True, False])
 def test_no_brain_left_fails_normalisation_naming_case_and_file(tmp_path, masked):
     """An empty brain mask (or, without skull stripping, every modality all 0 after preprocessing)
     was "ValueError: brain mask is empty: cannot normalise" with no case or file."""
+    from pathlib import Path
+
     from medseg.io import write_json
-    from medseg.preprocess.normalize import NormConfig
-    from medseg.preprocess.stages import normalize_case
+    from medseg.preprocess.config import NormalizeStage, NormConfig
+    from medseg.preprocess.intensity import normalize_case
 
     rng = np.random.default_rng(0)
-    images = {}
+    job = _case_job(tmp_path, "c7", {"t1": tmp_path / "c7_t1.nii.gz", "flair": tmp_path / "c7_flair.nii.gz"})
+    images = job.folder.images("n4", job.modalities)  # the stage folder's images, as N4 left them
+    Path(job.folder.n4).mkdir(parents=True)
     for mod in ("t1", "flair"):
         arr = np.zeros((6, 8, 8), np.float32) if not masked else rng.random((6, 8, 8)).astype(np.float32)
-        images[mod] = str(tmp_path / f"c7_{mod}.nii.gz")
         sitk.WriteImage(sitk.GetImageFromArray(arr), images[mod])
-    mask = None
     if masked:
-        mask = str(tmp_path / "c7_brain_mask.nii.gz")
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 8, 8), np.uint8)), mask)
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 8, 8), np.uint8)), job.folder.brain_mask)
     write_json({"folds": [{}]}, tmp_path / "normalizers.json")
-    match = (r"case 'c7', file .*c7_brain_mask\.nii\.gz: the brain mask is empty" if masked else
-             r"case 'c7', files \[.*c7_flair\.nii\.gz.*c7_t1\.nii\.gz'\]: every voxel is 0 in every modality")
+    match = (r"case 'c7', file .*c7/brain_mask\.nii\.gz: the brain mask is empty" if masked else
+             r"case 'c7', files \[.*c7/n4/flair\.nii\.gz.*c7/n4/t1\.nii\.gz'\]: every voxel is 0 in every modality")
     with pytest.raises(InputError, match=match):
-        normalize_case("c7", images, mask, str(tmp_path / "normalizers.json"), str(tmp_path / "norm.npz"),
-                       NormConfig(method="zscore"))
-    assert not (tmp_path / "norm.npz").exists()
+        normalize_case(job, NormalizeStage(NormConfig(method="zscore"), stage="n4", masked=masked),
+                       str(tmp_path / "normalizers.json"))
+    assert not Path(job.folder.norm).exists()
 
 
 # ------------------------------------------------------------- config checked at load, before any job
@@ -225,63 +242,81 @@ def _config():
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-def test_shipped_configs_pass_check_config():
+def load_config(config: dict, results) -> None:
+    """What the workflow does with a config at load (``workflow/rules/common.smk``): the schema
+    (every key, named by its path), its defaults, every dataset's listing and plan, then
+    :func:`medseg.plan.check.check_config` on the plans (networks, encoders, normalisation)."""
+    from medseg.pipeline.dag import Workflow
+    from medseg.plan.check import check_config, fill_defaults, validate_config
+
+    validate_config(config)
+    fill_defaults(config)
+    check_config(config, Workflow(config, str(results)).plans)
+
+
+def test_shipped_configs_pass_check_config(tmp_path):
     import yaml
     from conftest import REPO
 
-    from medseg.config_check import check_config
-
     from snakemake.utils import update_config
 
-    base = yaml.safe_load((REPO / "config.yaml").read_text())
-    check_config(base)
+    load_config(yaml.safe_load((REPO / "config.yaml").read_text()), tmp_path / "results")
     for path in sorted((REPO / "tests" / "configs").glob("*.yaml")):  # overlays on config.yaml, as --configfile
         merged = yaml.safe_load((REPO / "config.yaml").read_text())
         update_config(merged, yaml.safe_load(path.read_text()))
-        check_config(merged)
+        load_config(merged, tmp_path / "results")
 
 
 @pytest.mark.parametrize("section,key,value,match", [
-    ("training", "stpes", 10, r"unknown config key\(s\) \['training\.stpes'\]; valid: .*'steps'"),
-    ("training", "loss", "dice_bc", r"training\.loss must be one of \[.*'dice_bce'.*\], got 'dice_bc'"),
-    ("training", "schedule", "step", r"training\.schedule must be 'poly' or 'cosine'"),
-    ("training", "augment", {"flipp": 0.5}, r"\['training\.augment\.flipp'\]"),
-    ("inference", "overlapp", 0.5, r"\['inference\.overlapp'\]"),
-    ("preprocessing.n4", "maks", "brain", r"\['preprocessing\.n4\.maks'\]"),
-    ("preprocessing.n4", "mask", "head", r"n4\.mask must be one of"),
-    ("preprocessing.register", "atlas_spacing", 2.0, r"\['preprocessing\.register\.atlas_spacing'\]"),
-    ("preprocessing.skullstrip", "method", "bet", r"skullstrip\.method must be one of"),
-    ("preprocessing.skullstrip", "modality", "t1c", r"preprocessing\.skullstrip\.modality must be one of the modalities of dataset 'brats'"),
+    ("training", "stpes", 10, r"config key training\.stpes is unknown \(did you mean steps\?\); valid keys of training: \[.*'steps'"),
+    ("training", "loss", "dice_bc", r"config key training\.loss: 'dice_bc' is not one of \[.*'dice_bce'.*\]"),
+    ("training", "schedule", "step", r"config key training\.schedule: 'step' is not one of \['poly', 'cosine'\]"),
+    ("training", "augment", {"flipp": 0.5}, r"config key training\.augment\.flipp is unknown \(did you mean flip\?\)"),
+    ("inference", "overlapp", 0.5, r"config key inference\.overlapp is unknown \(did you mean overlap\?\)"),
+    ("preprocessing.n4", "maks", "brain", r"config key preprocessing\.n4\.maks is unknown \(did you mean mask\?\)"),
+    ("preprocessing.n4", "mask", "head", r"config key preprocessing\.n4\.mask: 'head' is not one of \['brain', 'otsu'\]"),
+    ("preprocessing.register", "atlas_spacing", 2.0,
+     r"config key preprocessing\.register\.atlas_spacing is unknown \(did you mean atlas_spacing_mm\?\)"),
+    ("preprocessing.skullstrip", "method", "bet", r"config key preprocessing\.skullstrip\.method: 'bet' is not one of \[.*'deepbet'.*\]"),
+    ("preprocessing.skullstrip", "modality", "t1c",
+     r"preprocessing\.skullstrip\.modality must be one of the modalities of datasets\.brats \[.*'t1ce'.*\].*got 't1c'"),
     ("preprocessing.normalize", "method", "nyull", r"preprocessing\.normalize\.method for \w+ must be one of .*got .nyull."),
     ("preprocessing.normalize", "method", {"flar": "zscore"}, r"preprocessing\.normalize\.method names modalities \['flar'\]"),
     ("models.timm", "encoder", "resnet999", r"models\.timm\.encoder must be a timm model name, got 'resnet999'; did you mean one of \[.*'resnet18'.*\]"),
-    ("models.timm", "arch", "unet4d", r"models\.timm\.arch must be one of \[.*'timm_unet'.*\], got 'unet4d'"),
-    ("models.timm", "decoder_chanels", [8], r"\['models\.timm\.decoder_chanels'\]"),
+    ("models.timm", "arch", "unet4d", r"config key models\.timm\.arch: 'unet4d' is not one of \[.*'timm_unet'.*\]"),
+    ("models.timm", "decoder_chanels", [8], r"config key models\.timm\.decoder_chanels is unknown \(did you mean decoder_channels\?\)"),
 ])
-def test_config_errors_name_their_key_at_load(section, key, value, match, monkeypatch):
+def test_config_errors_name_their_key_at_load(section, key, value, match, monkeypatch, tmp_path):
     """Typos passed a dry run and failed after all preprocessing (training.stpes, resnet999 ...)."""
     import timm
 
-    from medseg.config_check import check_config
-
-    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("check_config must not build a model"))
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("loading a config must not build a model"))
     config = _config()
     node = config
     for k in section.split("."):
         node = node.setdefault(k, {})
     node[key] = value
     with pytest.raises(ValueError, match=match):
-        check_config(config)
+        load_config(config, tmp_path / "results")
 
 
-def test_config_sections_that_are_not_mappings():
-    from medseg.config_check import check_config
-
+def test_config_sections_that_are_not_mappings(tmp_path):
     config = _config()
     config["training"] = 5
-    with pytest.raises(ValueError, match=r"config key training must be a mapping, got 5"):
-        check_config(config)
+    with pytest.raises(ValueError, match=r"config key training: 5 is not of type 'object'"):
+        load_config(config, tmp_path / "results")
     config = _config()
     config["training"]["steps"] = "many"
-    with pytest.raises((ValueError, TypeError), match=r"training"):
-        check_config(config)
+    with pytest.raises(ValueError, match=r"config key training\.steps: 'many' is not of type 'integer'"):
+        load_config(config, tmp_path / "results")
+
+
+def test_a_3d_patch_off_the_network_stride_fails_at_load(tmp_path):
+    """unet3d halves its input 3 times (default features): a 100-voxel side cannot be a training patch."""
+    config = _config()
+    config["models"]["u3"] = {"arch": "unet3d", "patch_size": [100, 128, 128]}
+    with pytest.raises(ValueError, match=r"models\.u3 training\.patch_size \(or models\.u3\.patch_size\) must be 3 sizes, "
+                                         r"each a multiple of 8 .*got \[100, 128, 128\]"):
+        load_config(config, tmp_path / "results")
+    config["models"]["u3"]["patch_size"] = [96, 128, 128]
+    load_config(config, tmp_path / "results")

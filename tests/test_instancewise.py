@@ -18,7 +18,7 @@ import pytest
 from lesion_pairs import make_pair
 from medseg.evaluate import instancewise, metrics
 from medseg.evaluate.lesionwise import lesionwise_metrics
-from medseg.tasks import brats_task
+from medseg.tasks.presets import brats_task
 
 REGIONS = ("WT", "TC", "ET")
 

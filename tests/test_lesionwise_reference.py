@@ -17,7 +17,7 @@ import pytest
 from lesion_pairs import make_pair  # BraTS 2023 labels: the script's get_TissueWiseSeg expects them
 from medseg.evaluate import metrics
 from medseg.evaluate.lesionwise import lesionwise_metrics
-from medseg.tasks import brats_task
+from medseg.tasks.presets import brats_task
 
 REGIONS = ("WT", "TC", "ET")
 

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from medseg.losses import LOSSES, get_loss
-from medseg.models import ModelConfig, build_model
+from medseg.training.losses import LOSSES, get_loss
+from medseg.models.unet import ModelConfig
+from medseg.models import build_model
 
 
 @pytest.mark.parametrize("encoder", ["resnet10t", "efficientnet_b0", "convnext_atto", "regnetx_002"])
@@ -50,7 +51,7 @@ def test_losses_zero_for_perfect_and_positive_otherwise():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_cuda_preflight_and_fallback_on_cpu_machine(monkeypatch):
-    from medseg.volume_inference import check_cuda, resolve_device
+    from medseg.inference.device import check_cuda, resolve_device
 
     with pytest.raises(RuntimeError, match="set training.device: auto"):
         check_cuda()

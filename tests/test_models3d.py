@@ -5,39 +5,40 @@ import dataclasses
 import pytest
 import torch
 
-from medseg.losses import LOSSES
-from medseg.models import (
-    REGISTRY,
-    FactorizedUNetConfig,
-    ModelConfig,
-    Tiramisu3DConfig,
-    UNet3DConfig,
-    build_model,
-    model_config_from_mapping,
-    with_io_channels,
-)
-from medseg.models.memory import count_saved_activations, estimate_training_memory, max_batch, plan
+from medseg.training.losses import LOSSES
+from medseg.models import REGISTRY, arch_of, build_model, model_config_from_mapping, with_io_channels
+from medseg.models.blocks import check_patch
+from medseg.models.factorized_unet import FactorizedUNetConfig
+from medseg.models.tiramisu3d import Tiramisu3DConfig
+from medseg.models.unet import ModelConfig
+from medseg.models.unet3d import UNet3DConfig
+from medseg.plan.runs import resolve_run
+from medseg.training.memory import count_saved_activations, estimate_training_memory, max_batch, plan
 
-TINY = {
-    "unet3d": UNet3DConfig(in_channels=2, out_channels=3, features=(4, 8, 16), seg_levels=2, patch_size=(16, 16, 16)),
-    "unet3d_2d": UNet3DConfig(in_channels=2, out_channels=3, spatial_dims=2, features=(4, 8, 16), seg_levels=2,
-                              patch_size=(32, 32), merge="sum"),
-    "tiramisu3d": Tiramisu3DConfig(in_channels=2, out_channels=3, first_features=8, growth_rate=4,
-                                   layers_per_block=(2, 2, 3, 2, 2), patch_size=(8, 16, 16)),
-    "tiramisu_2d": Tiramisu3DConfig(in_channels=2, out_channels=3, spatial_dims=2, first_features=8, growth_rate=4,
-                                    layers_per_block=(2, 3, 2), patch_size=(32, 32)),
-    "factorized_unet": FactorizedUNetConfig(in_channels=2, out_channels=3, features=(4, 8, 16), patch_size=(16, 16, 16)),
+TINY = {  # name -> (config, training patch): networks are size-agnostic, the patch is the run's
+    "unet3d": (UNet3DConfig(in_channels=2, out_channels=3, features=(4, 8, 16), seg_levels=2), (16, 16, 16)),
+    "unet3d_2d": (UNet3DConfig(in_channels=2, out_channels=3, spatial_dims=2, features=(4, 8, 16), seg_levels=2,
+                               merge="sum"), (32, 32)),
+    "tiramisu3d": (Tiramisu3DConfig(in_channels=2, out_channels=3, first_features=8, growth_rate=4,
+                                    layers_per_block=(2, 2, 3, 2, 2)), (8, 16, 16)),
+    "tiramisu_2d": (Tiramisu3DConfig(in_channels=2, out_channels=3, spatial_dims=2, first_features=8, growth_rate=4,
+                                     layers_per_block=(2, 3, 2)), (32, 32)),
+    "factorized_unet": (FactorizedUNetConfig(in_channels=2, out_channels=3, features=(4, 8, 16)), (16, 16, 16)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_shapes_any_size_padded_and_cropped_back(name):
-    cfg = TINY[name]
+    cfg, patch = TINY[name]
     torch.manual_seed(0)
     model = build_model(cfg)
-    assert model.spatial_dims == cfg.spatial_dims and model.patch_size == cfg.patch_size
-    odd = (7, 13, 10)[-cfg.spatial_dims:]  # not multiples of the total stride (4)
-    for spatial in (cfg.patch_size, odd):
+    assert model.spatial_dims == cfg.spatial_dims and model.divisor == cfg.divisor
+    assert arch_of(model) == cfg.arch
+    check_patch(cfg, patch)  # the tiny patches are valid windows
+    odd = (7, 13, 10)[-cfg.spatial_dims:]  # not multiples of the total stride (2 or 4)
+    with pytest.raises(ValueError, match=f"each a multiple of {cfg.divisor}"):
+        check_patch(cfg, odd)
+    for spatial in (patch, odd):
         x = torch.randn(2, 2, *spatial)
         y = model(x)
         assert y.shape == (2, 3, *spatial)
@@ -49,7 +50,7 @@ def test_shapes_any_size_padded_and_cropped_back(name):
 
 def test_unet3d_sums_upsampled_segmentation_maps_into_one_output():
     """Kayalibay et al. Sec. 2.1: the coarse maps are upsampled and *added* (no auxiliary outputs)."""
-    cfg = UNet3DConfig(in_channels=1, out_channels=2, features=(4, 8, 16, 16), seg_levels=3, patch_size=(16, 16, 16))
+    cfg = UNet3DConfig(in_channels=1, out_channels=2, features=(4, 8, 16, 16), seg_levels=3)
     model = build_model(cfg).train()
     x = torch.randn(1, 1, 16, 16, 16)
     assert isinstance(model(x), torch.Tensor)  # one tensor, also in training
@@ -87,8 +88,7 @@ def test_tiramisu_parameter_counts_match_the_paper_table():
     """Seed 001 Table 1 (Keras counts without batch-norm scale/shift): p4a and p3b within 0.05 %."""
     for layers, paper in (((9, 10, 12, 15, 17, 20, 17, 15, 12), 49_382_353), ((12,) * 7, 23_487_169)):
         with torch.device("meta"):
-            model = build_model(Tiramisu3DConfig(in_channels=1, out_channels=1, layers_per_block=layers,
-                                                 patch_size=(16, 64, 64)))
+            model = build_model(Tiramisu3DConfig(in_channels=1, out_channels=1, layers_per_block=layers))
         bn = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d) for p in m.parameters())
         n = sum(p.numel() for p in model.parameters()) - bn
         assert abs(n - paper) / paper < 5e-4, (layers, n, paper)
@@ -96,7 +96,7 @@ def test_tiramisu_parameter_counts_match_the_paper_table():
 
 def test_factorized_block_is_four_planar_convolutions():
     """Seed 003 Fig. 2: four 3x3 convolutions in different planes instead of 3x3x3 (hand-counted)."""
-    cfg = FactorizedUNetConfig(in_channels=1, out_channels=2, features=(2, 4), patch_size=(8, 8, 8))
+    cfg = FactorizedUNetConfig(in_channels=1, out_channels=2, features=(2, 4))
     model = build_model(cfg)
     kernels = [m.kernel_size for m in model.enc[0].modules() if isinstance(m, torch.nn.Conv3d)]
     assert kernels == [(1, 3, 3), (3, 1, 3), (3, 3, 1), (1, 3, 3)]
@@ -115,17 +115,19 @@ def test_factorized_block_is_four_planar_convolutions():
 ])
 def test_overfits_one_tiny_batch_with_its_default_loss(name, lr, steps, overrides):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(TINY[name], **overrides)
+    cfg, patch = TINY[name]
+    cfg = dataclasses.replace(cfg, **overrides)
     model = build_model(cfg)
-    loss_name = type(model).default_loss
+    loss_name = REGISTRY[arch_of(model)].default_loss
+    assert loss_name == resolve_run({"models": {"m": {"arch": name}}}, "m").training.loss
     loss_fn = LOSSES[loss_name]
-    shape = (2, *cfg.patch_size)
-    zz, yy, xx = torch.meshgrid(*(torch.arange(s) for s in cfg.patch_size), indexing="ij")
+    shape = (2, *patch)
+    zz, yy, xx = torch.meshgrid(*(torch.arange(s) for s in patch), indexing="ij")
     blob = ((zz - 6).abs() < 4) & ((yy - 8).abs() < 5) & ((xx - 7).abs() < 4)
     labels = torch.zeros(shape, dtype=torch.long)
     labels[0][blob] = 1
     labels[1][blob.flip(-1)] = 2
-    x = torch.randn(2, 2, *cfg.patch_size) * 0.3 + labels.unsqueeze(1).float() * torch.tensor([1.0, -1.0]).view(1, 2, 1, 1, 1)
+    x = torch.randn(2, 2, *patch) * 0.3 + labels.unsqueeze(1).float() * torch.tensor([1.0, -1.0]).view(1, 2, 1, 1, 1)
     if loss_name == "multiclass_iou":
         target = labels
     else:  # regions: one binary mask per output channel
@@ -148,13 +150,13 @@ def test_autocast_bf16_forward_backward(name):
     # deep (torch 2.14; ~2 % of calls on a (1, 28, 2, 8, 8) input, never with oneDNN off). medseg
     # uses AMP on CUDA only, so the CPU check runs PyTorch's native kernels.
     torch.manual_seed(0)
-    cfg = TINY[name]
+    cfg, patch = TINY[name]
     model = build_model(cfg)
-    x = torch.randn(1, 2, *cfg.patch_size)
+    x = torch.randn(1, 2, *patch)
     with torch.backends.mkldnn.flags(enabled=False):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = model(x)
-        assert y.dtype == torch.bfloat16 and y.shape == (1, 3, *cfg.patch_size)
+        assert y.dtype == torch.bfloat16 and y.shape == (1, 3, *patch)
         y.float().square().mean().backward()
     bad = [n for n, p in model.named_parameters()
            if p.grad is None or p.grad.dtype != torch.float32 or not torch.isfinite(p.grad).all()]
@@ -162,7 +164,7 @@ def test_autocast_bf16_forward_backward(name):
 
 
 def test_channels_last_3d_gives_the_same_logits():
-    cfg = TINY["unet3d"]
+    cfg, _ = TINY["unet3d"]
     torch.manual_seed(0)
     ref = build_model(cfg).eval()
     fast = build_model(dataclasses.replace(cfg, channels_last=True)).eval()
@@ -175,16 +177,23 @@ def test_channels_last_3d_gives_the_same_logits():
 def test_registry_configs_and_errors():
     assert set(REGISTRY) == {"timm_unet", "unet3d", "tiramisu3d", "factorized_unet", "edpcnn"}
     for arch, spec in REGISTRY.items():
-        assert spec.config().arch == arch  # defaults build (no model: timm would need a download-free encoder)
-        assert spec.model.default_loss in LOSSES
+        cfg = spec.config_class()()
+        assert cfg.arch == arch  # defaults build (no model: timm would need a download-free encoder)
+        assert spec.default_loss in LOSSES
+        assert spec.dims == cfg.spatial_dims
+        if spec.default_patch is not None:  # the paper's patch is a valid window of the default network
+            check_patch(cfg, spec.default_patch)
     with pytest.raises(ValueError, match=r"models.arch must be one of \['edpcnn', 'factorized_unet', 'timm_unet'"):
         model_config_from_mapping({"arch": "vnet"})
     with pytest.raises(ValueError, match=r"models\.u3\.encoder"):
         model_config_from_mapping({"arch": "unet3d", "encoder": "resnet18"}, "models.u3.")
     with pytest.raises(ValueError, match="patch_size must be 3 sizes, each a multiple of 8"):
-        model_config_from_mapping({"arch": "unet3d", "patch_size": [100, 128, 128]})
+        check_patch(model_config_from_mapping({"arch": "unet3d"}), (100, 128, 128))
+    run = resolve_run({"models": {"u3": {"arch": "unet3d", "patch_size": [100, 128, 128]}}}, "u3")
+    with pytest.raises(ValueError, match="patch_size must be 3 sizes, each a multiple of 8"):
+        check_patch(run.network_config(4, 3), run.training.patch_size)
     with pytest.raises(ValueError, match="spatial_dims must be 3"):
-        FactorizedUNetConfig(spatial_dims=2, patch_size=(64, 64))
+        FactorizedUNetConfig(spatial_dims=2)
     with pytest.raises(ValueError, match="layers_per_block"):
         Tiramisu3DConfig(layers_per_block=(4, 4))
     with pytest.raises(ValueError, match="needs a UNet3DConfig"):
@@ -192,13 +201,15 @@ def test_registry_configs_and_errors():
     # timm configs: unchanged defaults, arch optional in mappings
     timm_cfg = model_config_from_mapping({"encoder": "resnet10t", "decoder_channels": [16] * 5})
     assert timm_cfg == ModelConfig(encoder="resnet10t", decoder_channels=(16,) * 5)
-    assert timm_cfg.spatial_dims == 2 and timm_cfg.patch_size is None
+    timm_run = resolve_run({"models": {"t": {"encoder": "resnet10t"}}}, "t")
+    assert timm_cfg.spatial_dims == 2 and REGISTRY["timm_unet"].default_patch is None
+    assert timm_run.training.patch_size is None and timm_run.inference.patch_size is None  # whole slices
     assert build_model(with_io_channels(timm_cfg, 3, 2))(torch.randn(2, 3, 64, 64)).shape == (2, 2, 64, 64)
 
 
 def test_saved_config_round_trips_through_asdict():
     """``model.pt`` stores ``dataclasses.asdict(cfg)`` with lists; it must rebuild the same config."""
-    for cfg in TINY.values():
+    for cfg, _ in TINY.values():
         saved = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
         assert model_config_from_mapping(saved) == cfg
 
@@ -207,7 +218,7 @@ def test_saved_activation_count_matches_pytorch_cpu_allocations():
     """The meta-device count vs the bytes PyTorch's CPU allocator still holds after a real forward."""
     from torch.profiler import ProfilerActivity, profile
 
-    cfg = UNet3DConfig(in_channels=2, out_channels=3, features=(8, 16, 32), seg_levels=2, patch_size=(32, 32, 32))
+    cfg = UNet3DConfig(in_channels=2, out_channels=3, features=(8, 16, 32), seg_levels=2)
     shape = (2, 2, 32, 32, 32)
     with torch.device("meta"):
         counted = count_saved_activations(build_model(cfg), shape)
@@ -221,7 +232,7 @@ def test_saved_activation_count_matches_pytorch_cpu_allocations():
 
 
 def test_memory_estimate_scales_and_max_batch_fits():
-    cfg = TINY["unet3d"]
+    cfg, _ = TINY["unet3d"]
     e1 = estimate_training_memory(cfg, (32, 32, 32), 1, amp=False, reserve_gb=0)
     e4 = estimate_training_memory(cfg, (32, 32, 32), 4, amp=False, reserve_gb=0)
     assert e4.activations == 4 * e1.activations and e4.weights == e1.weights
@@ -237,12 +248,14 @@ def test_memory_estimate_scales_and_max_batch_fits():
     rows = plan(cfg, gb, [(16, 16, 16), (32, 32, 32)], reserve_gb=0.05)
     assert [r["patch"] for r in rows] == [(32, 32, 32), (16, 16, 16)] and rows[1]["max_batch"] > rows[0]["max_batch"]
     assert max_batch(cfg, 0.01, (32, 32, 32)) == 0  # the 1 GiB reserve alone does not fit
+    # no patch: the registry entry's (the paper's) patch
+    assert estimate_training_memory(cfg, None, 1) == estimate_training_memory(cfg, REGISTRY["unet3d"].default_patch, 1)
     with pytest.raises(ValueError, match="patch must have 3 sizes"):
         estimate_training_memory(cfg, (32, 32), 1)
 
 
 def test_memory_cli_prints_a_plan(capsys):
-    from medseg.models.memory import main
+    from medseg.training.memory import main
 
     main(["unet3d", "--gpu-gb", "1.1", "--patch", "16", "16", "16", "--patch", "32", "32", "32",
           "--set", "features=[4,8,16]", "--set", "seg_levels=2"])
@@ -253,18 +266,20 @@ def test_memory_cli_prints_a_plan(capsys):
         main(["unet3d", "--gpu-gb", "8", "--set", "encoder=resnet18"])
 
 
-RSS_STEP = """
+RSS_STEP = r"""
 import json, re, torch
-from medseg.losses import get_loss
-from medseg.models import Tiramisu3DConfig, build_model
-from medseg.models.memory import estimate_training_memory
+from medseg.training.losses import get_loss
+from medseg.models.tiramisu3d import Tiramisu3DConfig
+from medseg.models import build_model
+from medseg.training.memory import estimate_training_memory
 torch.manual_seed(0)
 cfg = {cfg}
+patch = {patch}
 model = build_model(cfg)
-x = torch.randn(2, 2, *cfg.patch_size)
-y = (torch.rand(2, 3, *cfg.patch_size) > 0.5).float()
+x = torch.randn(2, 2, *patch)
+y = (torch.rand(2, 3, *patch) > 0.5).float()
 opt = torch.optim.AdamW(model.parameters(), 1e-3)
-est = estimate_training_memory(cfg, None, 2, amp=False, reserve_gb=0, fragmentation=1.0)
+est = estimate_training_memory(cfg, patch, 2, amp=False, reserve_gb=0, fragmentation=1.0)
 def kb(field):
     return int(re.search(field + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS: imports' peaks do not count
@@ -284,13 +299,14 @@ def test_memory_estimate_against_peak_rss_of_a_real_cpu_training_step():
     fresh process. CPU needs more than a GPU (oneDNN pads 8-channel maps to 16-channel blocks and
     keeps reorder buffers): seen 0.81 for this tiramisu, 0.56 for a (8, 16, 32) unet3d on 48^3."""
     cfg = ("Tiramisu3DConfig(in_channels=2, out_channels=3, first_features=16, growth_rate=8, "
-           "layers_per_block=(3, 4, 3), patch_size=(16, 48, 48))")
+           "layers_per_block=(3, 4, 3))")
+    patch = (16, 48, 48)
     import json
     import os
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", RSS_STEP.format(cfg=cfg)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", RSS_STEP.format(cfg=cfg, patch=patch)], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
     assert r["measured"] > 100 * 2**20  # large enough to dominate allocator noise

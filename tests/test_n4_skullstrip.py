@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from medseg.cohort.synth import reorient_resample, true_brain_mask
-from medseg.preprocess.n4 import N4Config, _subsample, atlas_transform, n4_correct, white_matter_mask
-from medseg.preprocess.skullstrip import SkullstripConfig, refine_mask, skullstrip
+from medseg.preprocess.case import CaseFolder, CaseJob
+from medseg.preprocess.config import N4Config, N4Stage, RegisterStage, SkullstripConfig, SkullstripStage
+from medseg.preprocess.n4 import _subsample, atlas_transform, n4_correct, white_matter_mask
+from medseg.preprocess.skullstrip import refine_mask, skullstrip
 from medseg.preprocess.stages import n4_case
 
 MODS = ("t1", "t1ce", "t2", "flair")
@@ -30,6 +33,16 @@ def own_truth_mask(case: dict, mod: str) -> sitk.Image:
     return true_brain_mask(case["truth"], mod, img(case[mod]))
 
 
+def staged_job(root: Path, case: str, images: dict, stage: str = "n4") -> CaseJob:
+    """A case job in ``root`` whose ``stage`` folder already holds ``images`` (modality -> file), as
+    the previous stage leaves them; the stage functions read them from there."""
+    job = CaseJob(case, {m: str(p) for m, p in images.items()}, CaseFolder(str(root)))
+    for mod, src in job.folder.images(stage, job.modalities).items():
+        Path(src).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(images[mod], src)
+    return job
+
+
 def log_corr(field: sitk.Image, true_field: sitk.Image, mask: sitk.Image) -> float:
     m = sitk.GetArrayFromImage(mask) > 0
     a, b = (np.log(sitk.GetArrayFromImage(f)[m]) for f in (field, true_field))
@@ -40,11 +53,10 @@ def log_corr(field: sitk.Image, true_field: sitk.Image, mask: sitk.Image) -> flo
 def n4_run(demo_case, tmp_path_factory) -> dict:
     """``n4_case`` on all four modalities of the demo case, with its truth folder."""
     out = tmp_path_factory.mktemp("n4")
-    images = {m: str(demo_case[m]) for m in MODS}
-    fields = {m: str(out / f"bias_{m}.nii.gz") for m in MODS}
-    qc = n4_case(demo_case["case"], images, {m: str(out / f"n4_{m}.nii.gz") for m in MODS}, fields, N4Config(),
-                 qc_png=str(out / "qc_n4.png"), truth_dir=str(demo_case["truth"]))
-    return {"qc": qc, "fields": fields, "out": out}
+    job = CaseJob(demo_case["case"], {m: str(demo_case[m]) for m in MODS}, CaseFolder(str(out / "case")),
+                  truth_dir=str(demo_case["truth"]))
+    qc = n4_case(job, N4Stage(N4Config()))
+    return {"qc": qc, "fields": job.folder.bias_fields(MODS), "folder": job.folder}
 
 
 @pytest.mark.parametrize("mod", MODS)
@@ -63,18 +75,20 @@ def test_n4_lowers_white_matter_cv(n4_run, mod):
 
 
 def test_n4_qc_json_has_truth_correlation_only_with_a_truth_dir(n4_run, demo_case, tmp_path):
-    assert (n4_run["out"] / "qc_n4.png").stat().st_size > 10_000
-    json.dumps(n4_run["qc"])  # JSON-serialisable as the rule writes it
+    folder = n4_run["folder"]
+    assert Path(folder.n4_png).stat().st_size > 10_000
+    assert json.loads(Path(folder.n4_qc).read_text()) == n4_run["qc"]  # the QC JSON the stage writes
     assert all("truth_log_bias_corr" in n4_run["qc"][m] for m in MODS)
-    qc = n4_case(demo_case["case"], {"t2": str(demo_case["t2"])}, {"t2": str(tmp_path / "n4.nii.gz")},
-                 {"t2": str(tmp_path / "bias.nii.gz")}, N4Config())
+    case = demo_case["case"]
+    qc = n4_case(CaseJob(case, {"t2": str(demo_case["t2"])}, CaseFolder(str(tmp_path / "a")), figures=False),
+                 N4Stage(N4Config()))
     assert set(qc["t2"]) == {"cv_wm_before", "cv_wm_after", "wm_ml"}
     # a truth folder is ignored for images that are not of its cohort (real data beside an old demo)
     elsewhere = tmp_path / "real" / demo_case["t2"].name
     elsewhere.parent.mkdir()
     shutil.copy(demo_case["t2"], elsewhere)
-    qc = n4_case(demo_case["case"], {"t2": str(elsewhere)}, {"t2": str(tmp_path / "n4.nii.gz")},
-                 {"t2": str(tmp_path / "bias.nii.gz")}, N4Config(), truth_dir=str(demo_case["truth"]))
+    qc = n4_case(CaseJob(case, {"t2": str(elsewhere)}, CaseFolder(str(tmp_path / "b")), truth_dir=str(demo_case["truth"]),
+                         figures=False), N4Stage(N4Config()))
     assert "truth_log_bias_corr" not in qc["t2"]
 
 
@@ -199,19 +213,17 @@ def robex_cases(tmp_path_factory) -> dict:
 def test_crosswise_head_registers_and_skullstrips(robex_cases, fov, tmp_path):
     """A head whose anatomy is not the atlas's: the atlas registration passes its gates (search start) and the
     default skull stripping reaches Dice >= 0.95 against the true mask, through the workflow's stage functions."""
-    from medseg.preprocess.register import RegConfig
+    from medseg.preprocess.config import RegConfig
     from medseg.preprocess.stages import register_case, skullstrip_case
 
     case = robex_cases[fov]
-    qc = skullstrip_case(case["case"], str(case["t1"]), str(tmp_path / "mask.nii.gz"), SkullstripConfig(),
-                         qc_png=str(tmp_path / "mask.png"))
-    d = dice(img(tmp_path / "mask.nii.gz"), own_truth_mask(case, "t1"))
+    job = staged_job(tmp_path / "skullstrip", case["case"], {"t1": case["t1"]})
+    qc = skullstrip_case(job, SkullstripStage(SkullstripConfig(), modality="t1", stage="n4"))
+    d = dice(img(job.folder.brain_mask), own_truth_mask(case, "t1"))
     print(f"\n{case['case']} ({fov}) {SkullstripConfig().method} Dice {d:.4f}, qc {qc}")
     assert d >= 0.95 and qc["qc_warnings"] == []
-    out = {m: str(tmp_path / f"reg_{m}.nii.gz") for m in ("t1ce",)}
-    tfms = {"t1ce": str(tmp_path / "t1ce.tfm"), "atlas": str(tmp_path / "atlas.tfm")}
-    reg = register_case(case["case"], {"t1ce": str(case["t1ce"])}, None, "t1ce", out, str(tmp_path / "seg.nii.gz"), tfms,
-                        RegConfig(), skull_stripped=False, out_warp=str(tmp_path / "warp.nii.gz"))
+    job = staged_job(tmp_path / "register", case["case"], {"t1ce": case["t1ce"]})
+    reg = register_case(job, RegisterStage(RegConfig(), reference="t1ce", skull_stripped=False))
     assert reg["qc_warnings"] == [] and not reg["atlas_hit_limit"] and reg["atlas_nmi"] > 1.10, reg
 
 
@@ -220,18 +232,15 @@ def test_convergence_gate_fires_on_a_registration_that_stops_short(robex_cases, 
     affine stops at its limit far from the pose (NMI ~1.04; converged: ~1.13) -- the gate names case and check;
     ``warn`` records it instead. (The default start and iterations pass: test_crosswise_head_registers_and_skullstrips.)"""
     from medseg.io import InputError
-    from medseg.preprocess.register import RegConfig
+    from medseg.preprocess.config import RegConfig
     from medseg.preprocess.stages import register_case
 
     case = robex_cases["tilted"]
-    out = {"t1ce": str(tmp_path / "reg.nii.gz")}
-    tfms = {"t1ce": str(tmp_path / "t1ce.tfm"), "atlas": str(tmp_path / "atlas.tfm")}
-    args = (case["case"], {"t1ce": str(case["t1ce"])}, None, "t1ce", out, str(tmp_path / "seg.nii.gz"), tfms)
+    job = staged_job(tmp_path, case["case"], {"t1ce": case["t1ce"]})
     short = {"init": "moments", "iterations": 20}
     with pytest.raises(InputError, match=rf"case {case['case']}: .*registration_not_converged: registration t1ce -> atlas"):
-        register_case(*args, RegConfig(**short), skull_stripped=False, out_warp=str(tmp_path / "w.nii.gz"))
-    qc = register_case(*args, RegConfig(**short, qc_action="warn"), skull_stripped=False,
-                       out_warp=str(tmp_path / "w.nii.gz"))
+        register_case(job, RegisterStage(RegConfig(**short), reference="t1ce", skull_stripped=False))
+    qc = register_case(job, RegisterStage(RegConfig(**short, qc_action="warn"), reference="t1ce", skull_stripped=False))
     assert qc["atlas_hit_limit"] and len(qc["qc_warnings"]) == 1 and "registration_not_converged" in qc["qc_warnings"][0]
 
 
@@ -242,10 +251,14 @@ def test_implausible_mask_fails_volume_and_fov_edge_gates(robex_cases, tmp_path)
     from medseg.preprocess.stages import skullstrip_case
 
     case = robex_cases["neck"]
-    args = (case["case"], str(case["t1"]), str(tmp_path / "mask.nii.gz"))
+    job = staged_job(tmp_path, case["case"], {"t1": case["t1"]})
+
+    def stage(**kw) -> SkullstripStage:
+        return SkullstripStage(SkullstripConfig(**kw), modality="t1", stage="n4")
+
     with pytest.raises(InputError, match=rf"case {case['case']}: .*brain_volume: .*mask_at_fov_edge: "):
-        skullstrip_case(*args, SkullstripConfig(method="nonzero"))
-    qc = skullstrip_case(*args, SkullstripConfig(method="nonzero", qc_action="warn"))
+        skullstrip_case(job, stage(method="nonzero"))
+    qc = skullstrip_case(job, stage(method="nonzero", qc_action="warn"))
     assert [w.split(":")[0] for w in qc["qc_warnings"]] == ["brain_volume", "mask_at_fov_edge"]
     assert qc["brain_volume_ml"] > 2400
 

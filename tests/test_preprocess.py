@@ -6,8 +6,10 @@ import SimpleITK as sitk
 
 from medseg.cohort.synth import reorient_resample, true_head_motion, true_native_to_atlas
 from medseg.preprocess.atlas import atlas_images
-from medseg.preprocess.normalize import NormConfig, apply_nyul, fit_model, fit_nyul, normalize, zscore
-from medseg.preprocess.register import RegConfig, register
+from medseg.preprocess.config import NormConfig
+from medseg.preprocess.normalize import apply_nyul, fit_model, fit_nyul, normalize, zscore
+from medseg.preprocess.config import RegConfig
+from medseg.preprocess.register import register
 
 
 def img(p):
@@ -129,7 +131,7 @@ def test_fold_normaliser_from_case_quantiles_equals_fit_on_images():
 def test_skullstrip_off_brain_is_nonzero_voxels_and_stats_match_a_mask_file(tmp_path):
     """steps.skullstrip off: no mask file; the brain is what is nonzero in any modality (holes
     filled), and the table computed from the images equals per-case brain_stats with that mask."""
-    from medseg.preprocess.stages import brain_stats, collect_stats, nonzero_brain, normalized_arrays, quantiles_from_images
+    from medseg.preprocess.intensity import brain_stats, collect_stats, nonzero_brain, normalized_arrays, quantiles_from_images
 
     rng = np.random.default_rng(5)
     images, truth = {}, {}
@@ -165,7 +167,7 @@ def test_skullstrip_off_brain_is_nonzero_voxels_and_stats_match_a_mask_file(tmp_
 def test_gathered_normalizers_normalise_like_one_file_per_fold(tmp_path):
     from medseg.io import write_json
     from medseg.preprocess.normalize import brain_quantiles, fit_model_from_quantiles
-    from medseg.preprocess.stages import gather_normalizers, normalized_arrays
+    from medseg.preprocess.intensity import gather_normalizers, normalized_arrays
 
     rng = np.random.default_rng(8)
     images, folds = {}, []

@@ -9,6 +9,7 @@ correspondence and a deformable registration is expected to differ from it there
 for all brain points and for those away from the tumour; run with ``-s`` to see them.
 """
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +20,13 @@ from medseg.cli import main
 from medseg.cohort.synth import reorient_resample, true_head_motion, true_native_to_atlas
 from medseg.io import InputError, write_image
 from medseg.preprocess.atlas import atlas_images
-from medseg.preprocess.n4 import N4Config, n4_correct
-from medseg.preprocess.register import RegConfig, register
+from medseg.preprocess.config import N4Config
+from medseg.preprocess.n4 import n4_correct
+from medseg.preprocess.config import RegConfig
+from medseg.preprocess.register import register
 from medseg.preprocess.warp import factor_warp, fixed_to_moving, invert_field, moving_to_fixed
+from medseg.preprocess.case import CaseFolder, CaseJob
+from medseg.preprocess.config import RegisterStage
 from medseg.preprocess.stages import register_case
 
 SPACING = 3.0  # atlas grid of these tests, matching the 3 mm demo_case fixture
@@ -143,7 +148,7 @@ def test_label_round_trip_moves_no_voxel_more_than_one(demo_case, atlas, atlas_f
 @pytest.mark.parametrize("kind", ["affine", "bspline"])
 def test_predictions_return_to_native_space(demo_case, atlas, atlas_fits, kind):
     """predict.to_native brings atlas-space probabilities back onto the native grid through the written pair."""
-    from medseg.predict import to_native
+    from medseg.inference.case import to_native
 
     seg = sitk.ReadImage(str(demo_case["seg"]), sitk.sitkUInt8)
     affine, field = atlas_fits[kind]
@@ -157,73 +162,64 @@ def test_predictions_return_to_native_space(demo_case, atlas, atlas_fits, kind):
     assert dice > 0.95, f"{kind}: Dice {dice:.3f} after atlas -> native"
 
 
-def _write_case(tmp_path, demo_case, mods):
-    images = {}
-    for mod in mods:
-        images[mod] = str(tmp_path / f"n4_{mod}.nii.gz")
-        write_image(n4_correct(img(demo_case[mod]), None, N4Config())[0], images[mod])
-    return images
+def _case_job(tmp_path, demo_case, mods, seg: bool = False) -> CaseJob:
+    """The demo case's job, writing into ``tmp_path/case`` (``n4/`` is filled by the test)."""
+    return CaseJob(demo_case["case"], {m: str(demo_case[m]) for m in mods}, CaseFolder(str(tmp_path / "case")),
+                   seg=str(demo_case["seg"]) if seg else None)
 
 
-def _outputs(tmp_path, mods):
-    return ({m: str(tmp_path / f"reg_{m}.nii.gz") for m in mods}, str(tmp_path / "reg_seg.nii.gz"),
-            {**{m: str(tmp_path / f"tfm_{m}.tfm") for m in mods}, "atlas": str(tmp_path / "tfm_atlas.tfm")},
-            str(tmp_path / "warp_atlas.nii.gz"))
+def _write_n4(job: CaseJob, images: dict) -> None:
+    """``images`` (modality -> image) as the N4 stage leaves them in the case folder."""
+    paths = job.folder.images("n4", job.modalities)
+    for mod, image in images.items():
+        write_image(image, paths[mod])
+
+
+def _stage(settings: RegConfig | None) -> RegisterStage:
+    return RegisterStage(settings, reference="t1ce", skull_stripped=False)
 
 
 @pytest.fixture
-def garbage_case(tmp_path, demo_case):
+def garbage_case(tmp_path, demo_case) -> CaseJob:
     """The reference and a flair whose voxels are shuffled: nothing to register it to."""
-    images = _write_case(tmp_path, demo_case, ["t1ce"])
+    job = _case_job(tmp_path, demo_case, ["t1ce", "flair"])
     flair = img(demo_case["flair"])
     arr = sitk.GetArrayFromImage(flair)
     shuffled = np.random.default_rng(0).permutation(arr.ravel()).reshape(arr.shape)
     bad = sitk.GetImageFromArray(shuffled)
     bad.CopyInformation(flair)
-    images["flair"] = str(tmp_path / "n4_flair.nii.gz")
-    write_image(bad, images["flair"])
-    return images
+    _write_n4(job, {"t1ce": n4_correct(img(demo_case["t1ce"]), None, N4Config())[0], "flair": bad})
+    return job
 
 
-def test_qc_gate_error_names_case_and_modality(garbage_case, demo_case, tmp_path):
-    out_images, out_seg, out_tfms, out_warp = _outputs(tmp_path, garbage_case)
+def test_qc_gate_error_names_case_and_modality(garbage_case, demo_case):
+    job = garbage_case
     with pytest.raises(InputError, match=rf"case {demo_case['case']}: registration flair -> t1ce failed QC"):
-        register_case(demo_case["case"], garbage_case, None, "t1ce", out_images, out_seg, out_tfms,
-                      cfg(qc_action="error", iterations=40), skull_stripped=False, out_warp=out_warp)
-    assert not (tmp_path / "reg_flair.nii.gz").exists()
+        register_case(job, _stage(cfg(qc_action="error", iterations=40)))
+    assert not Path(job.folder.images("reg", ["flair"])["flair"]).exists()
 
 
-def test_qc_gate_warn_only_logs(garbage_case, demo_case, tmp_path, caplog):
-    out_images, out_seg, out_tfms, out_warp = _outputs(tmp_path, garbage_case)
+def test_qc_gate_warn_only_logs(garbage_case, demo_case, caplog):
+    job = garbage_case
     with caplog.at_level(logging.WARNING, logger="medseg.preprocess.stages"):
-        qc = register_case(demo_case["case"], garbage_case, None, "t1ce", out_images, out_seg, out_tfms,
-                           cfg(qc_action="warn", iterations=40), skull_stripped=False, out_warp=out_warp)
+        qc = register_case(job, _stage(cfg(qc_action="warn", iterations=40)))
     warnings = [r.getMessage() for r in caplog.records if r.name == "medseg.preprocess.stages" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and f"case {demo_case['case']}" in warnings[0] and "flair -> t1ce" in warnings[0]
     assert qc["qc_gates_failed"] == 1 and qc["flair_nmi"] < 1.02 <= qc["atlas_nmi"]
-    assert all((tmp_path / f"reg_{m}.nii.gz").exists() for m in garbage_case)
-    warp = sitk.ReadImage(out_warp)
+    assert all(Path(p).exists() for p in job.folder.images("reg", job.modalities).values())
+    warp = sitk.ReadImage(job.folder.atlas_warp)
     assert not np.any(sitk.GetArrayViewFromImage(warp)) and warp.GetSize() == atlas_images(SPACING).head.GetSize()
 
 
 def test_register_off_writes_identity_and_zero_warp(demo_case, tmp_path):
-    images = {"t1ce": str(demo_case["t1ce"])}
-    out_images, out_seg, out_tfms, out_warp = _outputs(tmp_path, images)
-    register_case(demo_case["case"], images, str(demo_case["seg"]), "t1ce", out_images, out_seg, out_tfms, None,
-                  skull_stripped=False, out_warp=out_warp)
-    warp, ref = sitk.ReadImage(out_warp), img(demo_case["t1ce"])
+    job = _case_job(tmp_path, demo_case, ["t1ce"], seg=True)
+    _write_n4(job, {"t1ce": img(demo_case["t1ce"])})
+    register_case(job, _stage(None))
+    warp, ref = sitk.ReadImage(job.folder.atlas_warp), img(demo_case["t1ce"])
     assert warp.GetSize() == ref.GetSize() and not np.any(sitk.GetArrayViewFromImage(warp))
-    assert sitk.ReadTransform(out_tfms["atlas"]).TransformPoint((1.0, 2.0, 3.0)) == (1.0, 2.0, 3.0)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out_seg)),
+    assert sitk.ReadTransform(job.folder.atlas_transform).TransformPoint((1.0, 2.0, 3.0)) == (1.0, 2.0, 3.0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(job.folder.reg_seg)),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(demo_case["seg"]))))
-
-
-def test_bspline_needs_somewhere_to_write_the_warp(demo_case, tmp_path):
-    images = {"t1ce": str(demo_case["t1ce"])}
-    out_images, out_seg, out_tfms, _ = _outputs(tmp_path, images)
-    with pytest.raises(ValueError, match="out_warp"):
-        register_case(demo_case["case"], images, None, "t1ce", out_images, out_seg, out_tfms, cfg(atlas_kind="bspline"),
-                      skull_stripped=False)
 
 
 @pytest.mark.parametrize("key, value", [("atlas_kind", "diffeo"), ("bspline_grid_mm", 0.0), ("bspline_iterations", 0),
@@ -256,13 +252,13 @@ def test_lsa_anisotropic_input_registers(demo_case, tmp_path):
     """An LSA 2x2x3 mm reference registers (B-spline) through register_case; the written files map back."""
     lsa = reorient_resample(n4_correct(img(demo_case["t1ce"]), None, N4Config())[0], "LSA", (2.0, 2.0, 3.0))
     assert sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(lsa.GetDirection()) == "LSA"
-    images = {"t1ce": str(tmp_path / "n4_t1ce.nii.gz")}
-    write_image(lsa, images["t1ce"])
-    out_images, out_seg, out_tfms, out_warp = _outputs(tmp_path, images)
-    qc = register_case(demo_case["case"], images, None, "t1ce", out_images, out_seg, out_tfms, cfg(atlas_kind="bspline"),
-                       skull_stripped=False, out_warp=out_warp)
+    job = _case_job(tmp_path, demo_case, ["t1ce"])
+    _write_n4(job, {"t1ce": lsa})
+    qc = register_case(job, _stage(cfg(atlas_kind="bspline")))
     assert qc["atlas_nmi"] > 1.02 and qc["atlas_warp_min_jacobian"] > 0  # no folding
-    back = moving_to_fixed(sitk.ReadTransform(out_tfms["atlas"]), sitk.ReadImage(out_warp, sitk.sitkVectorFloat32))
+    warp = sitk.ReadImage(job.folder.atlas_warp, sitk.sitkVectorFloat32)
+    assert np.any(sitk.GetArrayViewFromImage(warp))  # the B-spline part is written, not lost
+    back = moving_to_fixed(sitk.ReadTransform(job.folder.atlas_transform), warp)
     pts, far = native_points(demo_case)
     err = tre(back, true_native_to_atlas(demo_case["truth"]), pts)
     print(f"\nLSA 2x2x3 mm bspline TRE mean {err.mean():.2f} mm, away from the tumour {err[far].mean():.2f} mm, "

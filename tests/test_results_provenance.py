@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from medseg.evaluate.report import write_results
-from medseg.provenance import model_facts
+from medseg.evaluate.report import ResultsFiles, ResultsRequest, write_results
+from medseg.tracking.provenance import model_facts
 
 
 def _save_model(path, torch):
-    """A model.pt as medseg.train writes it: weights (with BatchNorm buffers) and the model config."""
+    """A model.pt as medseg.training.loop writes it: weights (with BatchNorm buffers) and the model config."""
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5), torch.nn.Conv2d(5, 2, 1))
     torch.save({"state_dict": net.state_dict(), "meta": {"model_config": {"arch": "unet", "encoder": "tiny"}}}, path)
     return sum(p.numel() for p in net.parameters())
@@ -49,8 +49,8 @@ def test_results_name_split_model_config_and_scans(tmp_path, monkeypatch):
         (tmp_path / "preprocess" / c).mkdir(parents=True)
         qc.append(tmp_path / "preprocess" / c / "skullstrip_qc.json")
         qc[-1].write_text(json.dumps({"brain_volume_ml": 1.0, "qc_warnings": warn}))
-    res = write_results(metrics, "r.json", "r.csv", "r.png", config=config, dataset="ds", model="m",
-                        model_files=["model.pt"], sheet="cases.tsv", qc_jsons=qc)
+    res = write_results(ResultsRequest(dataset="ds", model="m", metrics=metrics, config=config, model_files=["model.pt"],
+                                       sheet="cases.tsv", qc_jsons=qc), ResultsFiles("r.json", "r.csv", "r.png"))
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["schema_version"] == 4 and saved["dataset"] == "ds" and saved["config"] == config
     assert saved["model"]["name"] == "m" and saved["model"]["arch"] == "unet" and saved["model"]["n_parameters"] > 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg.stitch import WEIGHT_MODES, StitchAccumulator, sliding_window_inference
+from medseg.stitch.accumulator import StitchAccumulator
+from medseg.stitch.inference import sliding_window_inference
+from medseg.stitch.weights import WEIGHT_MODES
 
 SHAPES = {  # name: (image shape (C, *spatial), patch)
     "2d": ((2, 23, 30), (8, 8)),

@@ -45,7 +45,8 @@ def test_labels_tumour_and_contrasts(demo_case):
 
 
 def test_deterministic(tmp_path, demo_cohort):
-    cfg = SynthConfig(n_cases=3, seed=3, spacing_mm=(3.0, 3.0, 3.0), orientations=("LPS", "RAS", "LSA"))
+    cfg = SynthConfig(n_cases=3, seed=3, spacing_mm=(3.0, 3.0, 3.0), orientations=("LPS", "RAS", "LSA"),
+                      anatomy="icbm", fov_variety=False)
     generate_case(cfg, 0, tmp_path / "images", tmp_path / "truth")
     for m in ("t1ce", "seg"):
         a = arr(tmp_path / "images" / "BraTS2021_00000" / f"BraTS2021_00000_{m}.nii.gz")

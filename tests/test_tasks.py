@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.losses import LOSSES
-from medseg.tasks import LabelError, Task, brats_task
+from medseg.training.losses import LOSSES
+from medseg.tasks.definition import LabelError, Task
+from medseg.tasks.presets import brats_task
 from medseg.tasks.presets import convention_mismatch, dataset_convention, detect_convention
 
 

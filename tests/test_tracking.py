@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from medseg import tracking, tracking_sync
+from medseg import tracking
+from medseg.tracking import sync as tracking_sync
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +124,8 @@ class _FakeSnakemake:
 def test_job_run_records_provenance(spool):
     """Every job's MLflow run: config hash, git state, package versions, seeds, input checksums, rule, wildcards."""
     from medseg.io import sha256
-    from medseg.jobs import job
-    from medseg.provenance import config_hash, digest
+    from medseg.pipeline.job import job
+    from medseg.tracking.provenance import config_hash, digest
 
     config = {"training": {"seed": 7}, "datasets": {"brats": {"source": "demo", "demo": {"seed": 42}, "split": {"seed": 3}}}}
     smk = _FakeSnakemake(spool, config)

@@ -1,14 +1,18 @@
 """Training: kill-and-resume gives identical weights; batches are pure functions of (seed, step)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from medseg.data import AugmentConfig, TileSet, make_batch
 from medseg.io import write_json
-from medseg.models import ModelConfig
-from medseg.tasks import brats_task
-from medseg.train import TrainConfig, load_model, train
-from medseg.volume_inference import InferenceConfig
+from medseg.models.checkpoint import load_model
+from medseg.models.unet import ModelConfig
+from medseg.plan.runs import resolve_run
+from medseg.tasks.presets import brats_task
+from medseg.training.batches import TileSet, make_batch
+from medseg.training.config import AugmentConfig, FoldJob, TrainConfig
+from medseg.training.loop import train
 
 
 def make_tiles(folder, n=3, shape=(6, 24, 20)):
@@ -36,14 +40,21 @@ MODEL = ModelConfig(encoder="resnet10t", decoder_channels=(16, 16, 8, 8, 8))
 CFG = TrainConfig(steps=6, batch_size=2, checkpoint_every=2, val_every=3, threads=1, warmup=2, device="cpu")
 
 
+def run_of(model: ModelConfig = MODEL, cfg: TrainConfig = CFG):
+    """The plan's run of a model key with these network (timm_unet) and training settings."""
+    mapping = {k: v for k, v in dataclasses.asdict(model).items() if k not in ("in_channels", "out_channels")}
+    return resolve_run({"models": {"m": mapping}, "training": dataclasses.asdict(cfg), "inference": {"device": "cpu"}}, "m")
+
+
 def _run(tmp_path, name, stop_after=None, resume_steps=()):
-    npys, jsons = make_tiles(tmp_path)
-    out = tmp_path / name
-    train((npys[:2], jsons[:2]), (npys[2:], jsons[2:]), out, MODEL, CFG, InferenceConfig(device="cpu"), TASK,
-          stop_after=stop_after)
+    npys, _ = make_tiles(tmp_path)
+    job = FoldJob(tuple(npys[:2]), tuple(npys[2:]), str(tmp_path / name), TASK)  # slice tables: the .json beside
+    run = run_of()
+    assert run.training == dataclasses.replace(CFG, loss="dice_bce")  # the model's default loss, else CFG as given
+    train(job, run, stop_after=stop_after)
     for _ in resume_steps:
-        train((npys[:2], jsons[:2]), (npys[2:], jsons[2:]), out, MODEL, CFG, InferenceConfig(device="cpu"), TASK)
-    return out
+        train(job, run)
+    return tmp_path / name
 
 
 def test_kill_and_resume_gives_identical_weights(tmp_path):
@@ -85,7 +96,7 @@ def test_bad_training_settings():
 
 
 def test_one_tile_file_serves_every_fold(tmp_path):
-    from medseg.tiling import tile_case
+    from medseg.preprocess.tiling import tile_case
 
     rng = np.random.default_rng(1)
     image = rng.normal(0, 1, (2, 4, 6, 24, 20)).astype(np.float32)  # (folds, C, z, y, x)
@@ -108,14 +119,13 @@ FAST = TrainConfig(steps=4, batch_size=2, checkpoint_every=2, val_every=4, threa
 
 @pytest.fixture
 def no_plots(monkeypatch):
-    monkeypatch.setattr("medseg.train.plot_curves", lambda *a, **k: None)  # 1.4 s a run; not under test here
+    monkeypatch.setattr("medseg.training.loop.plot_curves", lambda *a, **k: None)  # 1.4 s a run; not under test here
 
 
 def _fit(tiles, out, cfg=FAST, model=MODEL, stop_after=None):
     """Train without validation cases (fast); return the final weights (or None if stopped early)."""
-    npys, jsons = tiles
-    train((npys[:2], jsons[:2]), ([], []), out, model, cfg, InferenceConfig(device="cpu"), TASK,
-          stop_after=stop_after)
+    npys, _ = tiles
+    train(FoldJob(tuple(npys[:2]), (), str(out), TASK), run_of(model, cfg), stop_after=stop_after)
     return torch.load(out / "model.pt", weights_only=True)["state_dict"] if stop_after is None else None
 
 
@@ -127,12 +137,10 @@ def test_changed_training_config_retrains_instead_of_resuming(tmp_path, caplog, 
     """Rerunning a finished fold with another lr "resumed" at its last step and trained nothing
     (the old weights under the new config); now it starts fresh and gives exactly the weights of
     a first run with the new config. (seed, loss ...: test_fingerprint_parts.)"""
-    import dataclasses
-
     tiles = make_tiles(tmp_path)
     old = _fit(tiles, tmp_path / "fold")
     new_cfg = dataclasses.replace(FAST, lr=1e-2)
-    caplog.set_level("INFO", logger="medseg.train")
+    caplog.set_level("INFO", logger="medseg.training.loop")
     rerun = _fit(tiles, tmp_path / "fold", new_cfg)
     assert f"checkpoint {tmp_path / 'fold' / 'checkpoint.pt'} was trained with a different training config: starting fresh" in caplog.text
     assert not _same(rerun, old)
@@ -144,7 +152,7 @@ def test_changed_encoder_or_label_map_retrains(tmp_path, caplog, no_plots):
     was ignored. Both start fresh now, saying why; an unchanged rerun resumes."""
     tiles = make_tiles(tmp_path)
     _fit(tiles, tmp_path / "fold")
-    caplog.set_level("INFO", logger="medseg.train")
+    caplog.set_level("INFO", logger="medseg.training.loop")
     other = ModelConfig(encoder="resnet14t", decoder_channels=(16, 16, 8, 8, 8))
     before = _fit(tiles, tmp_path / "fold", model=other)
     assert "was trained with a different model: starting fresh" in caplog.text
@@ -164,21 +172,18 @@ def test_changed_encoder_or_label_map_retrains(tmp_path, caplog, no_plots):
 def test_interrupted_run_resumes_with_matching_fingerprint(tmp_path, caplog, no_plots):
     """Operational settings (checkpoint_every, device) may change between a kill and the
     restart; the run still resumes, and ends with the weights of an uninterrupted one."""
-    import dataclasses
-
     tiles = make_tiles(tmp_path)
     _fit(tiles, tmp_path / "fold", stop_after=2)
-    caplog.set_level("INFO", logger="medseg.train")
+    caplog.set_level("INFO", logger="medseg.training.loop")
     resumed = _fit(tiles, tmp_path / "fold", dataclasses.replace(FAST, checkpoint_every=1, device="auto"))
     assert f"resuming from {tmp_path / 'fold' / 'checkpoint.pt'} at step 2" in caplog.text
     assert _same(resumed, _fit(tiles, tmp_path / "straight"))
 
 
 def test_fingerprint_parts(tmp_path):
-    import dataclasses
     import os
 
-    from medseg.fingerprint import differences, fingerprint
+    from medseg.tracking.fingerprint import differences, fingerprint
 
     npys, jsons = make_tiles(tmp_path, n=2)
     files = [*npys, *jsons]
@@ -221,7 +226,7 @@ def test_cases_on_their_own_grids_train_from_crops(tmp_path):
 def test_stat_signature_changes_when_a_source_file_is_fixed_added_or_removed(tmp_path):
     import os
 
-    from medseg.fingerprint import stat_signature
+    from medseg.tracking.fingerprint import stat_signature
 
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
     a.write_bytes(b"truncated")

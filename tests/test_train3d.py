@@ -1,15 +1,16 @@
 """The seed 3-D networks train and predict through the same workflow code as the 2.5-D U-Net.
 
 Data: three tiny cases of the embedded BraTS demo (4 mm, native grid, z-scored inside the
-brain: no registration), tiled like the workflow does (:func:`medseg.tiling.tile_case`); each
-model trains a few steps with :func:`medseg.train.train` (3-D patches, stitched validation) and
-predicts the held-out case with :func:`medseg.predict.predict_case`.
+brain: no registration), tiled like the workflow does (:func:`medseg.preprocess.tiling.tile_case`); each
+model trains a few steps with :func:`medseg.training.loop.train` (3-D patches, stitched validation) and
+predicts the held-out case with :func:`medseg.inference.case.predict_case`.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,15 @@ import SimpleITK as sitk
 import torch
 
 from medseg.cohort.synth import MODALITIES, SynthConfig, generate_case
-from medseg.data import tile_pairs
-from medseg.data3d import Patch3DConfig
-from medseg.predict import predict_case
-from medseg.tasks import brats_task
-from medseg.tiling import tile_case
-from medseg.train import TrainConfig, configs_for_model, load_model, patch_size_3d, train
-from medseg.volume_inference import InferenceConfig
+from medseg.inference.case import predict_case
+from medseg.models.checkpoint import load_model
+from medseg.plan.runs import resolve_run
+from medseg.preprocess.case import CaseFolder, CaseJob
+from medseg.preprocess.config import NativeStage
+from medseg.preprocess.tiling import tile_case
+from medseg.tasks.presets import brats_task
+from medseg.training.config import FoldJob, Patch3DConfig, TrainConfig
+from medseg.training.loop import train
 
 TASK = brats_task("brats", "2021")
 TINY = {  # small but the real architectures (docs/models.md); patches a multiple of each net's stride
@@ -39,11 +42,16 @@ TRAINING = {"steps": 4, "batch_size": 2, "checkpoint_every": 4, "val_every": 4, 
             "device": "cpu", "data_workers": 1, "context": 1}
 
 
+def run_of(model: dict, training: dict = TRAINING, inference: dict | None = None, key: str = "m"):
+    """The plan's run of one model key (``models.<key>`` = ``model``)."""
+    return resolve_run({"models": {key: model}, "training": training, "inference": inference or {"device": "cpu"}}, key)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict:
     """Tiles of 2 training + 1 validation/test case, the test case's norm.npz and native images."""
     root = tmp_path_factory.mktemp("demo3d")
-    cfg = SynthConfig(n_cases=3, seed=7, spacing_mm=(4.0, 4.0, 4.0))
+    cfg = SynthConfig(n_cases=3, seed=7, spacing_mm=(4.0, 4.0, 4.0), anatomy="icbm", fov_variety=False)
     npys, cases = [], []
     for i, case in enumerate(cfg.case_ids()):
         generate_case(cfg, i, root / "images", root / "truth")
@@ -64,7 +72,7 @@ def demo(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("arch", sorted(TINY))
 def test_seed_model_trains_and_predicts_on_the_demo(demo, arch, tmp_path, monkeypatch):
-    import medseg.volume_inference as vi
+    import medseg.inference.volume as vi
 
     windows = []
     real = vi.sliding_window_inference
@@ -74,12 +82,14 @@ def test_seed_model_trains_and_predicts_on_the_demo(demo, arch, tmp_path, monkey
         return real(image, predictor, patch, **kw)
 
     monkeypatch.setattr(vi, "sliding_window_inference", spy)
-    mcfg, tcfg, icfg = configs_for_model(TINY[arch], TRAINING, {"device": "cpu"}, arch)
-    assert tcfg.loss is None and icfg.mode is None  # the model's own defaults apply
+    run = run_of(TINY[arch], key=arch)
+    loss, mode = PAPER[arch]
+    # training.loss and inference.mode unset: the model's own (the paper's) defaults apply
+    assert "loss" not in TRAINING and run.training.loss == loss and run.inference.mode == mode
+    assert run.training.context == 0 and run.training.patch_size == tuple(TINY[arch]["patch_size"])
     npys = demo["npys"]
     out = tmp_path / "fold_0"
-    summary = train(tile_pairs(npys[:2]), tile_pairs(npys[2:]), out, mcfg, tcfg, icfg, TASK)
-    loss, mode = PAPER[arch]
+    summary = train(FoldJob(tuple(npys[:2]), tuple(npys[2:]), str(out), TASK), run)
     assert summary["loss"] == loss and summary["context"] == 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 4 and all(np.isfinite(float(r["loss"])) for r in rows)
@@ -92,8 +102,14 @@ def test_seed_model_trains_and_predicts_on_the_demo(demo, arch, tmp_path, monkey
     assert model.spatial_dims == 3 and meta["model_config"]["arch"] == arch
     case, root = demo["cases"][2], demo["root"]
     t1ce = str(root / "images" / case / f"{case}_t1ce.nii.gz")
-    res = predict_case(case, str(root / f"{case}_norm.npz"), [str(out / "model.pt")], t1ce, None, t1ce, TASK,
-                       str(tmp_path / "pred.nii.gz"), icfg)
+    # the case's folder as preprocessing leaves it: the working grid is the native one (no registration)
+    folder = CaseFolder(str(tmp_path / case))
+    Path(folder.n4).mkdir(parents=True)
+    shutil.copy(t1ce, folder.images("n4", ["t1ce"])["t1ce"])
+    shutil.copy(root / f"{case}_norm.npz", folder.norm)
+    job = CaseJob(case, {"t1ce": t1ce}, folder)
+    res = predict_case(job, NativeStage(stage="n4", reference="t1ce", registered=False), [str(out / "model.pt")],
+                       run.inference, TASK, str(tmp_path / "pred.nii.gz"))
     pred, native = sitk.ReadImage(str(tmp_path / "pred.nii.gz")), sitk.ReadImage(t1ce)
     assert pred.GetSize() == native.GetSize() and pred.GetSpacing() == native.GetSpacing()
     assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 4} and res["n_models"] == 1
@@ -101,15 +117,15 @@ def test_seed_model_trains_and_predicts_on_the_demo(demo, arch, tmp_path, monkey
 
 
 def test_training_patch_size_and_model_overrides():
-    mcfg, tcfg, icfg = configs_for_model({**TINY["unet3d"], "training": {"patch_size": [8, 16, 16], "loss": "ce"},
-                                          "inference": {"mode": "pyramid"}},
-                                         {"patch_size": [64, 64], "loss": "dice_bce", "batch_size": 4}, {"mode": "gaussian"})
-    assert tcfg.patch_size == (8, 16, 16) and tcfg.loss == "ce" and tcfg.batch_size == 4 and icfg.mode == "pyramid"
-    assert patch_size_3d(tcfg, mcfg) == (8, 16, 16)
-    _, t2, _ = configs_for_model(TINY["unet3d"], {"patch_size": [64, 64]}, {})
-    assert patch_size_3d(t2, mcfg) == (16, 24, 24)  # 2 values are the 2-D models' crop
+    run = run_of({**TINY["unet3d"], "training": {"patch_size": [8, 16, 16], "loss": "ce"}, "inference": {"mode": "pyramid"}},
+                 {"patch_size": [64, 64], "loss": "dice_bce", "batch_size": 4}, {"mode": "gaussian"})
+    t, i = run.training, run.inference
+    assert t.patch_size == (8, 16, 16) and t.loss == "ce" and t.batch_size == 4 and i.mode == "pyramid"
+    assert i.patch_size == (8, 16, 16)  # the window: the training patch
+    t2 = run_of(TINY["unet3d"], {"patch_size": [64, 64]}, {}).training
+    assert t2.patch_size == (16, 24, 24)  # 2 values are the 2-D models' crop
     with pytest.raises(ValueError, match="models.m.training"):
-        configs_for_model({**TINY["unet3d"], "training": {"stpes": 3}}, {}, {}, "m")
+        run_of({**TINY["unet3d"], "training": {"stpes": 3}}, {}, {})
     with pytest.raises(ValueError, match="patch3d.patch_size must stay null"):
         TrainConfig(patch3d=Patch3DConfig((8, 8, 8)))
 
@@ -117,21 +133,17 @@ def test_training_patch_size_and_model_overrides():
 @pytest.mark.slow  # ~25 s idle, 65 s on 2 busy cores: two torchrun workers import torch and join a gloo group
 def test_ddp_two_gloo_processes_through_train_match_one_process(demo, tmp_path, monkeypatch):
     """torchrun, 2 CPU ranks, the real train(): same losses and weights as one process on the same global batch."""
-    from medseg.train_launch import launch_torchrun
+    from medseg.training.launch import launch_torchrun
 
     model = {**TINY["unet3d"], "norm": "instance"}  # per-sample normalisation
     training = {**TRAINING, "steps": 3, "loss": "ce", "checkpoint_every": 3}  # a mean over samples
     npys = demo["npys"][:2]
-    task_json = tmp_path / "task.json"
-    from medseg.io import write_json
-
-    write_json(TASK.to_dict(), task_json)
     src = str(Path(__file__).resolve().parents[1] / "src")  # the ranks import this checkout's medseg
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
-    two = launch_torchrun(2, npys, [], tmp_path / "ddp", model, training, {"device": "cpu"}, task_json, timeout_s=300)
+    run = run_of(model, training)
+    two = launch_torchrun(2, FoldJob(tuple(npys), (), str(tmp_path / "ddp"), TASK), run, timeout_s=300)
     assert two["world_size"] == 2
-    mcfg, tcfg, icfg = configs_for_model(model, training, {"device": "cpu"})
-    one = train(tile_pairs(npys), ([], []), tmp_path / "one", mcfg, tcfg, icfg, TASK)
+    one = train(FoldJob(tuple(npys), (), str(tmp_path / "one"), TASK), run)
     assert one["world_size"] == 1
     curve = lambda d: [float(r["loss"]) for r in csv.DictReader(open(tmp_path / d / "metrics.csv"))]  # noqa: E731
     np.testing.assert_allclose(curve("ddp"), curve("one"), rtol=1e-5)
@@ -147,7 +159,8 @@ def test_ddp_two_gloo_processes_through_train_match_one_process(demo, tmp_path, 
     diff = (flat(a) - flat(b)).abs()
     assert diff.median() < 1e-5 and diff.quantile(0.99) < 2e-4, (diff.median(), diff.quantile(0.99))
     assert curve("one")[0] != curve("one")[1]  # it does train
-    half = train(tile_pairs(npys), ([], []), tmp_path / "half", mcfg, dataclasses.replace(tcfg, batch_size=1), icfg, TASK)
+    half = train(FoldJob(tuple(npys), (), str(tmp_path / "half"), TASK),
+                 dataclasses.replace(run, training=dataclasses.replace(run.training, batch_size=1)))
     assert half["world_size"] == 1
     # (measured: 7e-4 relative; the DDP run agrees to 1e-5)
     assert np.max(np.abs(np.subtract(curve("half"), curve("one"))) / np.abs(curve("one"))) > 1e-4

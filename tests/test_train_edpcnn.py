@@ -9,18 +9,20 @@ import SimpleITK as sitk
 import torch
 import torch.nn as nn
 
-from medseg.edpcnn_inference import mask_to_probs, object_channel, object_mask, object_name
+from medseg.inference.edpcnn import mask_to_probs, object_channel, object_mask, object_name
 from medseg.io import write_json
-from medseg.models import (
-    EDPCNN,
-    build_model,
-    model_config_from_mapping,
-    with_io_channels,
-)
-from medseg.tasks import brats_task
+from medseg.models import build_model, model_config_from_mapping, with_io_channels
+from medseg.models.edpcnn import EDPCNN
+from medseg.models.checkpoint import load_model
+from medseg.plan.runs import resolve_run
+from medseg.preprocess.case import CaseFolder, CaseJob
+from medseg.preprocess.config import NativeStage
 from medseg.tasks.definition import Task
-from medseg.train import TrainConfig, load_model, train
-from medseg.volume_inference import InferenceConfig, predict_volume
+from medseg.tasks.presets import brats_task
+from medseg.training.config import FoldJob
+from medseg.training.loop import train
+from medseg.inference.config import InferenceConfig
+from medseg.inference.volume import predict_volume
 
 TASK = brats_task("brats", "2021")  # regions WT, TC, ET; WT paints ED (2)
 # a task whose regions are declared smallest first (ET, TC, WT): the object is still WT
@@ -28,7 +30,8 @@ SORTED = Task("brats", TASK.modalities, dict(TASK.labels), {r: TASK.regions[r] f
               TASK.preset)
 EDP = {"arch": "edpcnn", "encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8], "n_rays": 12, "n_points": 10,
        "radius_px": 10.0, "sg_steps": 2, "noise_samples": 2, "sg_base_channels": 4, "lr": 1e-3, "sg_lr": 1e-3}
-CFG = TrainConfig(steps=4, batch_size=2, checkpoint_every=2, val_every=2, threads=1, device="cpu", context=1)
+TRAINING = {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "val_every": 2, "threads": 1, "device": "cpu", "context": 1}
+RUN = resolve_run({"models": {"edpcnn": EDP}, "training": TRAINING, "inference": {"device": "cpu"}}, "edpcnn")
 ICFG = InferenceConfig(device="cpu")
 
 
@@ -69,14 +72,16 @@ def test_object_is_the_largest_region_whatever_the_region_order():
 def test_edpcnn_trains_through_train_resumes_exactly_and_predicts_wt_only(tmp_path):
     """On a task with regions ET, TC, WT: trains on WT, predicts into channel 2."""
     TASK = SORTED  # noqa: N806
-    npys, jsons = make_tiles(tmp_path, TASK)
-    mcfg = model_config_from_mapping(EDP, "models.edpcnn.")
-    tr, va = (npys[:2], jsons[:2]), (npys[2:], jsons[2:])
+    npys, _ = make_tiles(tmp_path, TASK)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(tr, va, straight, mcfg, CFG, ICFG, TASK)
-    assert train(tr, va, resumed, mcfg, CFG, ICFG, TASK, stop_after=2) == {"stopped_at": 2}
+    job = FoldJob(tuple(npys[:2]), tuple(npys[2:]), str(straight), TASK)  # slice tables: the .json beside each
+    # EDPCNN sees whole slices: no window, constant blending (nothing overlaps); its own trainer (Algorithm 2)
+    assert RUN.inference.patch_size is None and RUN.inference.mode == "constant" and RUN.training.context == 1
+    train(job, RUN)
+    job = FoldJob(job.train_tiles, job.val_tiles, str(resumed), TASK)
+    assert train(job, RUN, stop_after=2) == {"stopped_at": 2}
     assert not (resumed / "model.pt").exists()
-    summary = train(tr, va, resumed, mcfg, CFG, ICFG, TASK)
+    summary = train(job, RUN)
     a = torch.load(straight / "model.pt", weights_only=True)
     b = torch.load(resumed / "model.pt", weights_only=True)
     assert a["meta"]["best"] == b["meta"]["best"] and a["meta"]["trainer"] == "edpcnn" and a["meta"]["object"] == "WT"
@@ -150,8 +155,8 @@ def test_label_tasks_paint_the_union_with_the_first_label():
 
 
 def test_predict_case_writes_a_native_wt_label_map(tmp_path, monkeypatch):
-    import medseg.train
-    from medseg.predict import predict_case
+    import medseg.inference.case
+    from medseg.inference.case import predict_case
 
     z, h, w = 4, 40, 36
     wt = np.zeros((z, h, w), bool)
@@ -160,14 +165,18 @@ def test_predict_case_writes_a_native_wt_label_map(tmp_path, monkeypatch):
     native.SetSpacing((2.0, 2.0, 2.0))
     native.SetOrigin((-10.0, 5.0, 3.0))
     sitk.WriteImage(native, str(tmp_path / "ref.nii.gz"))
+    # the case folder as preprocessing leaves it: working grid = native grid (n4/, no registration), norm.npz
+    job = CaseJob("c0", {"flair": str(tmp_path / "ref.nii.gz")}, CaseFolder(str(tmp_path / "c0")))
+    (tmp_path / "c0" / "n4").mkdir(parents=True)
+    sitk.WriteImage(native, job.folder.images("n4", ["flair"])["flair"])
     image = np.zeros((1, 4, z, h, w), np.float32)
     image[0, 3] = wt
-    np.savez(tmp_path / "norm.npz", image=image, brain=np.ones((z, h, w), np.uint8))
+    np.savez(job.folder.norm, image=image, brain=np.ones((z, h, w), np.uint8))
     model = _oracle_model(4, 3, object_channel(SORTED))  # WT is channel 2 of the workflow's task
-    monkeypatch.setattr(medseg.train, "load_model", lambda p: (model, {"context": 0, "task": SORTED.to_dict()}))
+    monkeypatch.setattr(medseg.inference.case, "load_model", lambda p: (model, {"context": 0, "task": SORTED.to_dict()}))
     out = tmp_path / "pred.nii.gz"
-    res = predict_case("c0", str(tmp_path / "norm.npz"), ["fake.pt"], str(tmp_path / "ref.nii.gz"), None,
-                       str(tmp_path / "ref.nii.gz"), SORTED, str(out), ICFG)
+    res = predict_case(job, NativeStage(stage="n4", reference="flair", registered=False), ["fake.pt"], ICFG, SORTED,
+                       str(out))
     got = sitk.ReadImage(str(out))
     labels = sitk.GetArrayFromImage(got)
     assert got.GetSpacing() == (2.0, 2.0, 2.0) and got.GetOrigin() == (-10.0, 5.0, 3.0)

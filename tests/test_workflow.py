@@ -100,6 +100,20 @@ def test_invalid_config_is_rejected_with_the_key(tmp_path):
     assert r.returncode != 0 and "steps" in (r.stdout + r.stderr)
 
 
+def test_a_bad_network_setting_fails_a_dry_run_and_stops_a_run_before_any_job(tmp_path):
+    """What needs the networks (a timm encoder name, a 3-D patch against the stride) is checked in a
+    second process while the DAG is built: a dry run exits 1 naming the key, a run stops before its
+    first job; a config once checked is remembered (.snakemake/medseg/checked)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  timm:\n    encoder: resnet18x\n")
+    r = smk(tmp_path, "-n", "results/brats_timm.json", configs=(str(bad),))
+    assert r.returncode == 1 and "models.timm.encoder must be a timm model name" in r.stderr, r.stderr[-2000:]
+    r = smk(tmp_path, "--cores", "1", "results/brats/cases.tsv", configs=(str(bad),))
+    assert r.returncode != 0 and "models.timm.encoder" in r.stderr and not (tmp_path / "results/brats").exists()
+    good = smk(tmp_path, "-n", "results/brats_timm.json")
+    assert good.returncode == 0 and len(list((tmp_path / ".snakemake/medseg/checked").iterdir())) == 1
+
+
 def test_dry_run_of_the_tissue_task(tmp_path):
     """The second demo (Decathlon layout, one modality, softmax labels, unlabelled cases) through
     the same DAG with the generic recipe: no atlas, no registration, no skull stripping; the
@@ -178,12 +192,12 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     evaluates every other case, exits 0, and the results JSON names the case, file and problem."""
     import shutil
 
-    from medseg.cohort.plan import dataset_plan
+    from medseg.cohort.listing import list_cases
 
     data = tmp_path / "BraTS2021"
     shutil.copytree(tiny_run / "results/brats/demo/images", data)
     split = {"test_fraction": 0.4, "val_fraction": 0.34, "n_folds": 1, "seed": 0}  # tests/configs/tiny.yaml
-    full = dataset_plan("brats", {"source": str(data), "split": split})
+    full = list_cases("brats", {"source": str(data), "split": split})
     bad = full.train_cases(0)[0]
     t1 = data / bad / f"{bad}_t1.nii.gz"
     t1.write_bytes(t1.read_bytes()[: t1.stat().st_size // 2])
@@ -272,6 +286,12 @@ def test_tiny_config_end_to_end(tiny_run):
     assert res["model"]["encoder"] == "resnet10t" and res["model"]["n_parameters"] > 0
     assert set(res["source_scans"]) == set(res["cases"]) and "seg" in res["source_scans"][case]
     assert (tmp_path / "results/brats_timm_summary.html").exists()
+    # one plan: results/brats/plan.json, carried unchanged by the bundle, is what the jobs ran with
+    plan = json.loads((tmp_path / "results/brats/plan.json").read_text())
+    assert plan == json.loads((tmp_path / "results/brats/bundles/timm/plan.json").read_text())
+    assert plan["recipe"]["skullstrip"]["method"] == "deepbet" and plan["task"]["preset"] == "brats2021"
+    assert plan["runs"]["timm"]["training"]["steps"] == 12 and plan["runs"]["timm"]["training"]["loss"] == "dice_bce"
+    assert plan["runs"]["unet3d"]["inference"]["patch_size"] == [16, 24, 24]
 
 
 @pytest.mark.slow
@@ -325,17 +345,19 @@ def test_tiny_run_in_mlflow(tiny_run, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_report_describes_the_workflow_and_shows_the_results_table(tiny_run, tmp_path):
-    """`snakemake --report` after the run: the landing page is the workflow description, the results
-    come first (table, plots), training curves next, QC grouped per case; rendered in headless
-    Chromium when it is installed (the DOM then holds the description and the results table)."""
+    """`snakemake --report` after the run, with no target: it builds, its landing page describes exactly
+    what was run (brats with timm, not the config's other datasets), the results come first (table,
+    plots), training curves next, QC grouped per case; rendered in headless Chromium when it is
+    installed (the DOM then holds the description and the results table)."""
     import re
     import shutil
 
     out = tmp_path / "report.html"
-    r = smk(tiny_run, "--report", str(out), "results/brats_timm.json", configs=("tests/configs/tiny.yaml",))
+    r = smk(tiny_run, "--report", str(out), configs=("tests/configs/tiny.yaml",))
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     page = out.read_text()
-    assert "brain-tumour MRI segmentation from raw scans to scored results" in page
+    assert "medical image segmentation from raw scans to scored results" in page
+    assert "1 dataset(s) (brats) with 1 model(s) (timm): brats: timm" in page
     cats = json.loads(re.search(r"var categories = (\{.*?\});\n", page).group(1))
     assert sorted(cats) == ["1. Results", "2. Training", "3. Quality control"]
     assert "results/brats_timm_summary.html" in cats["1. Results"]["brats: timm"]
@@ -352,8 +374,21 @@ def test_report_describes_the_workflow_and_shows_the_results_table(tiny_run, tmp
                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
                           f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000", "--dump-dom",
                           (tmp_path / "click.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert re.search(r"<h1[^>]*>medseg: brain-tumour MRI segmentation", dom)  # rendered, not only a JS string
+    assert re.search(r"<h1[^>]*>medseg: medical image segmentation", dom)  # rendered, not only a JS string
     assert "1. results table" in dom and "2. box plots" in dom
+
+
+@pytest.mark.slow
+def test_readme_subset_commands_touch_the_default_dataset_only(tiny_run):
+    """The README's subset commands after a run: `--forcerun predict_case` redoes inference (and what
+    depends on it) of the default dataset only; `--until train_model` plans nothing beyond training."""
+    r = smk(tiny_run, "-n", "--cores", "2", "--forcerun", "predict_case", configs=("tests/configs/tiny.yaml",))
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = _job_counts(r.stdout)
+    assert counts["predict_case"] == 2 and set(counts) <= {"predict_case", "evaluate_case", "aggregate_results", "all"}
+    r = smk(tiny_run, "-n", "--cores", "2", "--until", "train_model", configs=("tests/configs/tiny.yaml",))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Nothing to be done" in r.stdout + r.stderr or not set(_job_counts(r.stdout)) - {"train_model"}
 
 
 def _msd_folder(root: Path, n_cases: int = 6, n_unlabelled: int = 1) -> Path:
@@ -457,3 +492,31 @@ def test_3d_models_end_to_end(tiny_run, tmp_path):
         meta = torch.load(work / f"results/brats/models/{m}/fold_0/model.pt", weights_only=True)["meta"]
         assert meta["model_config"]["arch"] == m and meta["context"] == 0
         assert meta["loss"] == {"unet3d": "jaccard", "factorized_unet": "multiclass_iou"}.get(m, "dice_bce")
+
+
+def test_workflow_is_a_module_of_another_workflow(tmp_path):
+    """A host Snakefile elsewhere uses medseg as a Snakemake module, with medseg not importable from
+    its Python (no editable install on the path): the module finds its own src/ and dry-runs."""
+    import shutil
+
+    mod = tmp_path / "medseg_module"
+    mod.mkdir()
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, mod / name)
+    for name in ("workflow", "src", "envs"):
+        shutil.copytree(REPO / name, mod / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "Snakefile").write_text(
+        f'configfile: "{mod / "config.yaml"}"\n\n\nmodule medseg:\n    snakefile:\n        "{mod / "Snakefile"}"\n'
+        '    config:\n        config\n\n\nuse rule * from medseg as medseg_*\n\n\n'
+        'rule all:\n    input:\n        "results/brats_timm.json",\n')
+    runner = ("import importlib.util, sys\n"
+              f"sys.path = [p for p in sys.path if p != {str(REPO / 'src')!r}]\n"
+              "assert importlib.util.find_spec('medseg') is None, 'medseg importable: the test would prove nothing'\n"
+              "from snakemake.cli import main\nsys.argv = ['snakemake', *sys.argv[1:]]\nmain()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", runner, "-n", "--cores", "2", "--quiet", "rules"], cwd=host,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "medseg_train_model" in r.stdout and "medseg_n4_correct" in r.stdout

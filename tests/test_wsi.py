@@ -14,7 +14,8 @@ from medseg.cli import main
 from medseg.io import InputError
 from medseg.wsi.predictors import identity, load_predictor
 from medseg.wsi.slide import open_slide, read_region, select_level
-from medseg.wsi.stitch_slide import TIFF_NAME, ZARR_NAME, SlideStitchConfig, stitch_slide
+from medseg.wsi.stitch_slide import TIFF_NAME, ZARR_NAME, stitch_slide
+from medseg.wsi.config import SlideStitchConfig
 from medseg.wsi.synthetic import BACKGROUND, write_synthetic_slide
 from medseg.wsi.tissue import grey_levels, otsu_threshold, tissue_mask, tissue_mask_from_rgb
 

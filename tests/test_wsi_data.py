@@ -19,7 +19,8 @@ from medseg.wsi.sheet import build_slide_sheet, read_sheet, slide_mpp, split_of,
 from medseg.wsi.slide import open_slide
 from medseg.wsi.stain import StainNormalizer, StainTarget, fit_target, is_glass
 from medseg.wsi.synthetic import write_synthetic_slide
-from medseg.wsi.tiles import TileConfig, class_aware_sample, tile_slide
+from medseg.wsi.config import TileConfig
+from medseg.wsi.tiles import class_aware_sample, tile_slide
 from medseg.wsi.tissue import tissue_mask, tissue_mask_from_rgb
 
 
@@ -199,9 +200,13 @@ def test_tiles_of_one_slide_at_an_mpp(demo, tmp_path):
     assert raw["positions"] == table["positions"]  # same choice; only colours differ
     assert not np.allclose(np.load(tmp_path / "raw.npy")[:3], arr[:3])
     # the common trainer reads them as 2-D slices (context 0)
-    from medseg.data import TileSet, make_batch, tile_pairs
+    from medseg.plan.resolved import slide_task
+    from medseg.training.batches import TileSet, make_batch
+    from medseg.training.config import FoldJob
 
-    tiles = TileSet(*tile_pairs([tmp_path / "slide_01.npy", tmp_path / "raw.npy"]))
+    job = FoldJob((str(tmp_path / "slide_01.npy"), str(tmp_path / "raw.npy")), (), str(tmp_path / "fold_0"),
+                  slide_task("demo", CLASSES))
+    tiles = TileSet(*job.tiles("train"))  # each tile array's table: the .json beside it
     x, y = make_batch(tiles, 0, 0, 4, 0, 0.5, (96, 96), None)
     assert x.shape == (4, 3, 96, 96) and y.shape == (4, 1, 96, 96) and 0 <= x.min() and x.max() <= 1
     assert set(np.unique(y)) <= {0.0, 1.0, 2.0}
@@ -210,15 +215,15 @@ def test_tiles_of_one_slide_at_an_mpp(demo, tmp_path):
 
 
 def test_no_slide_in_two_splits_and_plan_matches_sheet(demo, tmp_path):
-    from medseg.wsi.plan import sheet_problems, slide_plan
+    from medseg.wsi.listing import sheet_problems, list_slides
 
     cfg = {"source": str(demo), "classes": list(CLASSES), "split": {"test_fraction": 0.25, "val_fraction": 0.3}}
-    plan = slide_plan("demo", cfg)
+    plan = list_slides("demo", cfg)
     rows = build_slide_sheet(demo / "slides", demo / "annotations", CLASSES, test_fraction=0.25, val_fraction=0.3)
     assert {r["case_id"]: split_of(r) for r in rows} == dict(plan.splits)  # parse-time DAG == sheet
     groups = [set(plan.ids(s)) for s in ("train", "val", "test")]
     assert sum(map(len, groups)) == len(set().union(*groups)) == 4  # disjoint, every slide once
-    many = slide_plan("x", {"source": "demo", "classes": ["a"], "demo": {"n_slides": 40}}, str(tmp_path))
+    many = list_slides("x", {"source": "demo", "classes": ["a"], "demo": {"n_slides": 40}}, str(tmp_path))
     groups = [set(many.ids(s)) for s in ("train", "val", "test")]
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
     assert len(groups[2]) == 12 and all(groups)
@@ -226,14 +231,14 @@ def test_no_slide_in_two_splits_and_plan_matches_sheet(demo, tmp_path):
     assert sheet_problems(tmp_path / "slides.tsv") == {rows[1]["case_id"]: "unreadable"}
     assert rows[1]["case_id"] not in plan.without(sheet_problems(tmp_path / "slides.tsv")).ids(split_of(rows[1]))
     with pytest.raises(ValueError, match="must be 'demo' or a folder with slides/"):
-        slide_plan("y", {"source": str(tmp_path / "nowhere"), "classes": ["a"]})
+        list_slides("y", {"source": str(tmp_path / "nowhere"), "classes": ["a"]})
     import shutil
 
     partial = tmp_path / "partial"
     shutil.copytree(demo / "slides", partial / "slides")
     shutil.copytree(demo / "annotations", partial / "annotations")
     (partial / "annotations" / "slide_02.geojson").unlink()
-    plan = slide_plan("partial", {**cfg, "source": str(partial)})
+    plan = list_slides("partial", {**cfg, "source": str(partial)})
     rows = build_slide_sheet(partial / "slides", partial / "annotations", CLASSES, test_fraction=0.25, val_fraction=0.3)
     assert {r["case_id"]: split_of(r) for r in rows} == dict(plan.splits) and plan.splits["slide_02"] == "predict"
     assert "slide_02" not in plan.ids("train") + plan.ids("val") + plan.ids("test")

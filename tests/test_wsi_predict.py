@@ -13,7 +13,8 @@ import zarr
 
 from medseg.cli import main
 from medseg.io import InputError
-from medseg.models import ModelConfig, build_model
+from medseg.models.unet import ModelConfig
+from medseg.models import build_model
 from medseg.wsi.annotations import rasterize, read_geojson
 from medseg.wsi.evaluate import class_metrics, evaluate_labels, evaluate_slide, match_objects, plot_outlines
 from medseg.wsi.outputs import probabilities_to_labels, write_prediction_geojson
@@ -61,7 +62,7 @@ def test_checkpoint_predictor_activation_from_task(tmp_path):
         model.load_state_dict(torch.load(legacy, weights_only=True)["state_dict"])
         torch.testing.assert_close(q, torch.sigmoid(model.eval()(x)))
     assert task_kind({"task": "regions"}) == "regions"
-    from medseg.tasks import Task
+    from medseg.tasks.definition import Task
 
     task = Task("slides", ("R", "G", "B"), {"skin": 1, "colon": 2}, recipe="generic").to_dict()  # what train() saves
     assert task_kind({"task": task}) == "labels" and task_classes({"task": task}) == ["skin", "colon"]

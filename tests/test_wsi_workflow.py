@@ -37,8 +37,8 @@ def smk(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedP
 def test_slide_dry_run(tmp_path):
     r = smk(tmp_path, "-n", "results/slides_timm.json", "--quiet", "rules")
     assert r.returncode == 0, r.stdout + r.stderr
-    for rule in ("slides_demo", "slides_sheet", "slides_stain", "slides_tiles", "slides_train", "slides_predict",
-                 "slides_evaluate", "slides_aggregate"):
+    for rule in ("slides_demo", "slides_sheet", "slides_stain", "slides_tiles", "train_model", "slides_predict",
+                 "slides_evaluate", "slides_aggregate", "write_plan"):
         assert rule in r.stdout, rule
 
 

@@ -24,11 +24,11 @@ from medseg.logs import setup_logging
 COMMAND_MODULES = (
     "medseg.cohort.commands",
     "medseg.preprocess.commands",
-    "medseg.train_commands",
-    "medseg.bundle_predict",
+    "medseg.training.commands",
+    "medseg.inference.predict",
     "medseg.evaluate.commands",
     "medseg.wsi.commands",
-    "medseg.tracking_sync",
+    "medseg.tracking.sync",
 )
 
 log = logging.getLogger("medseg")

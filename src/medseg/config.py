@@ -37,7 +37,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -
     return cls(**kwargs)
 
 
-def _section(config: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any] | None:
+def section(config: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any] | None:
     node: Any = config
     for i, k in enumerate(keys):
         if node is None:
@@ -50,7 +50,7 @@ def _section(config: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, A
     return node
 
 
-def _build(cls: type[T], data: Mapping[str, Any] | None, path: str) -> T:
+def build(cls: type[T], data: Mapping[str, Any] | None, path: str) -> T:
     """:func:`from_mapping`, with every error (bad value, wrong type) naming the config key."""
     try:
         return from_mapping(cls, data, path + ".")
@@ -64,3 +64,17 @@ def datasets_of_kind(config: Mapping[str, Any], kind: str = "mri") -> dict[str, 
     """The ``datasets.<name>`` entries of one kind: ``mri`` (the default when ``kind`` is unset) or ``slide``."""
     return {name: ds for name, ds in (config.get("datasets") or {}).items()
             if isinstance(ds, Mapping) and ds.get("kind", "mri") == kind}
+
+
+def with_options(base: T, options: Mapping[str, Any], where: str) -> T:
+    """``base`` with the fields named in ``options`` replaced: the ``**options`` of a function that takes
+    a settings dataclass (keyword arguments MONAI-style, each a field of the dataclass).
+
+    Raises:
+        ValueError: an option that is not a field of ``base`` (message names ``where`` and the valid ones).
+    """
+    valid = sorted(f.name for f in dataclasses.fields(base))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown}; valid: {valid}")
+    return dataclasses.replace(base, **options) if options else base

@@ -13,11 +13,11 @@ import logging
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -430,3 +430,17 @@ def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int, desc: str, unit: str) -> list[R]:
+    """``[fn(x) for x in items]`` with ``threads`` workers, in order, with a progress bar (reading many
+    files at a time: I/O, decompression and ITK release the GIL)."""
+    from tqdm import tqdm
+
+    items = list(items)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit=unit, mininterval=5))

@@ -4,19 +4,21 @@
 
 rule evaluate_case:
     input:
-        raw_seg,
-        pred=f"{RESULTS}/{{dataset}}/predictions/{{model}}/{{case}}.nii.gz",
+        W.raw_seg,
+        pred=W.path("prediction"),
         sheet=ancient(SHEET),
         task=ancient(TASK),
     output:
-        json=f"{RESULTS}/{{dataset}}/metrics/{{model}}/{{case}}.json",
+        json=W.path("metrics"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate_case/{{model}}_{{case}}.log",
+        f"{LOGS}/evaluate_case/{{model}}_{{case}}.log",
+    wildcard_constraints:
+        dataset=MRI,
     conda:
         "../../envs/evaluate.yaml"
     params:
-        seg=lambda w: plan(w).raw(w.case, "seg"),
-        evaluation=cfg_section("evaluation"),
+        seg=lambda w: W.listing(w).raw(w.case, "seg"),
+        evaluation=config["evaluation"],
         experiment=EXPERIMENT,
     script:
         "../scripts/evaluate_case.py"
@@ -24,83 +26,62 @@ rule evaluate_case:
 
 rule aggregate_results:
     input:
-        metrics=lambda w: expand(
-            f"{RESULTS}/{w.dataset}/metrics/{w.model}/{{case}}.json",
-            case=usable(w).test_cases(),
-        ),
-        predictions=lambda w: expand(
-            f"{RESULTS}/{w.dataset}/predictions/{w.model}/{{case}}.nii.gz",
-            case=usable(w).test_cases(),
-        ),
-        unlabelled=lambda w: expand(
-            f"{RESULTS}/{w.dataset}/predictions/{w.model}/{{case}}.nii.gz",
-            case=usable(w).unlabelled_cases(),
-        ),
-        models=fold_models,
-        qc=qc_files,
-        bundle=f"{RESULTS}/{{dataset}}/bundles/{{model}}",
+        metrics=lambda w: [
+            W.path("metrics", dataset=w.dataset, model=w.model, case=c)
+            for c in W.usable(w).test_cases()
+        ],
+        predictions=lambda w: W.predictions(w, W.usable(w).test_cases()),
+        unlabelled=lambda w: W.predictions(w, W.usable(w).unlabelled_cases()),
+        models=W.fold_models,
+        qc=W.qc_files,
+        bundle=W.path("bundle"),
+        plan=PLAN,
         sheet=ancient(SHEET),
         task=ancient(TASK),
     output:
         json=report(
-            f"{RESULTS}/{{dataset}}_{{model}}.json",
+            W.path("results"),
             caption="../report/results.rst",
             category="1. Results",
             subcategory="{dataset}: {model}",
-            labels={
-                "file": "5. results JSON (every number, provenance)",
-            },
+            labels={"file": "5. results JSON (every number, provenance)"},
         ),
         csv=report(
-            f"{RESULTS}/{{dataset}}_{{model}}_cases.csv",
+            W.path("results").replace(".json", "_cases.csv"),
             caption="../report/cases.rst",
             category="1. Results",
             subcategory="{dataset}: {model}",
-            labels={
-                "file": "4. per-case table (CSV)",
-            },
+            labels={"file": "4. per-case table (CSV)"},
         ),
         boxplots=report(
-            f"{RESULTS}/{{dataset}}_{{model}}_boxplots.png",
+            W.path("results").replace(".json", "_boxplots.png"),
             caption="../report/boxplots.rst",
             category="1. Results",
             subcategory="{dataset}: {model}",
             labels={"file": "2. box plots"},
         ),
         summary=report(
-            f"{RESULTS}/{{dataset}}_{{model}}_summary.html",
+            W.path("results").replace(".json", "_summary.html"),
             caption="../report/summary.rst",
             category="1. Results",
             subcategory="{dataset}: {model}",
             labels={"file": "1. results table"},
         ),
         montage=report(
-            f"{RESULTS}/{{dataset}}_{{model}}_montage.png",
+            W.path("results").replace(".json", "_montage.png"),
             caption="../report/montage.rst",
             category="1. Results",
             subcategory="{dataset}: {model}",
             labels={"file": "3. best, median, worst case"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/aggregate_results/{{model}}.log",
+        f"{LOGS}/aggregate_results/{{model}}.log",
+    wildcard_constraints:
+        dataset=MRI,
     conda:
         "../../envs/evaluate.yaml"
     params:
-        config=config,
-        seeds=lambda w: {
-            "split": dataset_cfg(w).get("split", {}).get("seed", 0),
-            "demo": dataset_cfg(w).get("demo", {}).get("seed"),
-            "training": cfg_section("training").get("seed", 0),
-        },
-        cases=lambda w: usable(w).test_cases(),
-        unlabelled=lambda w: usable(w).unlabelled_cases(),
-        images=lambda w: {
-            c: (plan(w).raw(c, ref_mod(w)), plan(w).channel(c, ref_mod(w)))
-            for c in usable(w).test_cases()
-        },
-        segs=lambda w: {c: plan(w).raw(c, "seg") for c in usable(w).test_cases()},
-        reference=ref_mod,
-        excluded=lambda w: dict(usable(w).excluded),
+        request=W.results_request,
         experiment=EXPERIMENT,
     script:
         "../scripts/aggregate_results.py"

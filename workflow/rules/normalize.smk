@@ -8,18 +8,18 @@
 
 rule collect_brain_stats:
     input:
-        unpack(stats_inputs),
+        unpack(W.stats_inputs),
         sheet=ancient(SHEET),
     output:
-        table=f"{RESULTS}/{{dataset}}/brain_stats.json",
+        table=W.path("brain_stats"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/collect_brain_stats.log",
+        f"{LOGS}/collect_brain_stats.log",
     conda:
         "../../envs/preprocess.yaml"
     threads: 8  # steps.skullstrip off: reads every training case's images
     params:
-        cases=lambda w: usable(w).trained_cases(),
-        modalities=modalities,
+        cases=lambda w: W.usable(w).trained_cases(),
+        modalities=lambda w: list(W.plan(w).task.modalities),
         experiment=EXPERIMENT,
     script:
         "../scripts/collect_brain_stats.py"
@@ -30,18 +30,18 @@ rule fit_normalizer:
         # one table of every training case's intensity quantiles, not ~1,000 files: each
         # fold's normaliser is an input of every case's normalisation, and Snakemake scans a
         # producer's inputs for each such edge
-        table=f"{RESULTS}/{{dataset}}/brain_stats.json",
+        table=W.path("brain_stats"),
         sheet=ancient(SHEET),
     output:
-        model=f"{RESULTS}/{{dataset}}/normalizer_{{fold}}.json",
+        model=W.path("normalizer"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/fit_normalizer/{{fold}}.log",
+        f"{LOGS}/fit_normalizer/{{fold}}.log",
     conda:
         "../../envs/preprocess.yaml"
     params:
-        cases=lambda w: usable(w).train_cases(int(w.fold)),
-        modalities=modalities,
-        normalize=normalize_settings,
+        cases=lambda w: W.usable(w).train_cases(int(w.fold)),
+        modalities=lambda w: list(W.plan(w).task.modalities),
+        normalize=lambda w: W.plan(w).recipe.normalize,
         experiment=EXPERIMENT,
     script:
         "../scripts/fit_normalizer.py"
@@ -50,11 +50,11 @@ rule fit_normalizer:
 rule gather_normalizers:
     # every fold's normaliser in one file: one input of each case's normalisation, not one per fold
     input:
-        fold_normalizers,
+        W.fold_normalizers,
     output:
-        f"{RESULTS}/{{dataset}}/normalizers.json",
+        W.path("normalizers"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/gather_normalizers.log",
+        f"{LOGS}/gather_normalizers.log",
     conda:
         "../../envs/preprocess.yaml"
     params:
@@ -66,18 +66,18 @@ rule gather_normalizers:
 rule normalize_case:
     # held-out and unlabelled cases: every fold's normalisation, read by predict_case
     input:
-        images=stage_dir,
-        mask=case_mask,
-        models=f"{RESULTS}/{{dataset}}/normalizers.json",
+        images=W.stage_dir,
+        mask=W.case_mask,
+        models=W.path("normalizers"),
     output:
-        npz=f"{CASE_DIR}/norm.npz",
+        npz=CASE.norm,
     log:
-        f"{RESULTS}/{{dataset}}/logs/normalize_case/{{case}}.log",
+        f"{LOGS}/normalize_case/{{case}}.log",
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=modalities,
-        normalize=normalize_settings,
+        job=W.case_job,
+        stage=lambda w: W.plan(w).recipe.normalize_stage(),
         experiment=EXPERIMENT,
     script:
         "../scripts/normalize_case.py"
@@ -86,24 +86,24 @@ rule normalize_case:
 rule tile_case:
     # training and validation cases: normalised for every fold and tiled in one job
     input:
-        images=stage_dir,
-        mask=case_mask,
-        seg=case_seg,
-        models=f"{RESULTS}/{{dataset}}/normalizers.json",
+        W.case_seg,
+        images=W.stage_dir,
+        mask=W.case_mask,
+        models=W.path("normalizers"),
         sheet=ancient(SHEET),
         task=ancient(TASK),
     output:
-        npy=f"{RESULTS}/{{dataset}}/tiles/{{case}}.npy",
-        table=f"{RESULTS}/{{dataset}}/tiles/{{case}}.json",
+        npy=W.path("tiles"),
+        table=W.path("tiles").replace(".npy", ".json"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/tile_case/{{case}}.log",
+        f"{LOGS}/tile_case/{{case}}.log",
+    wildcard_constraints:
+        dataset=MRI,
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=modalities,
-        register=lambda w: step_on(w, "register"),
-        seg_file=lambda w: plan(w).raw(w.case, "seg"),
-        normalize=normalize_settings,
+        job=W.case_job,
+        stage=lambda w: W.plan(w).recipe.normalize_stage(),
         experiment=EXPERIMENT,
     script:
         "../scripts/tile_case.py"

@@ -1,16 +1,14 @@
-# Per-case MRI preprocessing: N4 (+ resampling, generic recipe) -> registration (modalities to
-# reference, reference to atlas) -> skull stripping. A case's images of one stage live in one
-# folder (n4/, reg/: <modality>.nii.gz), so one rule serves tasks of any modalities.
+# Per-case MRI preprocessing: N4 (+ reorientation and resampling without registration) ->
+# registration (modalities to reference, reference to atlas) -> skull stripping. A case's images
+# of one stage live in one folder (n4/, reg/: <modality>.nii.gz), so one rule serves any
+# modalities; the case folder's file names are medseg.preprocess.case.CaseFolder's.
 
 
 rule prepare_atlas:
     output:
-        [
-            f"{RESULTS}/atlas/icbm152_{{spacing}}mm/{n}.nii.gz"
-            for n in ("head", "brain", "mask")
-        ],
+        [f"{W.path('atlas_dir')}/{n}.nii.gz" for n in ("head", "brain", "mask")],
     log:
-        f"{RESULTS}/atlas/icbm152_{{spacing}}mm.log",
+        f"{W.path('atlas_dir')}.log",
     conda:
         "../../envs/preprocess.yaml"
     params:
@@ -22,36 +20,27 @@ rule prepare_atlas:
 rule n4_correct:
     # the first stage to read the scans: writes n4/<mod>.nii.gz and n4/bias_<mod>.nii.gz
     input:
-        raw_images,
+        W.raw_images,
         sheet=ancient(SHEET),
     output:
-        images=directory(f"{CASE_DIR}/n4"),
-        qc=f"{CASE_DIR}/n4_qc.json",
+        images=directory(CASE.n4),
+        qc=CASE.n4_qc,
         qc_png=report(
-            f"{CASE_DIR}/qc_n4.png",
+            CASE.n4_png,
             caption="../report/qc_n4.rst",
             category="3. Quality control",
             subcategory="{dataset}: {case}",
             labels={"step": "1. N4 bias field"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/n4_correct/{{case}}.log",
+        f"{LOGS}/n4_correct/{{case}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/n4_correct/{{case}}.tsv"
+        f"{BENCH}/n4_correct/{{case}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=modalities,
-        files=lambda w: {m: plan(w).raw(w.case, m) for m in plan(w).modalities},
-        channels=lambda w: dict(plan(w).files[w.case].channels),
-        spacing_mm=lambda w: dataset_cfg(w).get("spacing_mm"),
-        # without registration the working space is the native grid in one orientation (LPS),
-        # so 2-D/2.5-D slices of every case run along the same anatomical axis
-        orientation=lambda w: None if step_on(w, "register") else "LPS",
-        enabled=lambda w: step_on(w, "n4"),
-        n4=n4_settings,
-        # the demo cohort's applied bias fields, scored in n4_qc.json (absent for real data)
-        truth_dir=f"{RESULTS}/{{dataset}}/demo/truth/{{case}}",
+        job=W.case_job,
+        stage=lambda w: W.plan(w).recipe.n4_stage(),
         experiment=EXPERIMENT,
     script:
         "../scripts/n4_correct.py"
@@ -59,35 +48,31 @@ rule n4_correct:
 
 rule register_atlas:
     input:
-        raw_seg,
+        W.raw_seg,
         sheet=ancient(SHEET),
-        images=f"{CASE_DIR}/n4",
-        atlas=f"{ATLAS_DIR}/head.nii.gz",
+        images=CASE.n4,
+        atlas=f"{W.atlas_dir}/head.nii.gz",
     output:
-        images=directory(f"{CASE_DIR}/reg"),
-        atlas_transform=f"{CASE_DIR}/tfm_atlas.tfm",
-        warp=f"{CASE_DIR}/warp_atlas.nii.gz",
-        qc=f"{CASE_DIR}/register_qc.json",
+        images=directory(CASE.reg),
+        atlas_transform=CASE.atlas_transform,
+        warp=CASE.atlas_warp,
+        qc=CASE.register_qc,
         qc_png=report(
-            f"{CASE_DIR}/qc_register.png",
+            CASE.register_png,
             caption="../report/qc_register.rst",
             category="3. Quality control",
             subcategory="{dataset}: {case}",
             labels={"step": "2. atlas registration"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/register_atlas/{{case}}.log",
+        f"{LOGS}/register_atlas/{{case}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/register_atlas/{{case}}.tsv"
+        f"{BENCH}/register_atlas/{{case}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     params:
-        modalities=modalities,
-        seg=lambda w: plan(w).files[w.case].seg,
-        reference=ref_mod,
-        enabled=lambda w: step_on(w, "register"),
-        skull_stripped=lambda w: not step_on(w, "skullstrip"),
-        register=cfg_section("preprocessing", "register"),
+        job=W.case_job,
+        stage=lambda w: W.plan(w).recipe.register_stage(),
         experiment=EXPERIMENT,
     script:
         "../scripts/register_atlas.py"
@@ -96,35 +81,30 @@ rule register_atlas:
 rule skullstrip_brain:
     # the brain mask, and the intensity quantiles inside it (fitting the normalisers reads those)
     input:
-        images=stage_dir,
-        atlas=skullstrip_atlas,
-        atlas_transform=lambda w: atlas_to_native(w, "tfm"),
-        atlas_warp=lambda w: atlas_to_native(w, "warp"),
+        unpack(W.registration),
+        images=W.stage_dir,
+        atlas=W.skullstrip_atlas,
     output:
-        mask=f"{CASE_DIR}/brain_mask.nii.gz",
-        stats=f"{CASE_DIR}/brain_stats.json",
-        qc=f"{CASE_DIR}/skullstrip_qc.json",
+        mask=CASE.brain_mask,
+        stats=CASE.brain_stats,
+        qc=CASE.skullstrip_qc,
         qc_png=report(
-            f"{CASE_DIR}/qc_mask.png",
+            CASE.mask_png,
             caption="../report/qc_mask.rst",
             category="3. Quality control",
             subcategory="{dataset}: {case}",
             labels={"step": "3. brain mask"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/skullstrip_brain/{{case}}.log",
+        f"{LOGS}/skullstrip_brain/{{case}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/skullstrip_brain/{{case}}.tsv"
+        f"{BENCH}/skullstrip_brain/{{case}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     params:
-        skullstrip=lambda w: (
-            {**cfg_section("preprocessing", "skullstrip"), "atlas_dir": ATLAS_DIR}
-            if step_on(w, "skullstrip")
-            else {"method": "nonzero"}
-        ),
-        modality=skullstrip_modality,
-        modalities=modalities,
+        job=W.case_job,
+        stage=lambda w: W.plan(w).recipe.skullstrip_stage(),
+        atlas_dir=W.atlas_dir,
         experiment=EXPERIMENT,
     script:
         "../scripts/skullstrip_brain.py"

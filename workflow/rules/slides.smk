@@ -1,136 +1,95 @@
-# Whole-slide images (datasets.<name> with kind: slide): demo slides or a folder of slides + QuPath GeoJSON;
-# case sheet with splits by slide, stain target fitted on training slides, class-aware tiles at an
-# mpp, the common trainer, stitched prediction (OME-TIFF + GeoJSON), per-slide evaluation and
-# results/<name>_<model>.json. Needs common.smk (cfg_section, preflight_inputs, RESULTS).
-include: "slides_common.smk"
+# Whole-slide images (datasets.<name> with kind: slide): demo slides or a folder of slides + QuPath
+# GeoJSON; a slide sheet with splits by slide, a stain target fitted on training slides,
+# class-aware tiles at an mpp, the common trainer (train.smk), stitched prediction (OME-TIFF +
+# GeoJSON), per-slide evaluation and results/<name>_<model>.json. Slide ids are the {case} wildcard.
 
 
 rule slides_demo:
     input:
-        slide_demo_source,
+        W.slide_demo_source,
     output:
-        manifest=f"{RESULTS}/{{slideset}}/demo/demo.json",
+        manifest=W.path("slide_demo_manifest"),
     log:
-        f"{RESULTS}/{{slideset}}/logs/slides_demo.log",
+        f"{LOGS}/slides_demo.log",
     conda:
         "../../envs/wsi.yaml"
     params:
-        demo=lambda w: slide_cfg(w, "demo"),
-        experiment=SLIDE_EXPERIMENT,
+        demo=lambda w: W.dataset_cfg(w).get("demo", {}),
+        experiment=EXPERIMENT,
     script:
         "../scripts/slides_demo.py"
 
 
 rule slides_sheet:
     input:
-        slide_source,
+        W.slide_source,
     output:
-        sheet=SLIDE_SHEET,
-        task=SLIDE_TASK,
+        sheet=W.path("slide_sheet"),
+        task=TASK,
     log:
-        f"{RESULTS}/{{slideset}}/logs/slides_sheet.log",
+        f"{LOGS}/slides_sheet.log",
+    wildcard_constraints:
+        dataset=SLIDES,
     conda:
         "../../envs/wsi.yaml"
     params:
-        slide_dir=lambda w: SLIDE_PLANS[w.slideset].slide_dir,
-        annotation_dir=lambda w: SLIDE_PLANS[w.slideset].annotation_dir,
-        classes=lambda w: list(SLIDE_PLANS[w.slideset].classes),
-        split=lambda w: slide_cfg(w, "split"),
-        mpp=lambda w: config["datasets"][w.slideset].get("mpp"),
-        ignore=lambda w: config["datasets"][w.slideset].get("ignore_classes", []),
-        experiment=SLIDE_EXPERIMENT,
+        listing=W.listing,
+        recipe=lambda w: W.plan(w).recipe,
+        split=lambda w: W.dataset_cfg(w).get("split", {}),
+        task=lambda w: W.plan(w).task,
+        experiment=EXPERIMENT,
     script:
         "../scripts/slides_sheet.py"
 
 
 rule slides_stain:
     input:
-        sheet=SLIDE_SHEET,
-        files=lambda w: slide_files(w, "train"),
+        sheet=W.path("slide_sheet"),
+        files=lambda w: W.slide_files(w, "train"),
     output:
-        stain=SLIDE_STAIN,
+        stain=W.path("stain"),
     log:
-        f"{RESULTS}/{{slideset}}/logs/slides_stain.log",
+        f"{LOGS}/slides_stain.log",
     conda:
         "../../envs/wsi.yaml"
     params:
-        slides=lambda w: [
-            slides_usable(w).slides[s] for s in slides_usable(w).ids("train")
-        ],
-        method=lambda w: slide_cfg(w, "stain").get("method", "macenko"),
-        mpp=lambda w: slide_cfg(w, "tiles").get("mpp", 1.0),
-        slide_mpp=lambda w: config["datasets"][w.slideset].get("mpp"),
-        experiment=SLIDE_EXPERIMENT,
+        slides=lambda w: [W.usable(w).slides[s] for s in W.usable(w).ids("train")],
+        recipe=lambda w: W.plan(w).recipe,
+        experiment=EXPERIMENT,
     script:
         "../scripts/slides_stain.py"
 
 
 rule slides_tiles:
     input:
-        slide_source,
-        sheet=ancient(SLIDE_SHEET),
-        stain=SLIDE_STAIN,
+        W.slide_source,
+        sheet=ancient(W.path("slide_sheet")),
+        stain=W.path("stain"),
     output:
-        npy=f"{RESULTS}/{{slideset}}/tiles/{{slide}}.npy",
-        table=f"{RESULTS}/{{slideset}}/tiles/{{slide}}.json",
+        npy=W.path("tiles"),
+        table=W.path("tiles").replace(".npy", ".json"),
     log:
-        f"{RESULTS}/{{slideset}}/logs/slides_tiles/{{slide}}.log",
+        f"{LOGS}/slides_tiles/{{case}}.log",
+    wildcard_constraints:
+        dataset=SLIDES,
     conda:
         "../../envs/wsi.yaml"
     params:
-        slide=lambda w: SLIDE_PLANS[w.slideset].slides[w.slide],
-        annotation=lambda w: SLIDE_PLANS[w.slideset].annotation(w.slide),
-        classes=lambda w: list(SLIDE_PLANS[w.slideset].classes),
-        tiles=lambda w: slide_cfg(w, "tiles"),
-        slide_mpp=lambda w: config["datasets"][w.slideset].get("mpp"),
-        experiment=SLIDE_EXPERIMENT,
+        slide=lambda w: W.listing(w).slides[w.case],
+        annotation=lambda w: W.listing(w).annotation(w.case),
+        recipe=lambda w: W.plan(w).recipe,
+        experiment=EXPERIMENT,
     script:
         "../scripts/slides_tiles.py"
 
 
-rule slides_train:
-    input:
-        train=lambda w: slide_tiles(w, "train"),
-        val=lambda w: slide_tiles(w, "val"),
-        sheet=ancient(SLIDE_SHEET),
-        task=ancient(SLIDE_TASK),
-        preflight=lambda w: preflight_inputs(),
-    output:
-        model=f"{RESULTS}/{{slideset}}/models/{{model}}/fold_{{fold}}/model.pt",
-        metrics=f"{RESULTS}/{{slideset}}/models/{{model}}/fold_{{fold}}/metrics.csv",
-        curves=f"{RESULTS}/{{slideset}}/models/{{model}}/fold_{{fold}}/curves.png",
-        summary=f"{RESULTS}/{{slideset}}/models/{{model}}/fold_{{fold}}/summary.json",
-    log:
-        f"{RESULTS}/{{slideset}}/logs/slides_train/{{model}}_{{fold}}.log",
-    benchmark:
-        f"{RESULTS}/{{slideset}}/benchmarks/slides_train/{{model}}_{{fold}}.tsv"
-    conda:
-        "../../envs/train.yaml"
-    threads: 2
-    resources:
-        gpu=cfg_section("resources").get("gpu", 0),
-        mem_mb=cfg_section("resources").get("train_mem_mb", 8000),
-        runtime=cfg_section("resources").get("train_runtime_min", 240),
-    params:
-        model=lambda w: config["models"][w.model],
-        training=lambda w: {
-            **cfg_section("training"),
-            **slide_cfg(w, "training"),
-            "context": 0,
-        },
-        inference=cfg_section("inference"),
-        experiment=SLIDE_EXPERIMENT,
-    script:
-        "../scripts/train_model.py"
-
-
 rule slides_model_stain:
     input:
-        SLIDE_STAIN,
+        W.path("stain"),
     output:
-        f"{RESULTS}/{{slideset}}/models/{{model}}/fold_{{fold}}/stain.json",
+        W.fold_file("stain.json"),
     log:
-        f"{RESULTS}/{{slideset}}/logs/slides_model_stain/{{model}}_{{fold}}.log",
+        f"{LOGS}/slides_model_stain/{{model}}_{{fold}}.log",
     conda:
         "../../envs/wsi.yaml"
     shell:
@@ -139,80 +98,85 @@ rule slides_model_stain:
 
 rule slides_predict:
     input:
-        slide_source,
-        model=f"{RESULTS}/{{slideset}}/models/{{model}}/fold_0/model.pt",
-        stain=f"{RESULTS}/{{slideset}}/models/{{model}}/fold_0/stain.json",
+        W.slide_source,
+        model=W.fold_file("model.pt", fold="0"),
+        stain=W.fold_file("stain.json", fold="0"),
     output:
-        tiff=f"{RESULTS}/{{slideset}}/predictions/{{model}}/{{slide}}/probabilities.ome.tif",
-        geojson=f"{RESULTS}/{{slideset}}/predictions/{{model}}/{{slide}}/predictions.geojson",
-        summary=f"{RESULTS}/{{slideset}}/predictions/{{model}}/{{slide}}/summary.json",
+        tiff=W.path("slide_prediction"),
+        geojson=W.path("slide_prediction").replace(
+            "probabilities.ome.tif", "predictions.geojson"
+        ),
+        summary=W.path("slide_prediction").replace(
+            "probabilities.ome.tif", "summary.json"
+        ),
     log:
-        f"{RESULTS}/{{slideset}}/logs/slides_predict/{{model}}_{{slide}}.log",
+        f"{LOGS}/slides_predict/{{model}}_{{case}}.log",
     benchmark:
-        f"{RESULTS}/{{slideset}}/benchmarks/slides_predict/{{model}}_{{slide}}.tsv"
+        f"{BENCH}/slides_predict/{{model}}_{{case}}.tsv"
     conda:
         "../../envs/wsi.yaml"
     threads: 2
     resources:
-        gpu=cfg_section("resources").get("gpu", 0),
+        gpu=config["resources"]["gpu"],
     params:
-        slide=lambda w: SLIDE_PLANS[w.slideset].slides[w.slide],
-        classes=lambda w: list(SLIDE_PLANS[w.slideset].classes),
-        predict=lambda w: slide_cfg(w, "predict"),
-        mpp=lambda w: slide_cfg(w, "tiles").get("mpp", 1.0),
-        slide_mpp=lambda w: config["datasets"][w.slideset].get("mpp"),
-        experiment=SLIDE_EXPERIMENT,
+        slide=lambda w: W.listing(w).slides[w.case],
+        recipe=lambda w: W.plan(w).recipe,
+        experiment=EXPERIMENT,
     script:
         "../scripts/slides_predict.py"
 
 
 rule slides_evaluate:
     input:
-        slide_source,
-        tiff=f"{RESULTS}/{{slideset}}/predictions/{{model}}/{{slide}}/probabilities.ome.tif",
+        W.slide_source,
+        tiff=W.path("slide_prediction"),
     output:
-        json=f"{RESULTS}/{{slideset}}/metrics/{{model}}/{{slide}}.json",
-        png=f"{RESULTS}/{{slideset}}/thumbnails/{{model}}/{{slide}}.png",
+        json=W.path("metrics"),
+        png=f"{RESULTS}/{{dataset}}/thumbnails/{{model}}/{{case}}.png",
     log:
-        f"{RESULTS}/{{slideset}}/logs/slides_evaluate/{{model}}_{{slide}}.log",
+        f"{LOGS}/slides_evaluate/{{model}}_{{case}}.log",
+    wildcard_constraints:
+        dataset=SLIDES,
     conda:
         "../../envs/wsi.yaml"
     params:
-        slide=lambda w: SLIDE_PLANS[w.slideset].slides[w.slide],
-        annotation=lambda w: SLIDE_PLANS[w.slideset].annotation(w.slide),
-        classes=lambda w: list(SLIDE_PLANS[w.slideset].classes),
-        evaluation=lambda w: slide_cfg(w, "evaluation"),
-        experiment=SLIDE_EXPERIMENT,
+        slide=lambda w: W.listing(w).slides[w.case],
+        annotation=lambda w: W.listing(w).annotation(w.case),
+        recipe=lambda w: W.plan(w).recipe,
+        experiment=EXPERIMENT,
     script:
         "../scripts/slides_evaluate.py"
 
 
 rule slides_aggregate:
     input:
-        metrics=lambda w: expand(
-            f"{RESULTS}/{w.slideset}/metrics/{w.model}/{{slide}}.json",
-            slide=slides_usable(w).ids("test"),
-        ),
-        thumbnails=lambda w: expand(
-            f"{RESULTS}/{w.slideset}/thumbnails/{w.model}/{{slide}}.png",
-            slide=slides_usable(w).ids("test"),
-        ),
-        predicted=lambda w: slide_predictions(w, "predict"),
-        model=f"{RESULTS}/{{slideset}}/models/{{model}}/fold_0/model.pt",
-        sheet=ancient(SLIDE_SHEET),
+        metrics=lambda w: [
+            W.path("metrics", dataset=w.dataset, model=w.model, case=s)
+            for s in W.usable(w).ids("test")
+        ],
+        thumbnails=lambda w: [
+            f"{RESULTS}/{w.dataset}/thumbnails/{w.model}/{s}.png"
+            for s in W.usable(w).ids("test")
+        ],
+        predicted=lambda w: W.predictions(w, W.usable(w).ids("predict")),
+        model=W.fold_file("model.pt", fold="0"),
+        plan=PLAN,
+        sheet=ancient(W.path("slide_sheet")),
     output:
-        json=f"{RESULTS}/{{slideset}}_{{model}}.json",
-        csv=f"{RESULTS}/{{slideset}}_{{model}}_cases.csv",
-        boxplots=f"{RESULTS}/{{slideset}}_{{model}}_boxplots.png",
+        json=W.path("results"),
+        csv=W.path("results").replace(".json", "_cases.csv"),
+        boxplots=W.path("results").replace(".json", "_boxplots.png"),
     log:
-        f"{RESULTS}/{{slideset}}/logs/slides_aggregate/{{model}}.log",
+        f"{LOGS}/slides_aggregate/{{model}}.log",
+    wildcard_constraints:
+        dataset=SLIDES,
     conda:
         "../../envs/wsi.yaml"
     params:
         config=lambda w: {
-            "datasets": {w.slideset: config["datasets"][w.slideset]},
+            "datasets": {w.dataset: config["datasets"][w.dataset]},
             "models": {w.model: config["models"][w.model]},
         },
-        experiment=SLIDE_EXPERIMENT,
+        experiment=EXPERIMENT,
     script:
         "../scripts/slides_aggregate.py"

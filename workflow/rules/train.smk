@@ -1,40 +1,38 @@
 # Training one model per fold (resumable: a restarted job continues from fold_K/checkpoint.pt
-# when it was trained from the same config and inputs).
+# when it was trained from the same config and inputs), for MRI and slide datasets alike.
 
 
 rule train_model:
     input:
-        train=lambda w: tiles(w, usable(w).train_cases(int(w.fold))),
-        val=lambda w: tiles(w, usable(w).val_cases(int(w.fold))),
-        sheet=ancient(SHEET),
+        train=lambda w: W.fold_tiles(w, "train"),
+        val=lambda w: W.fold_tiles(w, "val"),
+        sheet=lambda w: ancient(W.sheet(w)),
         task=ancient(TASK),
-        preflight=lambda w: preflight_inputs(),
+        preflight=lambda w: W.preflight_inputs(),
     output:
-        model=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/model.pt",
-        metrics=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/metrics.csv",
+        model=W.fold_file("model.pt"),
+        metrics=W.fold_file("metrics.csv"),
         curves=report(
-            f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/curves.png",
+            W.fold_file("curves.png"),
             caption="../report/curves.rst",
             category="2. Training",
             subcategory="{dataset}",
             labels={"model": "{model}", "fold": "{fold}"},
         ),
-        summary=f"{RESULTS}/{{dataset}}/models/{{model}}/fold_{{fold}}/summary.json",
+        summary=W.fold_file("summary.json"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/train_model/{{model}}_{{fold}}.log",
+        f"{LOGS}/train_model/{{model}}_{{fold}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/train_model/{{model}}_{{fold}}.tsv"
+        f"{BENCH}/train_model/{{model}}_{{fold}}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        gpu=cfg_section("resources").get("gpu", 0),
-        mem_mb=cfg_section("resources").get("train_mem_mb", 8000),
-        runtime=cfg_section("resources").get("train_runtime_min", 240),
+        gpu=config["resources"]["gpu"],
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime_min"],
     params:
-        model=lambda w: config["models"][w.model],
-        training=cfg_section("training"),
-        inference=cfg_section("inference"),
+        run=lambda w: W.plan(w).run(w.model),
         experiment=EXPERIMENT,
     script:
         "../scripts/train_model.py"

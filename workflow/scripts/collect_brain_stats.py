@@ -1,11 +1,5 @@
-from medseg.jobs import job
-from medseg.preprocess.stages import collect_stats, quantiles_from_images, stage_images
+from medseg.pipeline.job import job
+from medseg.preprocess.intensity import collect_case_stats
 
 with job(snakemake) as p:
-    inp, mods = snakemake.input, p["modalities"]
-    if inp.get("stats"):
-        stats = inp.stats
-    else:  # steps.skullstrip off: the image folder of every case
-        images = {c: stage_images(d, mods) for c, d in zip(p["cases"], inp.images)}
-        stats = quantiles_from_images(images, snakemake.threads)
-    collect_stats(stats, snakemake.output.table)
+    collect_case_stats(p["cases"], snakemake.input, snakemake.output.table, p["modalities"], snakemake.threads)

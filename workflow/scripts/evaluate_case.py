@@ -1,8 +1,8 @@
 from medseg import tracking
 from medseg.cohort.sheet import case_row, read_task
-from medseg.evaluate import evaluate_case
+from medseg.evaluate.case import evaluate_case
 from medseg.io import write_json
-from medseg.jobs import job
+from medseg.pipeline.job import job
 
 with job(snakemake) as p:
     case = snakemake.wildcards.case

@@ -1,11 +1,11 @@
 from medseg import tracking
-from medseg.bundle import export_bundle
-from medseg.cohort.sheet import read_task
-from medseg.jobs import job
+from medseg.inference.bundle import export_bundle
+from medseg.pipeline.job import job
+from medseg.plan.resolved import read_plan
 
 with job(snakemake) as p:
-    inp, w = snakemake.input, snakemake.wildcards
-    export_bundle(snakemake.output.bundle, read_task(inp.task), inp.normalizers, inp.models, p["settings"])
-    tracking.log_artifact(f"{snakemake.output.bundle}/bundle.json", "bundle")
+    inp, out, w = snakemake.input, snakemake.output.bundle, snakemake.wildcards
+    export_bundle(out, read_plan(inp.plan), w.model, inp.normalizers, inp.models)
+    tracking.log_artifact(f"{out}/bundle.json", "bundle")
     # the MLflow model (pyfunc: raw scans -> label map), logged from the bundle by the syncer
-    tracking.log_model_bundle(snakemake.output.bundle, f"medseg-{w.dataset}-{w.model}")
+    tracking.log_model_bundle(out, f"medseg-{w.dataset}-{w.model}")

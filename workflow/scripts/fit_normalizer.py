@@ -1,8 +1,5 @@
-from medseg.config import from_mapping
-from medseg.jobs import job
-from medseg.preprocess.normalize import NormConfig
-from medseg.preprocess.stages import fit_normalizer
+from medseg.pipeline.job import job
+from medseg.preprocess.intensity import fit_normalizer
 
 with job(snakemake) as p:
-    fit_normalizer(p["cases"], snakemake.input.table, snakemake.output.model,
-                   from_mapping(NormConfig, p["normalize"], "preprocessing.normalize."), p["modalities"])
+    fit_normalizer(p["cases"], snakemake.input.table, snakemake.output.model, p["normalize"], p["modalities"])

@@ -1,5 +1,5 @@
-from medseg.jobs import job
-from medseg.preprocess.stages import gather_normalizers
+from medseg.pipeline.job import job
+from medseg.preprocess.intensity import gather_normalizers
 
 with job(snakemake):
     gather_normalizers(snakemake.input, snakemake.output[0])

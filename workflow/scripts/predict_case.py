@@ -1,16 +1,8 @@
-import torch
-
 from medseg.cohort.sheet import case_row, read_task
-from medseg.config import from_mapping
-from medseg.jobs import job
-from medseg.predict import predict_case
-from medseg.volume_inference import InferenceConfig
+from medseg.inference.case import predict_case
+from medseg.pipeline.job import job
 
 with job(snakemake) as p:
-    torch.set_num_threads(snakemake.threads)
-    inp, case = snakemake.input, snakemake.wildcards.case
-    case_row(inp.sheet, case)
-    predict_case(case, inp.norm, inp.models, f"{inp.images}/{p['reference']}.nii.gz", inp.get("transform"),
-                 p["native"], read_task(inp.task), snakemake.output.labels,
-                 from_mapping(InferenceConfig, p["inference"], "inference."), warp=inp.get("warp"),
-                 native_channel=p["native_channel"])
+    inp = snakemake.input
+    case_row(inp.sheet, p["job"].case)
+    predict_case(p["job"], p["stage"], inp.models, p["inference"], read_task(inp.task), snakemake.output.labels)

@@ -1,5 +1,5 @@
-from medseg.jobs import job
-from medseg.volume_inference import check_cuda
+from medseg.pipeline.job import job
+from medseg.inference.device import check_cuda
 
 with job(snakemake):
     check_cuda()

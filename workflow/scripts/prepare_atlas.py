@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from medseg.jobs import job
+from medseg.pipeline.job import job
 from medseg.preprocess.atlas import atlas_images
 
 with job(snakemake):

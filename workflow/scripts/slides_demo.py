@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from medseg.jobs import job
+from medseg.pipeline.job import job
 from medseg.wsi.demo import DemoConfig, make_demo_dataset, resolve_cmu
 
 with job(snakemake) as p:

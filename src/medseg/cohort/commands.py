@@ -7,9 +7,8 @@ import argparse
 def _synth(a: argparse.Namespace) -> int:
     from medseg.cohort.synth import SynthConfig, generate_cohort
 
-    cfg = SynthConfig(n_cases=a.n_cases, seed=a.seed, spacing_mm=(a.spacing,) * 3)
-    if a.full_geometry:
-        cfg = SynthConfig.from_dict({"n_cases": a.n_cases, "seed": a.seed, "full_geometry": True})
+    cfg = SynthConfig.from_dict({"n_cases": a.n_cases, "seed": a.seed, "spacing_mm": (a.spacing,) * 3,
+                                 "anatomy": a.anatomy, "fov_variety": a.fov_variety, "full_geometry": a.full_geometry})
     generate_cohort(cfg, a.output, workers=a.workers)
     return 0
 
@@ -17,12 +16,12 @@ def _synth(a: argparse.Namespace) -> int:
 def _sheet(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medseg.cohort.plan import dataset_plan
+    from medseg.cohort.listing import list_cases
     from medseg.cohort.sheet import plan_sheet
 
     ds = {"source": str(Path(a.input).resolve()), "convention": a.convention,
           "split": {"test_fraction": a.test_fraction, "val_fraction": a.val_fraction, "n_folds": a.folds, "seed": a.seed}}
-    plan = dataset_plan(Path(a.input).name, ds)
+    plan = list_cases(Path(a.input).name, ds)
     rows = plan_sheet(plan, a.output, a.task, threads=a.threads)
     return 1 if any(r["problem"] for r in rows) else 0
 
@@ -30,11 +29,21 @@ def _sheet(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from medseg.cli import add_input, add_output
 
-    p = sub.add_parser("synth-cohort", help="generate the demo cohort (BraTS 2021 layout + truth)")
+    from medseg.cohort.splits import SplitConfig
+    from medseg.cohort.synth import SynthConfig
+
+    demo, split = SynthConfig(), SplitConfig()
+    p = sub.add_parser("synth-cohort", help="generate the demo cohort (BraTS 2021 layout + truth): the workflow demo's "
+                                            "anatomy and fields of view unless told otherwise")
     add_output(p, "output folder (images/, truth/, cohort.json)", "--out")
-    p.add_argument("--n-cases", type=int, default=16, help="number of cases")
-    p.add_argument("--seed", type=int, default=42, help="generator seed")
-    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (isotropic)")
+    p.add_argument("--n-cases", type=int, default=demo.n_cases, help="number of cases")
+    p.add_argument("--seed", type=int, default=demo.seed, help="generator seed")
+    p.add_argument("--spacing", type=float, default=demo.spacing_mm[0], help="voxel size in mm (isotropic)")
+    p.add_argument("--anatomy", default=demo.anatomy, choices=["icbm", "robex"],
+                   help="head the cases are built from: robex (a real subject the atlas is not made from) or icbm "
+                        "(the atlas's own anatomy: atlas-based scores are inflated)")
+    p.add_argument("--fov-variety", action=argparse.BooleanOptionalAction, default=demo.fov_variety,
+                   help="clinical fields of view (with neck and face, cut at the vertex, tilted)")
     p.add_argument("--full-geometry", action="store_true", help="BraTS geometry: 240x240x155 at 1 mm")
     p.add_argument("--workers", type=int, default=1, help="cases generated at a time (processes)")
     p.set_defaults(func=_synth)
@@ -46,9 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output(p, "case sheet to write (TSV)", "--out")
     p.add_argument("--task", default=None, help="also write the dataset's resolved task (JSON) here")
     p.add_argument("--convention", default="auto", choices=["auto", "2021", "2023"], help="BraTS label convention")
-    p.add_argument("--test-fraction", type=float, default=0.25, help="share of labelled cases held out for testing")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of training cases validating fold 0")
-    p.add_argument("--folds", type=int, default=1, help="cross-validation folds")
-    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--test-fraction", type=float, default=split.test_fraction, help="share of labelled cases held out for testing")
+    p.add_argument("--val-fraction", type=float, default=split.val_fraction, help="share of training cases validating fold 0")
+    p.add_argument("--folds", type=int, default=split.n_folds, help="cross-validation folds")
+    p.add_argument("--seed", type=int, default=split.seed, help="split seed")
     p.add_argument("--threads", type=int, default=1, help="cases inspected at a time")
     p.set_defaults(func=_sheet)

@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from medseg.cohort.sources import header, read_source
+from medseg.config import with_options
 from medseg.io import InputError, atomic_path, check_header, grid_differences, read_json, read_labels, write_json
-from medseg.parallel import thread_map
+from medseg.io import thread_map
 from medseg.tasks.definition import LabelError, Task
 from medseg.tasks.layouts.base import CaseFiles, check_case_id
 from medseg.tasks.presets import brats_task, convention_mismatch, dataset_convention, detect_convention
@@ -132,27 +134,57 @@ def resolve_task(task: Task, convention: str, rows: Sequence[dict], values: Mapp
     return task
 
 
+BAD_CASES = ("skip", "fail")
+
+
+@dataclass(frozen=True)
+class SheetSettings:
+    """How a case sheet is built (``datasets.<name>`` keys ``convention``, ``validate``, ``bad_cases``).
+
+    Attributes:
+        convention: BraTS label convention of the dataset, ``"2021"``, ``"2023"`` or ``"auto"`` (voted
+            by the label maps; :func:`medseg.tasks.presets.dataset_convention`).
+        layout_hint: the layout's own BraTS edition, the tie-breaker of ``auto``.
+        full: read every voxel of every scan (``validate: full``), not only the headers.
+        same_space: the modalities must share origin and direction (no registration aligns them).
+        bad_cases: ``skip`` or ``fail``; only changes what the log says will happen to a case with a problem.
+        threads: cases inspected at a time.
+    """
+
+    convention: str = "auto"
+    layout_hint: str | None = None
+    full: bool = True
+    same_space: bool = False
+    bad_cases: str = "skip"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.bad_cases not in BAD_CASES:
+            raise ValueError(f"bad_cases must be one of {list(BAD_CASES)}, got {self.bad_cases!r}")
+
+
 def build_case_sheet(task: Task, files: Mapping[str, CaseFiles], splits: Mapping[str, dict], out_tsv: str | Path,
-                     out_task: str | Path | None = None, *, convention: str = "auto", layout_hint: str | None = None,
-                     excluded: Mapping[str, str] | None = None, full: bool = True, same_space: bool = False,
-                     bad_cases: str = "skip", threads: int = 1) -> list[dict]:
-    """Inspect every case (``threads`` at a time), settle the task, write the sheet (and ``task.json``).
+                     out_task: str | Path | None = None, *, excluded: Mapping[str, str] | None = None,
+                     settings: SheetSettings | None = None, **options) -> list[dict]:
+    """Inspect every case (``settings.threads`` at a time), settle the task, write the sheet (and ``task.json``).
 
     ``files``/``splits``: the cases to inspect (a dataset plan's). ``excluded``: cases discovery
-    or the config left out (case -> reason), written as rows of split ``excluded``.
-    ``bad_cases`` only changes what the log says will happen to a case with a problem.
+    or the config left out (case -> reason), written as rows of split ``excluded``. ``settings``:
+    :class:`SheetSettings` (default: its defaults); ``**options``: its fields overriding it
+    (``threads=4``, ...; an unknown name raises ``ValueError`` listing the valid ones).
     """
+    settings = with_options(SheetSettings() if settings is None else settings, options, "build_case_sheet")
     mods = list(task.modalities)
 
     def one(case: str) -> tuple[dict, np.ndarray | None]:
-        row, values = inspect_case(case, files[case], mods, full, same_space)
+        row, values = inspect_case(case, files[case], mods, settings.full, settings.same_space)
         row.update(split=splits[case]["split"], fold="" if splits[case]["fold"] is None else splits[case]["fold"])
         return row, values
 
-    results = thread_map(one, list(splits), threads, "case sheet", "case")
+    results = thread_map(one, list(splits), settings.threads, "case sheet", "case")
     rows = [r for r, _ in results]
     values = {r["case_id"]: v for r, v in results if v is not None and not r["problem"]}
-    task = resolve_task(task, convention, rows, values, layout_hint)
+    task = resolve_task(task, settings.convention, rows, values, settings.layout_hint)
     for r in rows:
         r.setdefault("convention", "")
     rows += [{"case_id": c, "split": EXCLUDED, "fold": "", "labelled": "", "convention": "", "problem": _one_line(why)}
@@ -161,9 +193,15 @@ def build_case_sheet(task: Task, files: Mapping[str, CaseFiles], splits: Mapping
         pd.DataFrame(rows, columns=columns(mods), dtype=object).to_csv(tmp, sep="\t", index=False, na_rep="")
     if out_task is not None:
         write_json(task.to_dict(), out_task)
+    _log_problems(rows, len(excluded or {}), out_tsv, settings.bad_cases)
+    return rows
+
+
+def _log_problems(rows: Sequence[dict], n_excluded: int, out_tsv: str | Path, bad_cases: str) -> None:
+    """Log the sheet's counts and what will happen to the cases with a problem under ``bad_cases``."""
     bad = [r["case_id"] for r in rows if r["problem"] and r["split"] != EXCLUDED]
-    log.info("case sheet: %d cases, %d with problems, %d excluded before -> %s", len(rows) - len(excluded or {}),
-             len(bad), len(excluded or {}), out_tsv)
+    log.info("case sheet: %d cases, %d with problems, %d excluded before -> %s", len(rows) - n_excluded,
+             len(bad), n_excluded, out_tsv)
     if bad and bad_cases == "skip":
         log.error("%d case(s) left out of training and evaluation (bad_cases: skip), listed under excluded_cases in "
                   "the results JSON: %s. Fix their files and run again to bring them back.", len(bad), bad)
@@ -172,11 +210,10 @@ def build_case_sheet(task: Task, files: Mapping[str, CaseFiles], splits: Mapping
         log.error("training case(s) %s have problems: every fold they are in cannot train until their files are "
                   "fixed or they are listed under datasets.<name>.exclude (the other cases' preprocessing goes on "
                   "with --keep-going); bad_cases: skip leaves them out automatically", training)
-    return rows
 
 
 def plan_sheet(plan, out_tsv: str | Path, out_task: str | Path | None = None, **kwargs) -> list[dict]:
-    """:func:`build_case_sheet` of a :class:`~medseg.cohort.plan.DatasetPlan` (every planned case,
+    """:func:`build_case_sheet` of a :class:`~medseg.cohort.listing.CaseListing` (every planned case,
     its exclusions as ``excluded`` rows); ``kwargs``: ``full``, ``same_space``, ``bad_cases``, ``threads``."""
     hint = plan.task.preset[len("brats"):] if plan.task.preset else None
     return build_case_sheet(plan.task, plan.files, plan.splits, out_tsv, out_task, convention=plan.convention or "auto",

@@ -3,6 +3,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Config key ``datasets.<name>.split`` (MRI datasets): held-out test share, validation share of
+    the rest (one fold), number of cross-validation folds, and the seed the order is drawn with."""
+
+    test_fraction: float = 0.25
+    val_fraction: float = 0.15
+    n_folds: int = 1
+    seed: int = 0
 
 
 def _order(case_ids: Sequence[str], seed: int) -> list[str]:
@@ -10,8 +22,9 @@ def _order(case_ids: Sequence[str], seed: int) -> list[str]:
     return sorted(case_ids, key=key)
 
 
-def assign_splits(case_ids: Sequence[str], test_fraction: float = 0.25, n_folds: int = 1,
-                  val_fraction: float = 0.15, seed: int = 0) -> dict[str, dict]:
+def assign_splits(case_ids: Sequence[str], test_fraction: float = SplitConfig.test_fraction,
+                  n_folds: int = SplitConfig.n_folds, val_fraction: float = SplitConfig.val_fraction,
+                  seed: int = SplitConfig.seed) -> dict[str, dict]:
     """Assign each case ``{"split": "train"|"test", "fold": int | None}``.
 
     Test cases are held out of every fold. With ``n_folds == 1`` a ``val_fraction`` of the rest

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from medseg.cohort.anatomy import ANATOMIES, HeadModel, load_head_model
-from medseg.cohort.tumour import LABELS, insert_tumour
+from medseg.cohort.tumour import LABELS, TumourSite, insert_tumour
 from medseg.io import array_to_image, read_json, write_image, write_json
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def check_scan_geometry(orientations: tuple[str, ...], spacing_mm: tuple[float, 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Demo cohort parameters (config key ``datasets.<name>.demo``).
+    """Demo cohort parameters (config key ``datasets.<name>.demo``); the defaults are the workflow
+    demo's (``medseg synth-cohort`` builds the same cohort as ``snakemake results/brats_timm.json``).
 
     Attributes (beyond the self-explanatory ones):
         anatomy: head the cases are built from (:data:`medseg.cohort.anatomy.ANATOMIES`): ``icbm``
@@ -80,8 +81,8 @@ class SynthConfig:
     noise: tuple[float, float] = (0.015, 0.035)
     tumour_volume_ml: tuple[float, float] = (15.0, 100.0)
     prefix: str = "BraTS2021_"
-    anatomy: str = "icbm"
-    fov_variety: bool = False
+    anatomy: str = "robex"
+    fov_variety: bool = True
 
     def __post_init__(self) -> None:
         if self.anatomy not in ANATOMIES:
@@ -232,9 +233,10 @@ def generate_case(cfg: SynthConfig, index: int, images_dir: Path, truth_dir: Pat
     wm, gm, csf = model.wm.copy(), model.gm.copy(), model.csf.copy()
     depth = _brain_depth(model)
     canon_spacing = model.reference.GetSpacing()[0]
+    site = TumourSite(wm, gm, csf, model.brain, depth, canon_spacing)
     labels = None
     for _ in range(1 + int(rng.random() < 0.2)):  # one in five cases is multi-focal
-        labels = insert_tumour(rng, wm, gm, csf, model.brain, canon_spacing, depth, cfg.tumour_volume_ml, labels)
+        labels = insert_tumour(rng, site, cfg.tumour_volume_ml, labels)
     channels = _render(model, wm, gm, csf, labels, rng)
 
     # geometry: native point p -> canonical point A(D(M_mod(p)))
@@ -351,4 +353,5 @@ def _single_threaded() -> None:
 
 def _generate_star(a: tuple) -> dict:
     return generate_case(*a)
+
 

@@ -5,6 +5,8 @@ Everything happens on the canonical head grid, with arrays in (z, y, x) order an
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -25,27 +27,45 @@ def _pick_centre(rng: np.random.Generator, wm: np.ndarray, depth_vox: np.ndarray
     return cand[rng.integers(len(cand))].astype(float)
 
 
-def insert_tumour(rng: np.random.Generator, wm: np.ndarray, gm: np.ndarray, csf: np.ndarray, brain: np.ndarray,
-                  spacing: float, depth_vox: np.ndarray, volume_ml: tuple[float, float] = (15.0, 100.0),
+@dataclass(frozen=True)
+class TumourSite:
+    """The head a tumour grows in: tissue maps it displaces and the brain it stays inside.
+
+    Arrays are on the canonical head grid in (z, y, x) order.
+
+    Attributes:
+        wm, gm, csf: tissue probability maps, modified in place by the mass effect.
+        brain: brain mask; the tumour stays inside it.
+        depth_vox: distance to the brain boundary in voxels.
+        spacing: isotropic voxel size in mm.
+    """
+
+    wm: np.ndarray
+    gm: np.ndarray
+    csf: np.ndarray
+    brain: np.ndarray
+    depth_vox: np.ndarray
+    spacing: float
+
+
+def insert_tumour(rng: np.random.Generator, site: TumourSite, volume_ml: tuple[float, float] = (15.0, 100.0),
                   labels: np.ndarray | None = None) -> np.ndarray:
-    """Insert one tumour, displacing tissue maps in place (mass effect); return the label map.
+    """Insert one tumour, displacing the tissue maps of ``site`` in place (mass effect); return the label map.
 
     Args:
         rng: random generator (the case's seed).
-        wm, gm, csf: tissue probability maps (z, y, x), modified in place by the mass effect.
-        brain: brain mask; the tumour stays inside it.
-        spacing: isotropic voxel size in mm.
-        depth_vox: distance to the brain boundary in voxels.
+        site: tissue maps (modified in place), brain mask, depth and voxel size of the head.
         volume_ml: range of whole-tumour volume in mL (sampled log-uniformly).
         labels: existing label map to add to (for multi-focal cases).
 
     Returns:
         uint8 labels in the BraTS 2021 convention (1 NCR, 2 ED, 4 ET).
     """
+    wm, gm, csf, brain, spacing = site.wm, site.gm, site.csf, site.brain, site.spacing
     out = np.zeros(brain.shape, np.uint8) if labels is None else labels
     vol_mm3 = float(np.exp(rng.uniform(np.log(volume_ml[0]), np.log(volume_ml[1])))) * 1000.0
     radius = (3.0 * vol_mm3 / (4.0 * np.pi)) ** (1 / 3) / spacing  # voxels
-    centre = _pick_centre(rng, wm, depth_vox, 0.6 * radius)
+    centre = _pick_centre(rng, wm, site.depth_vox, 0.6 * radius)
     half = int(np.ceil(radius * 1.8)) + 2
     lo = np.maximum(centre.astype(int) - half, 0)
     hi = np.minimum(centre.astype(int) + half + 1, brain.shape)

@@ -113,6 +113,13 @@ def aggregate(case_results: list[dict], *, provenance: dict | None = None) -> di
     return out
 
 
+def mean_scores(results: Mapping[str, Any], section: str, metrics: Sequence[str], prefix: str = "") -> dict[str, float]:
+    """``{<metric>_<prefix><name>: mean}`` of a results JSON's ``section`` (regions or labels): the
+    test scores each aggregation logs, named alike in every run (comparable in the MLflow UI)."""
+    return {f"{metric}_{prefix}{name}": s[metric]["mean"] for name, s in (results.get(section) or {}).items()
+            for metric in metrics if metric in s}
+
+
 def _round(v: float, decimals: int) -> float | int:
     r = round(v, decimals)
     return int(r) if r == int(r) and abs(r) < 2**53 else r

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.evaluate import edge_cases as ec
+from medseg.config import with_options
 from medseg.evaluate import metrics
+from medseg.evaluate.config import EvalConfig
 from medseg.evaluate.lesionwise import lesionwise_metrics
 from medseg.io import InputError, grid_differences, read_labels
 from medseg.tasks.definition import LabelError, Task
@@ -68,11 +69,9 @@ def task_for(task: Task | None, convention: str | None) -> Task:
     return brats_task("brats", convention or "2021")
 
 
-def evaluate_arrays(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *, case_id: str, task: Task | None = None,
-                    convention: str | None = None, regions: Sequence[str] | None = None, lesionwise: bool = False,
-                    edition: str = "2023-glioma",
-                    hd_max_mm: float = ec.DEFAULT_HD_MAX_MM, nsd_tolerance_mm: float = metrics.DEFAULT_NSD_TOLERANCE_MM,
-                    hd95_method: str = "pooled") -> dict:
+def evaluate_arrays(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *, case_id: str,
+                    task: Task | None = None, convention: str | None = None, regions: Sequence[str] | None = None,
+                    config: EvalConfig | None = None) -> dict:
     """Evaluate label arrays already checked against the task (see :func:`evaluate_case`).
 
     Args:
@@ -80,10 +79,12 @@ def evaluate_arrays(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
         ref: reference label map, same shape.
         spacing: voxel size in mm in array axis order.
         task: the dataset's task; ``None``: BraTS in ``convention``.
+        config: metric settings (:class:`~medseg.evaluate.config.EvalConfig`; default: its defaults).
     """
     task = task_for(task, convention)
     regions = _check_regions(task, regions)
-    kw = {"hd_max_mm": hd_max_mm, "nsd_tolerance_mm": nsd_tolerance_mm, "hd95_method": hd95_method}
+    cfg = EvalConfig() if config is None else config
+    kw = {"hd_max_mm": cfg.hd_max_mm, "nsd_tolerance_mm": cfg.nsd_tolerance_mm, "hd95_method": cfg.hd95_method}
     values = task.region_values()
     pred_r = {r: np.isin(pred, values[r]) for r in regions}
     ref_r = {r: np.isin(ref, values[r]) for r in regions}
@@ -92,22 +93,22 @@ def evaluate_arrays(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
         "task": task.name,
         "convention": task.preset[len("brats"):] if task.preset else None,
         "spacing_mm": [float(s) for s in spacing],
-        "settings": {"hd_max_mm": float(hd_max_mm), "nsd_tolerance_mm": float(nsd_tolerance_mm), "hd95_method": hd95_method},
+        "settings": {"hd_max_mm": float(cfg.hd_max_mm), "nsd_tolerance_mm": float(cfg.nsd_tolerance_mm),
+                     "hd95_method": cfg.hd95_method},
         "regions": {r: metrics.all_metrics(ref_r[r], pred_r[r], spacing, **kw) for r in regions},
         "labels": {name: metrics.all_metrics(ref == v, pred == v, spacing, **kw) for name, v in task.labels.items()},
     }
-    if lesionwise and regions:
-        result["lesionwise"] = lesionwise_metrics({r: ref_r[r] for r in regions}, {r: pred_r[r] for r in regions}, spacing, edition)
+    if cfg.lesionwise and regions:
+        result["lesionwise"] = lesionwise_metrics({r: ref_r[r] for r in regions}, {r: pred_r[r] for r in regions},
+                                                  spacing, cfg.edition)
     for r, m in {**result["regions"], **result["labels"]}.items():
         log.debug("case %s %s: dice %.4f hd95 %.2f mm (%s)", case_id, r, m["dice"], m["hd95"], m["edge_case"])
     return result
 
 
 def evaluate_case(pred_path: str | Path, ref_path: str | Path, *, case_id: str, task: Task | None = None,
-                  convention: str | None = None, regions: Sequence[str] | None = None, lesionwise: bool = False,
-                  edition: str = "2023-glioma",
-                  hd_max_mm: float = ec.DEFAULT_HD_MAX_MM, nsd_tolerance_mm: float = metrics.DEFAULT_NSD_TOLERANCE_MM,
-                  hd95_method: str = "pooled") -> dict:
+                  convention: str | None = None, regions: Sequence[str] | None = None,
+                  config: EvalConfig | None = None, **options) -> dict:
     """Read a prediction and its reference and compute every metric.
 
     Args:
@@ -117,19 +118,25 @@ def evaluate_case(pred_path: str | Path, ref_path: str | Path, *, case_id: str, 
         task: the dataset's task (labels, regions); ``None``: BraTS in ``convention``.
         convention: BraTS label convention of both files, ``"2021"`` or ``"2023"`` (without ``task``).
         regions: which of the task's regions to report (default all).
-        lesionwise: also compute BraTS 2023 lesion-wise scores.
-        edition: lesion-wise edition name (see :data:`medseg.evaluate.lesionwise.EDITIONS`).
-        hd_max_mm: HD95/ASSD in mm when exactly one side is empty.
-        nsd_tolerance_mm: tolerance in mm of the normalised surface Dice.
-        hd95_method: ``"pooled"`` (official BraTS) or ``"max_directed"``.
+        config: metric settings (:class:`~medseg.evaluate.config.EvalConfig`, config key
+            ``evaluation``; default: its defaults): ``hd_max_mm`` (HD95/ASSD in mm when exactly one
+            side is empty), ``nsd_tolerance_mm`` (tolerance in mm of the normalised surface Dice),
+            ``hd95_method`` (``"pooled"``, official BraTS, ``"max_directed"`` or ``"surfel"``),
+            ``lesionwise`` (also the BraTS 2023 lesion-wise scores) and ``edition`` (their
+            parameters, :data:`medseg.evaluate.lesionwise.EDITIONS`).
+        **options: fields of :class:`~medseg.evaluate.config.EvalConfig` overriding ``config``
+            (``lesionwise=True``, ...); an unknown name raises ``ValueError`` listing the valid ones.
 
     Returns:
-        JSON-able dict ``{"case", "task", "convention", "spacing_mm", "settings", "regions", "labels"[, "lesionwise"]}``.
+        JSON-able dict ``{"case", "task", "convention", "spacing_mm", "settings", "regions", "labels"``
+        ``[, "lesionwise"]}``.
 
     Raises:
         InputError: unreadable file or the two files on different grids (both named).
         LabelError: label values outside the task, or (BraTS) the two files in different conventions.
+        ValueError: an unknown option or an invalid setting.
     """
+    config = with_options(EvalConfig() if config is None else config, options, "evaluate_case")
     task = task_for(task, convention)
     pred_img = read_labels(pred_path, case=case_id)
     ref_img = read_labels(ref_path, case=case_id)
@@ -137,5 +144,4 @@ def evaluate_case(pred_path: str | Path, ref_path: str | Path, *, case_id: str, 
     pred, ref = sitk.GetArrayFromImage(pred_img), sitk.GetArrayFromImage(ref_img)
     check_labels(pred, ref, task, pred_path, ref_path)
     spacing = ref_img.GetSpacing()[::-1]  # SimpleITK (x, y, z) -> array (z, y, x)
-    return evaluate_arrays(pred, ref, spacing, case_id=case_id, task=task, regions=regions, lesionwise=lesionwise,
-                           edition=edition, hd_max_mm=hd_max_mm, nsd_tolerance_mm=nsd_tolerance_mm, hd95_method=hd95_method)
+    return evaluate_arrays(pred, ref, spacing, case_id=case_id, task=task, regions=regions, config=config)

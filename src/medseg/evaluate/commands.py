@@ -75,9 +75,26 @@ def match_cases(pred: str | Path, ref: str | Path) -> list[tuple[str, Path, Path
     return [(cid, preds[cid], refs[cid]) for cid in sorted(refs)]
 
 
+def references_convention(refs: list) -> str:
+    """The one BraTS convention of a set of reference label maps, voted by their label values
+    (:func:`medseg.tasks.presets.dataset_convention`: 4 = 2021, 3 = 2023; neither: 2021)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medseg.io import read_labels
+    from medseg.tasks.presets import dataset_convention, detect_convention
+
+    detected = {str(r): detect_convention(np.unique(sitk.GetArrayFromImage(read_labels(r))).tolist(), f"{r}: ")
+                for r in refs}
+    convention = dataset_convention(detected)
+    log.info("BraTS label convention of the references: %s (--convention auto)", convention)
+    return convention
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from medseg import provenance
-    from medseg.evaluate.aggregate import aggregate, plot_boxplots, write_cases_csv
+    from medseg.tracking import provenance
+    from medseg.evaluate.aggregate import aggregate, write_cases_csv
+    from medseg.evaluate.plots import plot_boxplots
     from medseg.evaluate.case import evaluate_case
     from medseg.io import write_json
 
@@ -87,6 +104,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from medseg.cohort.sheet import read_task
 
         task = read_task(args.task)
+    elif args.convention == "auto":
+        args.convention = references_convention([r for _, _, r in pairs])
     settings = {"convention": args.convention, "lesionwise": args.lesionwise, "edition": args.edition,
                 "hd_max_mm": args.hd_max_mm, "nsd_tolerance_mm": args.nsd_tolerance_mm, "hd95_method": args.hd95_method}
     log.info("evaluating %d cases (%s)", len(pairs), settings)
@@ -109,9 +128,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand."""
-    from medseg.evaluate.edge_cases import DEFAULT_HD_MAX_MM
+    from medseg.evaluate.config import HD95_CHOICES, EvalConfig
     from medseg.evaluate.lesionwise import EDITIONS
-    from medseg.evaluate.metrics import DEFAULT_NSD_TOLERANCE_MM, HD95_METHODS
+
+    ev = EvalConfig()
 
     from medseg.cli import add_output
 
@@ -121,12 +141,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_output(p, "results JSON to write (docs/results_schema.md)", "--json")
     p.add_argument("-t", "--task", default=None, help="task.json of the dataset (results/<dataset>/task.json): its labels "
                                                      "and regions are scored (none given: BraTS in --convention)")
-    p.add_argument("--convention", choices=["2021", "2023"], default="2021", help="BraTS label convention")
-    p.add_argument("--lesionwise", action="store_true", help="also compute BraTS 2023 lesion-wise Dice and HD95")
-    p.add_argument("--edition", choices=sorted(EDITIONS), default="2023-glioma", help="lesion-wise parameters")
+    p.add_argument("--convention", choices=["auto", "2021", "2023"], default="auto",
+                   help="BraTS label convention without --task: auto = voted by the references' label values "
+                        "(4: 2021, 3: 2023), as the workflow does")
+    p.add_argument("--lesionwise", action=argparse.BooleanOptionalAction, default=ev.lesionwise,
+                   help="also compute BraTS 2023 lesion-wise Dice and HD95")
+    p.add_argument("--edition", choices=sorted(EDITIONS), default=ev.edition, help="lesion-wise parameters")
     p.add_argument("--csv", default=None, help="also write one row per case to this CSV")
     p.add_argument("--plot", default=None, help="also write metric box plots to this PNG")
-    p.add_argument("--hd-max-mm", type=float, default=DEFAULT_HD_MAX_MM, help="HD95/ASSD when one side is empty (mm)")
-    p.add_argument("--nsd-tolerance-mm", type=float, default=DEFAULT_NSD_TOLERANCE_MM, help="surface Dice tolerance (mm)")
-    p.add_argument("--hd95-method", choices=sorted(HD95_METHODS), default="pooled", help="HD95 definition (pooled: official BraTS)")
+    p.add_argument("--hd-max-mm", type=float, default=ev.hd_max_mm, help="HD95/ASSD when one side is empty (mm)")
+    p.add_argument("--nsd-tolerance-mm", type=float, default=ev.nsd_tolerance_mm, help="surface Dice tolerance (mm)")
+    p.add_argument("--hd95-method", choices=list(HD95_CHOICES), default=ev.hd95_method,
+                   help="HD95 definition (pooled: official BraTS)")
     p.set_defaults(func=run_evaluate)

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import math
 
+from medseg.evaluate.config import EvalConfig
+
 NONE = "none"
 BOTH_EMPTY = "both_empty"
 REF_EMPTY = "ref_empty"
 PRED_EMPTY = "pred_empty"
 EDGE_CASES: tuple[str, ...] = (NONE, BOTH_EMPTY, REF_EMPTY, PRED_EMPTY)
 
-DEFAULT_HD_MAX_MM = 373.13
+DEFAULT_HD_MAX_MM = EvalConfig.hd_max_mm
 """Legacy BraTS worst-case distance in mm: diagonal of a 240 x 240 x 155 grid at 1 mm."""
 
 _VALUES: dict[str, dict[str, float | None]] = {

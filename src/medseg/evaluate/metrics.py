@@ -43,8 +43,9 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.evaluate import edge_cases as ec
+from medseg.evaluate.config import EvalConfig
 
-DEFAULT_NSD_TOLERANCE_MM = 1.0
+DEFAULT_NSD_TOLERANCE_MM = EvalConfig.nsd_tolerance_mm
 
 
 def _pair(ref: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,8 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, out_png: str | Path) -> None:
-    fig.tight_layout()
+def _save(plt, fig, out_png: str | Path, rect: tuple[float, float, float, float] | None = None) -> None:
+    fig.tight_layout(rect=rect)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
@@ -129,6 +129,58 @@ def _structures(ref: np.ndarray, pred: np.ndarray, structures: Mapping[str, Sequ
     return {names.get(v, f"label {v}"): np.asarray([v]) for v in values}
 
 
+def _read_case(case_id: str, image_path: str | Path | tuple, ref_path: str | Path,
+               pred_path: str | Path) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """The case's scan, and its reference and predicted label maps ``(z, y, x)`` in the canonical orientation.
+
+    Raises:
+        ValueError: the three files differ in size.
+    """
+    from medseg.cohort.sources import read_source
+    from medseg.preprocess.qc import to_canonical
+
+    path, channel = image_path if isinstance(image_path, tuple) else (image_path, None)
+    image = read_source(path, case_id, channel)
+    ref_img, pred_img = read_labels(ref_path, case=case_id), read_labels(pred_path, case=case_id)
+    if not (image.GetSize() == ref_img.GetSize() == pred_img.GetSize()):
+        raise ValueError(f"case {case_id!r}: image {image.GetSize()}, reference {ref_img.GetSize()} and prediction "
+                         f"{pred_img.GetSize()} differ in size")
+    return image, sitk.GetArrayFromImage(to_canonical(ref_img)), sitk.GetArrayFromImage(to_canonical(pred_img))
+
+
+def _draw_outlines(ax, ref: np.ndarray, pred: np.ndarray, found: Mapping[str, np.ndarray],
+                   legend: dict[str, str]) -> None:
+    """Outline each structure of ``found`` on the slices ``ref``/``pred`` (reference solid, prediction
+    dashed), adding its colour to ``legend`` (structure order, the same in every panel)."""
+    for name in found:
+        legend.setdefault(name, OKABE_ITO[len(legend) % len(OKABE_ITO)])
+    # largest first, so that a small structure's outline is drawn over the edge it shares with a larger one
+    for name, values in sorted(found.items(), key=lambda kv: -int(np.isin(ref, kv[1]).sum())):
+        colour = legend[name]
+        for labels, style in ((ref, REF_STYLE), (pred, PRED_STYLE)):
+            mask = np.isin(labels, values)
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linestyles=style, linewidths=1.3)
+
+
+def _orientation_letters(ax, shape: tuple[int, int]) -> None:
+    """Anterior, posterior, right and left at the edges of a radiological axial panel of ``shape``."""
+    h, w = shape
+    style = {"color": "yellow", "fontsize": 8, "ha": "center", "va": "center", "fontweight": "bold"}
+    for letter, (x, y) in zip("APRL", ((w / 2, 0.05 * h), (w / 2, 0.95 * h), (0.05 * w, h / 2), (0.95 * w, h / 2))):
+        ax.text(x - 0.5, y - 0.5, letter, **style)
+
+
+def _montage_legend(fig, legend: Mapping[str, str]) -> None:
+    """One line per structure colour, then the reference and prediction line styles, under the panels."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2, label=n) for n, c in legend.items()]
+    handles += [Line2D([], [], color="0.3", ls=REF_STYLE, label="reference"),
+                Line2D([], [], color="0.3", ls=PRED_STYLE, label="prediction")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+
+
 def overlay_montage(cases: Sequence[tuple[str, str | Path | tuple, str | Path, str | Path, float]], out_png: str | Path,
                     structure: str = "foreground", *, modality: str | None = None,
                     structures: Mapping[str, Sequence[int]] | None = None,
@@ -153,51 +205,20 @@ def overlay_montage(cases: Sequence[tuple[str, str | Path | tuple, str | Path, s
     if not cases:
         raise ValueError("cases is empty; nothing to draw")
     plt = _pyplot()
-    from matplotlib.lines import Line2D
-
-    from medseg.cohort.sources import read_source
-    from medseg.preprocess.qc import to_canonical
-
     fig, axes = plt.subplots(1, len(cases), figsize=(3.8 * len(cases), 4.8), squeeze=False)
     legend: dict[str, str] = {}
     for ax, (case_id, image_path, ref_path, pred_path, dsc) in zip(axes[0], cases):
-        path, channel = image_path if isinstance(image_path, tuple) else (image_path, None)
-        image = read_source(path, case_id, channel)
-        ref_img, pred_img = read_labels(ref_path, case=case_id), read_labels(pred_path, case=case_id)
-        if not (image.GetSize() == ref_img.GetSize() == pred_img.GetSize()):
-            raise ValueError(f"case {case_id!r}: image {image.GetSize()}, reference {ref_img.GetSize()} and prediction "
-                             f"{pred_img.GetSize()} differ in size")
-        ref = sitk.GetArrayFromImage(to_canonical(ref_img))
-        pred = sitk.GetArrayFromImage(to_canonical(pred_img))
+        image, ref, pred = _read_case(case_id, image_path, ref_path, pred_path)
         area = ((ref if ref.any() else pred) > 0).sum(axis=(1, 2))
         z = int(np.argmax(area))
         view, aspect, _ = axial_view(image, z)
         lo, hi = np.percentile(view, [1, 99])
         ax.imshow(view, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect, interpolation="nearest")
-        found = _structures(ref, pred, structures, label_names)
-        for name in found:  # colours in structure order, the same in every panel
-            legend.setdefault(name, OKABE_ITO[len(legend) % len(OKABE_ITO)])
-        # largest first, so that a small structure's outline is drawn over the edge it shares with a larger one
-        for name, values in sorted(found.items(), key=lambda kv: -int(np.isin(ref[z], kv[1]).sum())):
-            colour = legend[name]
-            for labels, style in ((ref[z], REF_STYLE), (pred[z], PRED_STYLE)):
-                mask = np.isin(labels, values)
-                if mask.any() and not mask.all():
-                    ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linestyles=style, linewidths=1.3)
-        h, w = view.shape
-        style = {"color": "yellow", "fontsize": 8, "ha": "center", "va": "center", "fontweight": "bold"}
-        for letter, (x, y) in zip("APRL", ((w / 2, 0.05 * h), (w / 2, 0.95 * h), (0.05 * w, h / 2), (0.95 * w, h / 2))):
-            ax.text(x - 0.5, y - 0.5, letter, **style)
+        _draw_outlines(ax, ref[z], pred[z], _structures(ref, pred, structures, label_names), legend)
+        _orientation_letters(ax, view.shape)
         scan = modality or modality_name(image_path)
         ax.set_title(f"{case_id}\n{scan}, axial slice {z}\n{structure} Dice {dsc:.3f}", fontsize=8)
         ax.axis("off")
-    handles = [Line2D([], [], color=c, lw=2, label=n) for n, c in legend.items()]
-    handles += [Line2D([], [], color="0.3", ls=REF_STYLE, label="reference"),
-                Line2D([], [], color="0.3", ls=PRED_STYLE, label="prediction")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    _montage_legend(fig, legend)
     fig.suptitle("axial, radiological convention (patient's right on the left, anterior up)", fontsize=9)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.94))
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    log.info("wrote %s", out_png)
+    _save(plt, fig, out_png, rect=(0, 0.07, 1, 0.94))

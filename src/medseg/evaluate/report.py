@@ -1,13 +1,15 @@
 """Write the results files of one dataset x model: JSON (with provenance), per-case CSV, box plots."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg import provenance
-from medseg.evaluate.aggregate import aggregate, write_cases_csv
+from medseg.tracking import provenance
+from medseg.evaluate.aggregate import aggregate, mean_scores, write_cases_csv
 from medseg.evaluate.plots import overlay_montage, plot_boxplots, scored_section, select_montage_cases
 from medseg.cohort.sheet import read_case_sheet
 from medseg.io import read_json, sha256, write_json
@@ -15,69 +17,142 @@ from medseg.io import read_json, sha256, write_json
 log = logging.getLogger(__name__)
 
 
-def write_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_csv: str | Path, out_png: str | Path, *,
-                  config: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None,
-                  inputs: Sequence[str | Path] = (), rule: str | None = None,
-                  wildcards: Mapping[str, str] | None = None, montage_png: str | Path | None = None,
-                  case_files: Mapping[str, tuple] | None = None,
-                  excluded: Mapping[str, str] | None = None, predicted_only: Mapping[str, str] | None = None,
-                  dataset: str | None = None, model: str | None = None, model_files: Sequence[str | Path] = (),
-                  sheet: str | Path | None = None, out_html: str | Path | None = None, task: Any = None,
-                  modality: str | None = None, qc_jsons: Sequence[str | Path] = ()) -> dict:
-    """Aggregate per-case metric files into the results JSON, CSV and box plots; return the JSON dict.
+@dataclass(frozen=True)
+class ResultsRequest:
+    """What the results of one dataset x model are made of (what the workflow's aggregation job knows).
 
-    ``montage_png`` + ``case_files`` (case -> (image, reference, prediction) paths): overlay montage
-    of the best, median and worst cases by whole-tumour Dice. ``excluded``: case id -> why it was
-    left out of the dataset (``datasets.<name>.exclude``, or the problem the case sheet found),
-    listed as ``excluded_cases``: the numbers are over the remaining cases only.
-    ``predicted_only``: unlabelled case -> its prediction file, listed as ``predicted_only`` (not scored).
-    ``dataset``, ``model`` (the config's model name) and ``model_files`` (each fold's ``model.pt``)
-    describe the model (:func:`model_block`); ``sheet``: the dataset's case sheet, whose split
-    column names every case's split (``splits``) and whose files are checksummed for the scored
-    and predicted cases (``source_scans``). ``out_html``: the summary table page
-    (:func:`write_summary_html`). ``task``: the dataset's :class:`~medseg.tasks.Task`, whose regions (or
-    labels) the montage outlines by name; ``modality``: the name of the scan it shows. ``qc_jsons``:
-    the cases' preprocessing QC files (``preprocess/<case>/*_qc.json``); the gates that only warned
-    (``qc_action: warn``) are listed under ``qc_warnings`` (case -> reasons). Schema: ``docs/results_schema.md``.
+    Attributes:
+        dataset, model: the dataset and model keys.
+        metrics: per-case metric files of the held-out cases (:func:`medseg.evaluate.case.evaluate_case`).
+        predictions: case -> its prediction file (held-out cases: the montage overlays them).
+        references: case -> ((native reference scan, its channel in a 4-D file or None), label map): the
+            montage's images.
+        predicted_only: unlabelled case -> its prediction file (listed, not scored); unlabelled: those cases.
+        excluded: case id -> why it was left out of the dataset (``datasets.<name>.exclude``, or the
+            problem the case sheet found): the numbers are over the remaining cases only.
+        config, seeds: the resolved config and its seeds (provenance).
+        inputs: files whose checksums the provenance records; rule, wildcards: the job's.
+        model_files: each fold's ``model.pt`` (:func:`model_block`).
+        sheet: the dataset's case sheet: its split column names every case's split (``splits``) and
+            its files are checksummed for the scored and predicted cases (``source_scans``).
+        task: the dataset's :class:`~medseg.tasks.Task` (the montage outlines its regions or labels by
+            name); modality: the name of the scan the montage shows.
+        qc_jsons: the cases' preprocessing QC files; the gates that only warned are listed under
+            ``qc_warnings`` (case -> reasons).
     """
-    if not case_jsons:
-        raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
-    cases = [read_json(p) for p in case_jsons]
-    prov = provenance.collect(config, inputs=inputs, seeds=seeds, rule=rule, wildcards=wildcards)
-    results = aggregate(cases, provenance=prov)
-    results["excluded_cases"] = dict(sorted((excluded or {}).items()))
-    results["predicted_only"] = dict(sorted((predicted_only or {}).items()))
+
+    dataset: str | None = None
+    model: str | None = None
+    metrics: Sequence[str] = ()
+    predictions: Mapping[str, str] = field(default_factory=dict)
+    references: Mapping[str, tuple] = field(default_factory=dict)
+    predicted_only: Mapping[str, str] = field(default_factory=dict)
+    unlabelled: Sequence[str] = ()
+    excluded: Mapping[str, str] = field(default_factory=dict)
+    config: Mapping[str, Any] | None = None
+    seeds: Mapping[str, Any] | None = None
+    inputs: Sequence[str] = ()
+    rule: str | None = None
+    wildcards: Mapping[str, str] | None = None
+    model_files: Sequence[str] = ()
+    sheet: str | None = None
+    task: Any = None
+    modality: str | None = None
+    qc_jsons: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class ResultsFiles:
+    """Where the results go: the JSON, the per-case CSV, box plots and, optionally, the summary page and montage."""
+
+    json: str
+    csv: str
+    boxplots: str
+    summary: str | None = None
+    montage: str | None = None
+
+
+def qc_warnings(qc_jsons: Sequence[str | Path]) -> dict[str, list[str]]:
+    """Case -> the reasons of its preprocessing gates that only warned (``qc_action: warn``)."""
     warnings: dict[str, list[str]] = {}
     for path in qc_jsons:
         found = read_json(path).get("qc_warnings") or []
         if found:
             warnings.setdefault(Path(path).parent.name, []).extend(found)
-    results["qc_warnings"] = dict(sorted(warnings.items()))
-    results["dataset"] = dataset
-    results["model"] = model_block(model, model_files, config)
-    results["config"] = dict(config or {})
-    rows = read_case_sheet(sheet) if sheet else {}
+    return dict(sorted(warnings.items()))
+
+
+def results_json(req: ResultsRequest, cases: Sequence[Mapping[str, Any]]) -> dict:
+    """The results JSON of ``req`` from its cases' metric dicts (schema: ``docs/results_schema.md``)."""
+    prov = provenance.collect(req.config, inputs=req.inputs, seeds=req.seeds, rule=req.rule, wildcards=req.wildcards)
+    results = aggregate(cases, provenance=prov)
+    results["excluded_cases"] = dict(sorted((req.excluded or {}).items()))
+    results["predicted_only"] = dict(sorted((req.predicted_only or {}).items()))
+    results["qc_warnings"] = qc_warnings(req.qc_jsons)
+    results["dataset"] = req.dataset
+    results["model"] = model_block(req.model, req.model_files, req.config)
+    results["config"] = dict(req.config or {})
+    rows = read_case_sheet(req.sheet) if req.sheet else {}
     results["splits"] = {c: {"split": r["split"], "fold": int(r["fold"]) if r.get("fold") else None}
                          for c, r in sorted(rows.items())}
-    wanted = [r["case"] for r in cases] + list(predicted_only or {})
+    wanted = [r["case"] for r in cases] + list(req.predicted_only or {})
     results["source_scans"] = {c: source_checksums(rows[c]) for c in sorted(wanted) if c in rows}
-    write_json(results, out_json)
+    return results
+
+
+def write_results(req: ResultsRequest, out: ResultsFiles) -> dict:
+    """Aggregate the per-case metric files into the results JSON, CSV, box plots, summary page and
+    montage of the best, median and worst cases by the first structure's Dice; return the JSON dict."""
+    if not req.metrics:
+        raise ValueError("no per-case metrics to aggregate: the dataset has no test cases (check split.test_fraction)")
+    cases = [read_json(p) for p in req.metrics]
+    results = results_json(req, cases)
+    write_json(results, out.json)
     split_of = {c: v["split"] for c, v in results["splits"].items()}
-    write_cases_csv(cases, out_csv, {"split": split_of, "model": {r["case"]: model or "" for r in cases}})
-    plot_boxplots(cases, out_png)
-    if out_html is not None:
-        write_summary_html(results, cases, split_of, out_html)
-    if montage_png is not None and case_files:
+    write_cases_csv(cases, out.csv, {"split": split_of, "model": {r["case"]: req.model or "" for r in cases}})
+    plot_boxplots(cases, out.boxplots)
+    if out.summary is not None:
+        write_summary_html(results, cases, split_of, out.summary)
+    if out.montage is not None and req.references:
         section = scored_section(cases[0])
+        task = req.task
         first = next(iter(task.structures())) if task is not None else next(iter(cases[0][section]))  # WT for BraTS
         picks = select_montage_cases(cases, region=first)
-        overlay_montage([(f"{tag}: {c}", *case_files[c], v) for tag, c, v in picks], montage_png, structure=first,
-                        modality=modality,
-                        structures=task.structures() if task is not None else None)
+        files = {c: (*req.references[c], req.predictions[c]) for c in req.references}
+        overlay_montage([(f"{tag}: {c}", *files[c], v) for tag, c, v in picks], out.montage, structure=first,
+                        modality=req.modality, structures=task.structures() if task is not None else None)
     section = scored_section(cases[0])
     means = {r: round(results[section][r]["dice"]["mean"], 4) for r in results[section]}
-    log.info("%d cases, mean Dice %s -> %s", len(cases), means, out_json)
+    log.info("%d cases, mean Dice %s -> %s", len(cases), means, out.json)
     return results
+
+
+def aggregate_job(req: ResultsRequest, inputs, outputs, rule: str) -> dict:
+    """The workflow's aggregation job: ``req`` with the job's files (``inputs``: metrics,
+    predictions, unlabelled predictions, models, qc, sheet, task; ``outputs``: json, csv, boxplots,
+    summary, montage), the results written, and the mean test scores logged on the job's run and the
+    invocation's parent run."""
+    from medseg import tracking
+    from medseg.cohort.sheet import read_task
+
+    cases = list(req.references)
+    req = dataclasses.replace(
+        req, metrics=list(inputs.metrics), predictions=dict(zip(cases, inputs.predictions)),
+        predicted_only=dict(zip(req.unlabelled, inputs.unlabelled)), inputs=[*inputs.models, *inputs.metrics],
+        rule=rule, wildcards={"dataset": req.dataset, "model": req.model}, model_files=list(inputs.models),
+        sheet=inputs.sheet, task=read_task(inputs.task), qc_jsons=list(inputs.qc))
+    res = write_results(req, ResultsFiles(outputs.json, outputs.csv, outputs.boxplots, outputs.summary, outputs.montage))
+    section = "regions" if res.get("regions") else "labels"
+    scores = mean_scores(res, section, ("dice", "hd95"))
+    if section == "regions" and res.get("labels"):
+        scores |= mean_scores(res, "labels", ("dice", "hd95"), prefix="label_")
+    tracking.log_metrics({**scores, "n_cases": res["n_cases"]})
+    tracking.log_invocation_metrics({f"{req.model}/{k}": v for k, v in scores.items()})
+    tracking.set_tags({"model.arch": res["model"]["arch"], "model.encoder": res["model"]["encoder"],
+                       "model.n_parameters": res["model"]["n_parameters"]})
+    for f in (outputs.json, outputs.csv, outputs.summary, outputs.boxplots, outputs.montage):
+        tracking.log_artifact(f)
+    return res
 
 
 NON_FILE_COLUMNS = ("case_id", "split", "fold", "labelled", "convention", "problem")
@@ -91,7 +166,7 @@ def source_checksums(row: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 def model_block(name: str | None, model_files: Sequence[str | Path], config: Mapping[str, Any] | None) -> dict:
     """The trained model: config name, architecture, encoder, parameter count, and per fold its file
-    and SHA-256 (:func:`medseg.provenance.model_facts`); the config's model section when no file is given."""
+    and SHA-256 (:func:`medseg.tracking.provenance.model_facts`); the config's model section when no file is given."""
     folds = [provenance.model_facts(f) | {"file": str(f)} for f in model_files]
     first = folds[0] if folds else {}
     section = dict(((config or {}).get("models") or {}).get(name or "", {}))

@@ -12,11 +12,13 @@ multiple of the network's total stride and crops the logits back, so no caller h
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from medseg.config import with_options
 
 Size = int | Sequence[int]
 
@@ -70,24 +72,64 @@ def make_act(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"act must be one of {list(ACTS)}, got {kind!r}")
 
 
+@dataclass(frozen=True)
+class ConvStyle:
+    """How a :class:`ConvNormAct` normalises, activates and regularises its convolution.
+
+    Attributes:
+        norm: ``batch``, ``instance`` or ``none`` (:func:`make_norm`).
+        act: ``relu``, ``leakyrelu`` or ``prelu`` (:func:`make_act`).
+        dropout: dropout probability after the convolution, in [0, 1] (0: no dropout layer).
+        preact: pre-activation order norm -> activation -> convolution (DenseNet layers).
+        bias: convolution bias (``None``: only without a norm, ``norm == "none"``).
+        norm_momentum: running-average momentum of batch norm (as in ``nn.BatchNorm``).
+    """
+
+    norm: str = "batch"
+    act: str = "relu"
+    dropout: float = 0.0
+    preact: bool = False
+    bias: bool | None = None
+    norm_momentum: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
+        if self.act not in ACTS:
+            raise ValueError(f"act must be one of {list(ACTS)}, got {self.act!r}")
+        if not 0 <= self.dropout <= 1:
+            raise ValueError(f"dropout must be in [0, 1], got {self.dropout}")
+
+
 class ConvNormAct(nn.Sequential):
     """Convolution -> [dropout] -> norm -> activation, or the pre-activation order
     norm -> activation -> convolution -> [dropout] (``preact=True``, DenseNet layers).
 
     "Same" padding (``(k - 1) // 2`` per axis), so only ``stride`` changes the size.
+
+    Args:
+        spatial_dims: 2 or 3.
+        cin, cout: input and output channels.
+        kernel, stride: per spatial axis (``D, H, W``) or one int for all.
+        style: norm, activation, dropout, order, bias and norm momentum (:class:`ConvStyle`;
+            default: its defaults, batch norm and ReLU).
+        **options: fields of :class:`ConvStyle` overriding ``style`` (``norm="instance"``, ...); an
+            unknown name raises ``ValueError`` listing the valid ones.
     """
 
-    def __init__(self, spatial_dims: int, cin: int, cout: int, kernel: Size = 3, stride: Size = 1, *,
-                 norm: str = "batch", act: str = "relu", dropout: float = 0.0, preact: bool = False,
-                 bias: bool | None = None, norm_momentum: float = 0.1) -> None:
+    def __init__(self, spatial_dims: int, cin: int, cout: int, kernel: Size = 3, stride: Size = 1,
+                 style: ConvStyle | None = None, **options) -> None:
         k, s = _tup(kernel, spatial_dims), _tup(stride, spatial_dims)
+        style = with_options(ConvStyle() if style is None else style, options, "ConvNormAct")
         conv = conv_op(spatial_dims)(cin, cout, k, s, padding=tuple((i - 1) // 2 for i in k),
-                                     bias=(norm == "none") if bias is None else bias)
-        drop = [nn.Dropout(dropout)] if dropout > 0 else []
-        if preact:
-            super().__init__(make_norm(norm, spatial_dims, cin, norm_momentum), make_act(act, cin), conv, *drop)
+                                     bias=(style.norm == "none") if style.bias is None else style.bias)
+        drop = [nn.Dropout(style.dropout)] if style.dropout > 0 else []
+        if style.preact:
+            super().__init__(make_norm(style.norm, spatial_dims, cin, style.norm_momentum), make_act(style.act, cin),
+                             conv, *drop)
         else:
-            super().__init__(conv, *drop, make_norm(norm, spatial_dims, cout, norm_momentum), make_act(act, cout))
+            super().__init__(conv, *drop, make_norm(style.norm, spatial_dims, cout, style.norm_momentum),
+                             make_act(style.act, cout))
 
 
 class Down(nn.Module):
@@ -156,17 +198,14 @@ def crop_to(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
 class SegmentationNet(nn.Module):
     """Base class of medseg's own networks: logits ``(B, K, *spatial)`` for ``(B, C, *spatial)``.
 
-    Subclasses set ``spatial_dims``, ``divisor`` (total stride; inputs are padded up to a multiple
-    of it and logits cropped back) and ``patch_size`` in ``__init__``, and implement
-    :meth:`forward_padded`. Class attributes ``default_loss`` (a key of ``medseg.losses.LOSSES``)
-    and ``default_blending`` (a stitching blending mode) state what the paper used.
+    Subclasses set ``spatial_dims`` and ``divisor`` (total stride; inputs are padded up to a multiple
+    of it and logits cropped back) in ``__init__``, and implement :meth:`forward_padded`. What the
+    paper trained and blended with (loss, blending, patch) is the registry entry's
+    (:data:`medseg.models.REGISTRY`), not the network's: networks take any input size.
     """
 
-    default_loss: ClassVar[str] = "dice_bce"
-    default_blending: ClassVar[str] = "gaussian"
     spatial_dims: int
     divisor: int
-    patch_size: tuple[int, ...] | None
     channels_last: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,14 +222,18 @@ class SegmentationNet(nn.Module):
         raise NotImplementedError
 
 
-def check_common(cfg, n_down: int) -> None:
-    """Validate the fields every medseg network config shares (``in/out_channels``, ``spatial_dims``,
-    ``patch_size``: one entry per spatial axis, each a multiple of ``2 ** n_down``)."""
+def check_common(cfg) -> None:
+    """Validate the fields every medseg network config shares (``in/out_channels``, ``spatial_dims``)."""
     check_dims(cfg.spatial_dims, f"models.{cfg.arch}.spatial_dims")
     for key in ("in_channels", "out_channels"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"models.{key} must be >= 1, got {getattr(cfg, key)}")
-    p = cfg.patch_size
-    if len(p) != cfg.spatial_dims or any(int(s) < 1 or int(s) % 2 ** n_down for s in p):
-        raise ValueError(f"models.patch_size must be {cfg.spatial_dims} sizes, each a multiple of {2 ** n_down} "
-                         f"(the network's total stride), got {p}")
+
+
+def check_patch(cfg, patch, key: str = "patch_size") -> None:
+    """Raise ``ValueError`` naming ``key`` unless ``patch`` has one size per spatial axis of ``cfg``, each
+    a multiple of the network's total stride (``cfg.divisor``, 1 for networks that pad any input)."""
+    divisor = getattr(cfg, "divisor", 1)
+    if len(patch) != cfg.spatial_dims or any(int(s) < 1 or int(s) % divisor for s in patch):
+        raise ValueError(f"{key} must be {cfg.spatial_dims} sizes, each a multiple of {divisor} "
+                         f"(the {cfg.arch} network's total stride), got {list(patch)}")

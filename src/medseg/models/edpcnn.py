@@ -10,7 +10,7 @@ pattern around a centre -> warped map -> radial cost ``(B, N, M)`` (Eq. 2) -> DP
 
 In the workflow: model key ``edpcnn`` (:class:`EDPCNNModelConfig` in :data:`medseg.models.REGISTRY`),
 trained on the task's largest region (BraTS: WT) or the union of its labels by
-:mod:`medseg.train_edpcnn`, predicted slice by slice by :mod:`medseg.edpcnn_inference`.
+:mod:`medseg.training.edpcnn`, predicted slice by slice by :mod:`medseg.inference.edpcnn`.
 
 Training (Algorithm 2): the DP is not differentiable, so an approximating network ``F``
 (:class:`SGNet`, "Approx. Neural Network") maps the cost to ``N`` softmax vectors of size ``M``
@@ -69,7 +69,6 @@ import torch.nn.functional as F
 from medseg.models.star_dp import (
     closed_contour_dp,
     largest_component_centre,
-    mask_to_star_indices,
     radial_cost,
     render_contour,
     sample_star,
@@ -174,7 +173,7 @@ class EDPCNNModelConfig(StarDPSettings):
     :class:`EDPCNNConfig` (same names, same meaning, same paper defaults; see there).
     ``in_channels``, ``out_channels`` and ``object_channel`` are set by the trainer from the task:
     the U-Net takes ``in_channels`` (modalities x context slices) and always produces ONE map;
-    ``out_channels`` is the task's output count ``K``, the channels :mod:`medseg.edpcnn_inference`
+    ``out_channels`` is the task's output count ``K``, the channels :mod:`medseg.inference.edpcnn`
     fills at inference: the segmented object in channel ``object_channel`` (the largest region,
     BraTS WT; or the first label), the other channels empty. 2-D: whole slices, ``patch_size`` None.
     """
@@ -187,7 +186,6 @@ class EDPCNNModelConfig(StarDPSettings):
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
     pretrained: bool = False
     weights: str | None = None
-    patch_size: ClassVar[None] = None
 
     def __post_init__(self) -> None:
         if self.arch != "edpcnn":
@@ -247,16 +245,13 @@ class EDPCNN(nn.Module):
 
     ``forward`` returns the U-Net's map while training; in eval mode (``eval_output="mask_logits"``)
     it returns the EDPCNN segmentation as logits ``(B, 1, H, W)`` (+10 inside, -10 outside).
-    :meth:`predict_mask` gives the mask ``(B, H, W)`` uint8. Train with :func:`train_step`.
+    :meth:`predict_mask` gives the mask ``(B, H, W)`` uint8. Trained by :func:`medseg.training.edpcnn_step.train_step`.
     Built from an :class:`EDPCNNConfig` or from the registry's :class:`EDPCNNModelConfig`
     (then ``arch_cfg`` keeps it, ``n_outputs`` is the task's channel count ``K`` and
     ``object_channel`` the channel of the mask; 1 and 0 otherwise).
     """
 
     spatial_dims: ClassVar[int] = 2
-    patch_size: ClassVar[None] = None
-    default_blending: ClassVar[str] = "constant"  # whole slices, one window each: no blending
-    default_loss: ClassVar[str] = "dice_bce"  # unused: medseg.train_edpcnn trains with Algorithm 2
 
     def __init__(self, cfg: EDPCNNConfig | EDPCNNModelConfig) -> None:
         super().__init__()
@@ -331,116 +326,6 @@ class EDPCNN(nn.Module):
             return self.segment(maps, centres).to(torch.uint8)
         finally:
             self.train(was)
-
-
-def make_optimizers(model: EDPCNN) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Adam for the U-Net and Adam for ``F`` (Sec. 3.3: beta = (0.9, 0.999), no weight decay)."""
-    c = model.cfg
-    return (torch.optim.Adam(model.unet.parameters(), lr=c.lr, betas=(0.9, 0.999)),
-            torch.optim.Adam(model.sg.parameters(), lr=c.sg_lr, betas=(0.9, 0.999)))
-
-
-def training_centres(masks: torch.Tensor, jitter: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Star centres ``(B, 2)`` for masks ``(B, H, W)``: a uniform random pixel of each mask
-    (``jitter``) or its centre of mass; the image centre for an empty mask."""
-    b, h, w = masks.shape
-    flat = masks.reshape(b, -1).float().cpu()
-    out = torch.empty((b, 2))
-    for i in range(b):
-        if flat[i].sum() == 0:
-            out[i] = torch.tensor([(h - 1) / 2, (w - 1) / 2])
-        elif jitter:
-            k = int(torch.multinomial(flat[i], 1, generator=generator))
-            out[i] = torch.tensor([k // w, k % w], dtype=torch.float32)
-        else:
-            pts = torch.nonzero(flat[i].reshape(h, w)).float()
-            out[i] = pts.mean(0)
-    return out.to(masks.device)
-
-
-def _sg_ce(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Cross entropy of ``F``'s per-ray softmax ``(B, N, M)`` against indices ``(B, N)``."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx.reshape(-1).long())
-
-
-def fit_sg(model: EDPCNN, cost: torch.Tensor, opt_sg: torch.optim.Optimizer,
-           generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Algorithm 2's inner loop: fit ``F`` to ``DP(g + sigma eps_s)`` for ``S`` noise samples.
-
-    Args:
-        cost: ``(B, N, M)`` radial cost of the current maps (detached here).
-
-    Returns:
-        ``F``'s cross entropy against the DP targets at the first and at the last step.
-    """
-    c = model.cfg
-    b, n, m = cost.shape
-    g = cost.detach()
-    eps = torch.randn((b, c.noise_samples, n, m), generator=generator).to(g.device)
-    noisy = (g[:, None] + c.noise_sigma * eps).reshape(b * c.noise_samples, n, m)
-    target = torch.round(model.dp_indices(noisy)).clamp(0, m - 1).long()  # F mimics the post-processed DP
-    model.sg.train()
-    first = last = math.nan
-    for step in range(c.sg_steps):
-        loss = _sg_ce(model.sg(noisy), target)
-        opt_sg.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_sg.step()
-        last = float(loss.detach())
-        if step == 0:
-            first = last
-    return first, last
-
-
-def train_step(model: EDPCNN, x: torch.Tensor, masks: torch.Tensor, opt_unet: torch.optim.Optimizer,
-               opt_sg: torch.optim.Optimizer, generator: torch.Generator | None = None) -> dict[str, float]:
-    """One iteration of Algorithm 2 on a batch.
-
-    Args:
-        x: images ``(B, C, H, W)``.
-        masks: binary targets ``(B, H, W)`` (one star-shaped object per image). Images whose
-            mask is empty (slices without the object, drawn by the workflow's trainer) train only
-            the centre loss; ``F`` and the synthetic loss use the others (none: no DP this step).
-        opt_unet, opt_sg: from :func:`make_optimizers`.
-        generator: torch RNG for centres, rotations and exploration noise (CPU).
-
-    Returns:
-        ``sg_loss_first``/``sg_loss`` (F vs DP, first and last inner step), ``sg_gt_loss``
-        (``CE(F(g), p_gt)``, the U-Net's synthetic loss), ``centre_loss`` and ``loss``.
-    """
-    c = model.cfg
-    model.train()
-    maps = model.unet(x)[:, 0]  # (B, H, W)
-    masks = masks.to(maps.device)
-    centres = training_centres(masks, c.centre_jitter, generator)
-    angles = (torch.rand(len(x), generator=generator) * 2 - 1).to(maps.device) * c.angle_jitter
-    has = masks.reshape(len(masks), -1).any(1)
-    if bool(has.all()):
-        sub_maps, sub_masks, sub_centres, sub_angles = maps, masks, centres, angles
-    else:
-        sub_maps, sub_masks, sub_centres, sub_angles = maps[has], masks[has], centres[has], angles[has]
-    if len(sub_maps):
-        cost = model.cost(sub_maps, sub_centres, sub_angles)
-        sg_first, sg_last = fit_sg(model, cost, opt_sg, generator)
-        gt = mask_to_star_indices(sub_masks, sub_centres, c.n_rays, c.n_points, c.radius_px, sub_angles)
-        model.sg.eval()  # as the authors: F's batch-norm statistics are not updated by the outer step
-        for p in model.sg.parameters():
-            p.requires_grad_(False)
-        try:
-            sg_gt = _sg_ce(model.sg(cost), gt)
-        finally:
-            for p in model.sg.parameters():
-                p.requires_grad_(True)
-    else:
-        sg_first = sg_last = math.nan
-        sg_gt = maps.sum() * 0
-    centre_loss = F.binary_cross_entropy_with_logits(maps, masks.float()) if c.centre_loss_weight > 0 else maps.sum() * 0
-    loss = sg_gt + c.centre_loss_weight * centre_loss
-    opt_unet.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_unet.step()
-    return {"sg_loss_first": sg_first, "sg_loss": sg_last, "sg_gt_loss": float(sg_gt.detach()),
-            "centre_loss": float(centre_loss.detach()), "loss": float(loss.detach())}
 
 
 def build_edpcnn(unet: ModelConfig, **settings) -> EDPCNN:

@@ -21,7 +21,7 @@ What the paper says (Sec. 2.1, Figs. 1-2, Table 1):
   0.15); no batch normalisation ("not beneficial ... numerical instabilities", Sec. 2.1);
 - dropout right before the output layer (Sec. 2.2); a 1x1x1 output convolution to K classes
   with softmax; the loss is 1 - IoU over the one-hot classes (``multiclass_iou`` in
-  ``medseg.losses``, the default here; the paper leaves the background class out of the sum,
+  ``medseg.training.losses``, the default here; the paper leaves the background class out of the sum,
   ``y_{1:}``, and medseg's loss averages over all K classes).
 - training hyper-parameters (Table 1, for the trainer): Adam, lr 7.6e-5, betas (0.9, 0.999),
   L2 weight 3e-4, gradient clipping at 1.0.
@@ -54,7 +54,6 @@ class FactorizedUNetConfig:
         in_channels: input channels (modalities); set by the trainer from the task.
         out_channels: K logits (labels + background, softmax); set by the trainer.
         spatial_dims: 3 (the factorisation is over the axes of a volume).
-        patch_size: window in voxels ``(D, H, W)``; multiples of ``2 ** (len(features) - 1)``.
         features: channels per level, finest first (30 doubling per level).
         kernels: the convolutions of one block, each a ``(kD, kH, kW)`` kernel (odd sizes).
         dropout: dropout probability after every convolution and before the output layer (0.15).
@@ -67,7 +66,6 @@ class FactorizedUNetConfig:
     in_channels: int = 4
     out_channels: int = 4
     spatial_dims: int = 3
-    patch_size: tuple[int, ...] = (32, 128, 128)
     features: tuple[int, ...] = (30, 60, 120, 240)
     kernels: tuple[tuple[int, ...], ...] = ((1, 3, 3), (3, 1, 3), (3, 3, 1), (1, 3, 3))
     dropout: float = 0.15
@@ -86,7 +84,12 @@ class FactorizedUNetConfig:
             raise ValueError(f"models.features must be >= 2 positive channel counts, got {self.features}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"models.dropout must be in [0, 1), got {self.dropout}")
-        check_common(self, len(self.features) - 1)
+        check_common(self)
+
+    @property
+    def divisor(self) -> int:
+        """Total stride: windows and patches are multiples of it."""
+        return 2 ** (len(self.features) - 1)
 
 
 class FactorizedBlock(nn.Sequential):
@@ -104,16 +107,14 @@ class FactorizedBlock(nn.Sequential):
 class FactorizedUNet(SegmentationNet):
     """``(B, C, D, H, W)`` -> logits ``(B, K, D, H, W)``."""
 
-    default_loss = "multiclass_iou"
 
     def __init__(self, cfg: FactorizedUNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.spatial_dims = 3
-        self.patch_size = tuple(cfg.patch_size)
         self.channels_last = cfg.channels_last
         f = cfg.features
-        self.divisor = 2 ** (len(f) - 1)
+        self.divisor = cfg.divisor
         self.enc = nn.ModuleList(FactorizedBlock(cfg.in_channels if i == 0 else f[i - 1], f[i], cfg)
                                  for i in range(len(f)))
         self.pool = Down(3, 1, kind="max")

@@ -58,7 +58,6 @@ class Tiramisu3DConfig:
         in_channels: input channels (modalities); set by the trainer from the task.
         out_channels: K logits; set by the trainer.
         spatial_dims: 3 (the paper) or 2 (Jégou et al.'s FC-DenseNet).
-        patch_size: window in voxels ``(D, H, W)``; each a multiple of ``2 ** n_pool``.
         first_features: filters of the first convolution (48).
         growth_rate: new feature maps per dense layer (16).
         layers_per_block: dense layers per block: ``n_pool`` down, bottleneck, ``n_pool`` up
@@ -72,7 +71,6 @@ class Tiramisu3DConfig:
     in_channels: int = 4
     out_channels: int = 3
     spatial_dims: int = 3
-    patch_size: tuple[int, ...] = (16, 64, 64)
     first_features: int = 48
     growth_rate: int = 16
     layers_per_block: tuple[int, ...] = (7, 8, 9, 12, 15, 16, 17)
@@ -90,7 +88,12 @@ class Tiramisu3DConfig:
                              f"got {self.first_features}, {self.growth_rate}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"models.dropout must be in [0, 1), got {self.dropout}")
-        check_common(self, len(lp) // 2)
+        check_common(self)
+
+    @property
+    def divisor(self) -> int:
+        """Total stride (``2 ** n_pool``): windows and patches are multiples of it."""
+        return 2 ** (len(self.layers_per_block) // 2)
 
 
 class DenseBlock(nn.Module):
@@ -116,18 +119,14 @@ class DenseBlock(nn.Module):
 class Tiramisu3D(SegmentationNet):
     """FC-DenseNet: ``(B, C, D, H, W)`` -> logits ``(B, K, D, H, W)`` (or 2-D)."""
 
-    default_loss = "dice_bce"
-    default_blending = "constant"
-
     def __init__(self, cfg: Tiramisu3DConfig) -> None:
         super().__init__()
         self.cfg = cfg
         nd = self.spatial_dims = cfg.spatial_dims
-        self.patch_size = tuple(cfg.patch_size)
         self.channels_last = cfg.channels_last
         lp, k = cfg.layers_per_block, cfg.growth_rate
         n_pool = len(lp) // 2
-        self.divisor = 2 ** n_pool
+        self.divisor = cfg.divisor
         self.first = conv_op(nd)(cfg.in_channels, cfg.first_features, 3, padding=1)
         c = cfg.first_features
         self.down_blocks, self.trans_down, skip_ch = nn.ModuleList(), nn.ModuleList(), []

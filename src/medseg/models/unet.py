@@ -48,11 +48,6 @@ class ModelConfig:
         """2: slices (2-D) or slices with context channels (2.5-D)."""
         return 2
 
-    @property
-    def patch_size(self) -> tuple[int, ...] | None:
-        """None: the model sees whole slices (inference windows come from ``inference.patch_size``)."""
-        return None
-
 
 class ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
@@ -63,14 +58,10 @@ class ConvBlock(nn.Sequential):
 
 
 class TimmUNet(nn.Module):
-    default_loss = "dice_bce"
-    default_blending = "gaussian"
-
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.spatial_dims = cfg.spatial_dims
-        self.patch_size = cfg.patch_size
         try:
             self.encoder = timm.create_model(cfg.encoder, features_only=True, pretrained=False, in_chans=cfg.in_channels, **cfg.extra)
         except (RuntimeError, ValueError) as e:

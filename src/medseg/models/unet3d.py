@@ -22,7 +22,7 @@ Architecture (Sec. 2.1, Fig. 4, Appendix A Fig. 17 and Table 7), levels ``l = 0.
   speeds up convergence (Sec. 4.1, Fig. 10).
 
 Training in the paper: Jaccard distance summed over classes (Sec. 2.2, eq. 3; ``jaccard`` in
-``medseg.losses``, the default here), Adam with learning rate 5e-5, flips and random rotations.
+``medseg.training.losses``, the default here), Adam with learning rate 5e-5, flips and random rotations.
 
 Deviations, and why:
 
@@ -54,7 +54,6 @@ class UNet3DConfig:
         in_channels: input channels (modalities); set by the trainer from the task.
         out_channels: K logits (regions or labels + background); set by the trainer.
         spatial_dims: 3 (the paper) or 2.
-        patch_size: training/inference window, voxels ``(D, H, W)``; multiples of ``2 ** (levels - 1)``.
         features: channels per level, finest first (Table 7: 8, 16, 32, 64).
         merge: long skip connections by ``concat`` (Sec. 4.2, BRATS) or ``sum`` (Sec. 2.1 option).
         seg_levels: decoder levels whose segmentation maps are summed (3 in the paper; 1 = off).
@@ -69,7 +68,6 @@ class UNet3DConfig:
     in_channels: int = 4
     out_channels: int = 3
     spatial_dims: int = 3
-    patch_size: tuple[int, ...] = (128, 128, 128)
     features: tuple[int, ...] = (8, 16, 32, 64)
     merge: str = "concat"
     seg_levels: int = 3
@@ -82,26 +80,28 @@ class UNet3DConfig:
     def __post_init__(self) -> None:
         if len(self.features) < 2 or min(self.features) < 1:
             raise ValueError(f"models.features must be >= 2 positive channel counts, got {self.features}")
-        check_common(self, len(self.features) - 1)
+        check_common(self)
         if self.merge not in ("concat", "sum"):
             raise ValueError(f"models.merge must be 'concat' or 'sum', got {self.merge!r}")
         if not 1 <= self.seg_levels <= len(self.features) - 1:
             raise ValueError(f"models.seg_levels must be in [1, {len(self.features) - 1}], got {self.seg_levels}")
 
+    @property
+    def divisor(self) -> int:
+        """Total stride: windows and patches are multiples of it (inputs are padded up to one)."""
+        return 2 ** (len(self.features) - 1)
+
 
 class UNet3D(SegmentationNet):
     """Kayalibay et al.'s U-Net: ``(B, C, D, H, W)`` -> logits ``(B, K, D, H, W)`` (or 2-D)."""
-
-    default_loss = "jaccard"
 
     def __init__(self, cfg: UNet3DConfig) -> None:
         super().__init__()
         self.cfg = cfg
         nd = self.spatial_dims = cfg.spatial_dims
-        self.patch_size = tuple(cfg.patch_size)
         self.channels_last = cfg.channels_last
         f = cfg.features
-        self.divisor = 2 ** (len(f) - 1)
+        self.divisor = cfg.divisor
         kw = {"norm": cfg.norm, "act": cfg.act, "norm_momentum": cfg.norm_momentum}
         self.enc = nn.ModuleList([ConvNormAct(nd, cfg.in_channels, f[0], **kw)])
         for lvl in range(1, len(f)):

@@ -20,73 +20,18 @@ The field is returned on the full grid, normalised to geometric mean 1 inside th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.preprocess.register import RegConfig, register, shrink_factors
+from medseg.preprocess.config import RegConfig
+from medseg.preprocess.register import register, shrink_factors
+from medseg.preprocess.config import N4Config
 
 log = logging.getLogger(__name__)
 
-MASKS = ("otsu", "brain")
 PRIOR_SPACING_MM = 2.0  # grid of the atlas head and tissue priors N4 registers and warps
 FIELD_STEP_INV = 4096.0
-
-
-@dataclass(frozen=True)
-class N4Config:
-    """Parameters of :func:`n4_correct` (config key ``preprocessing.n4``).
-
-    Attributes:
-        mask: fitting region: ``brain`` (registered atlas brain mask) or ``otsu`` (head foreground).
-        tissue_prior: divide by the expected anatomy (registered WM/GM/CSF priors, contrast fitted
-            per image) before fitting; needs ``mask: brain``.
-        prior_passes: contrast-fit + N4 rounds with ``tissue_prior``.
-        fit_spacing_mm: N4 fits on the image subsampled (integer factor per axis) to about this
-            voxel size: 8 mm keeps a fit under a second per pass at any input resolution.
-        shrink_factor: if set, subsample by this factor along the finest axis instead (coarser
-            axes proportionally less, so anisotropic scans still get a near-isotropic grid).
-        iterations: maximum iterations per fitting level (one entry per level; each level halves
-            the B-spline spacing).
-        convergence: convergence threshold (N4's coefficient of variation of field updates).
-        spline_distance_mm: B-spline control point spacing of the field at the first level, in mm.
-        bins: histogram bins used for sharpening.
-        fwhm: assumed full width at half maximum of the log bias distribution (N4's sharpening).
-        wiener_noise: Wiener filter noise of the deconvolution.
-        register_spacing_mm: voxel size the atlas is registered on.
-    """
-
-    mask: str = "brain"
-    tissue_prior: bool = True
-    prior_passes: int = 1
-    fit_spacing_mm: float = 8.0
-    shrink_factor: int | None = None
-    iterations: tuple[int, ...] = (30,)
-    convergence: float = 1e-6
-    spline_distance_mm: float = 60.0
-    bins: int = 200
-    fwhm: float = 0.1
-    wiener_noise: float = 0.01
-    register_spacing_mm: float = 4.0
-
-    def __post_init__(self) -> None:
-        if self.mask not in MASKS:
-            raise ValueError(f"n4.mask must be one of {MASKS}, got {self.mask!r}")
-        if self.tissue_prior and self.mask != "brain":
-            raise ValueError("n4.tissue_prior needs n4.mask: brain (the priors come from the same atlas registration)")
-        if self.fit_spacing_mm <= 0:
-            raise ValueError(f"n4.fit_spacing_mm must be > 0, got {self.fit_spacing_mm}")
-        if self.shrink_factor is not None and self.shrink_factor < 1:
-            raise ValueError(f"n4.shrink_factor must be >= 1, got {self.shrink_factor}")
-        if not self.iterations or min(self.iterations) < 1:
-            raise ValueError(f"n4.iterations must be a non-empty list of positive ints, got {self.iterations}")
-        if self.spline_distance_mm <= 0:
-            raise ValueError(f"n4.spline_distance_mm must be > 0, got {self.spline_distance_mm}")
-        if self.prior_passes < 1:
-            raise ValueError(f"n4.prior_passes must be >= 1, got {self.prior_passes}")
-        if self.register_spacing_mm <= 0:
-            raise ValueError(f"n4.register_spacing_mm must be > 0, got {self.register_spacing_mm}")
 
 
 def otsu_mask(image: sitk.Image) -> sitk.Image:
@@ -180,6 +125,64 @@ def _n4(image: sitk.Image, mask: sitk.Image, cfg: N4Config) -> sitk.N4BiasFieldC
     return filt
 
 
+def _fitting_mask(image: sitk.Image, small: sitk.Image, mask: sitk.Image | None, cfg: N4Config,
+                  transform: sitk.Transform | None) -> tuple[sitk.Image, np.ndarray, np.ndarray | None]:
+    """The fitting mask on the fitting grid ``small``, as an image and as a bool array ``(z, y, x)``,
+    and the atlas tissue priors ``(z, y, x, 3)`` there (``None`` when ``cfg`` needs no atlas).
+
+    Raises:
+        ValueError: fewer than 100 mask voxels on the fitting grid.
+    """
+    priors = None
+    if cfg.mask == "brain" and (mask is None or cfg.tissue_prior):
+        transform = transform or atlas_transform(image, cfg.register_spacing_mm)
+        priors, brain = tissue_priors(small, transform)
+        if mask is None:
+            mask = sitk.GetImageFromArray(brain.astype(np.uint8))
+            mask.CopyInformation(small)
+    if mask is None:
+        mask = otsu_mask(image)
+    small_mask = mask if mask.GetSize() == small.GetSize() else sitk.Resample(
+        sitk.Cast(mask > 0, sitk.sitkUInt8), small, sitk.Transform(), sitk.sitkNearestNeighbor)
+    small_mask = sitk.Cast(small_mask > 0, sitk.sitkUInt8)
+    sel = sitk.GetArrayViewFromImage(small_mask) > 0
+    if sel.sum() < 100:
+        raise ValueError(f"N4 fitting mask has {int(sel.sum())} voxels on the fitting grid; check the image "
+                         "(is it a head?) or set preprocessing.n4.mask: otsu")
+    return small_mask, sel, priors
+
+
+def _fit_with_priors(small: sitk.Image, small_mask: sitk.Image, sel: np.ndarray, priors: np.ndarray,
+                     cfg: N4Config) -> sitk.N4BiasFieldCorrectionImageFilter:
+    """N4 of the image divided by its expected anatomy (tissue contrast fitted on the priors),
+    ``cfg.prior_passes`` times with the contrast refitted on the corrected image."""
+    arr = sitk.GetArrayFromImage(small).astype(np.float64)
+    fit = sel & (priors.sum(-1) > 0.5)
+    log_field = np.zeros_like(arr)
+    for _ in range(cfg.prior_passes):
+        mu = _fit_contrast(arr[fit] / np.exp(log_field[fit]), priors[fit].astype(np.float64))
+        expected = np.maximum(priors @ mu, 0.02 * mu.max())
+        ratio = sitk.GetImageFromArray(np.where(fit, arr / expected, 1.0).astype(np.float32))
+        ratio.CopyInformation(small)
+        filt = _n4(ratio, small_mask, cfg)
+        log_field = sitk.GetArrayFromImage(filt.GetLogBiasFieldAsImage(small)).astype(np.float64)
+    log.info("N4 tissue prior: contrast WM/GM/CSF %s", np.round(mu / mu[0], 3).tolist())
+    return filt
+
+
+def _full_field(filt: sitk.N4BiasFieldCorrectionImageFilter, small: sitk.Image, image: sitk.Image,
+                offset: float, target: float) -> sitk.Image:
+    """The fitted field on ``image``'s grid, divided by ``exp(offset)``, float32, in steps of 1/4096."""
+    # ITK evaluates the fitted B-spline over the extent of whatever grid it is given, so it is
+    # evaluated on a ~4 mm grid spanning exactly the fitting grid, then interpolated onto the image
+    log_field = filt.GetLogBiasFieldAsImage(_refine_grid(small, min(4.0, target))) - offset
+    log_field = sitk.Resample(log_field, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32,
+                              True)  # nearest extrapolation beyond the fitting grid's outer voxel centres
+    field = sitk.Cast(sitk.Exp(log_field), sitk.sitkFloat32)
+    # multiples of 2^-12 (far finer than any field's accuracy): the stored field compresses ~4x
+    return sitk.Cast(sitk.Round(field * FIELD_STEP_INV) / FIELD_STEP_INV, sitk.sitkFloat32)
+
+
 def n4_correct(image: sitk.Image, mask: sitk.Image | None = None, cfg: N4Config = N4Config(),
                transform: sitk.Transform | None = None) -> tuple[sitk.Image, sitk.Image]:
     """Correct ``image`` for a smooth multiplicative bias field.
@@ -199,49 +202,17 @@ def n4_correct(image: sitk.Image, mask: sitk.Image | None = None, cfg: N4Config 
     factors = shrink_factors(image, target)
     shift = float(max(0.0, -sitk.GetArrayViewFromImage(image).min())) + 1.0  # N4 needs intensities > 0
     small = _subsample(image, factors) + shift
-    priors = None
-    if cfg.mask == "brain" and (mask is None or cfg.tissue_prior):
-        transform = transform or atlas_transform(image, cfg.register_spacing_mm)
-        priors, brain = tissue_priors(small, transform)
-        if mask is None:
-            mask = sitk.GetImageFromArray(brain.astype(np.uint8))
-            mask.CopyInformation(small)
-    if mask is None:
-        mask = otsu_mask(image)
-    small_mask = mask if mask.GetSize() == small.GetSize() else sitk.Resample(
-        sitk.Cast(mask > 0, sitk.sitkUInt8), small, sitk.Transform(), sitk.sitkNearestNeighbor)
-    small_mask = sitk.Cast(small_mask > 0, sitk.sitkUInt8)
-    sel = sitk.GetArrayViewFromImage(small_mask) > 0
-    if sel.sum() < 100:
-        raise ValueError(f"N4 fitting mask has {int(sel.sum())} voxels on the fitting grid; check the image "
-                         "(is it a head?) or set preprocessing.n4.mask: otsu")
+    small_mask, sel, priors = _fitting_mask(image, small, mask, cfg, transform)
     if not cfg.tissue_prior:
         filt = _n4(small, small_mask, cfg)
     else:
-        arr = sitk.GetArrayFromImage(small).astype(np.float64)
-        fit = sel & (priors.sum(-1) > 0.5)
-        log_field = np.zeros_like(arr)
-        for _ in range(cfg.prior_passes):
-            mu = _fit_contrast(arr[fit] / np.exp(log_field[fit]), priors[fit].astype(np.float64))
-            expected = np.maximum(priors @ mu, 0.02 * mu.max())
-            ratio = sitk.GetImageFromArray(np.where(fit, arr / expected, 1.0).astype(np.float32))
-            ratio.CopyInformation(small)
-            filt = _n4(ratio, small_mask, cfg)
-            log_field = sitk.GetArrayFromImage(filt.GetLogBiasFieldAsImage(small)).astype(np.float64)
-        log.info("N4 tissue prior: contrast WM/GM/CSF %s", np.round(mu / mu[0], 3).tolist())
+        filt = _fit_with_priors(small, small_mask, sel, priors, cfg)
     small_log = sitk.GetArrayFromImage(filt.GetLogBiasFieldAsImage(small))
     offset = float(np.median(small_log[sel]))
-    # ITK evaluates the fitted B-spline over the extent of whatever grid it is given, so it is
-    # evaluated on a ~4 mm grid spanning exactly the fitting grid, then interpolated onto the image
-    log_field = filt.GetLogBiasFieldAsImage(_refine_grid(small, min(4.0, target))) - offset
-    log_field = sitk.Resample(log_field, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32,
-                              True)  # nearest extrapolation beyond the fitting grid's outer voxel centres
-    field = sitk.Cast(sitk.Exp(log_field), sitk.sitkFloat32)
-    # multiples of 2^-12 (far finer than any field's accuracy): the stored field compresses ~4x
-    field = sitk.Cast(sitk.Round(field * FIELD_STEP_INV) / FIELD_STEP_INV, sitk.sitkFloat32)
+    field = _full_field(filt, small, image, offset, target)
     corrected = sitk.Cast(image / field, sitk.sitkFloat32)  # "/" is DivideReal (float64)
-    log.info("N4 (%s mask%s): field range [%.3f, %.3f] in the mask", cfg.mask, ", tissue prior" if cfg.tissue_prior else "",
-             *np.exp(np.percentile(small_log[sel] - offset, [1, 99])))
+    log.info("N4 (%s mask%s): field range [%.3f, %.3f] in the mask", cfg.mask,
+             ", tissue prior" if cfg.tissue_prior else "", *np.exp(np.percentile(small_log[sel] - offset, [1, 99])))
     return corrected, field
 
 

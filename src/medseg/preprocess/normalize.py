@@ -7,42 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
+from medseg.preprocess.config import NormConfig
 
 log = logging.getLogger(__name__)
-
-METHODS = ("nyul", "zscore", "none")
-
-
-@dataclass(frozen=True)
-class NormConfig:
-    """Config key ``preprocessing.normalize``.
-
-    Attributes:
-        method: per-modality method name or one for all: ``nyul`` (then z-score), ``zscore``, ``none``.
-        percentiles: Nyul landmarks; the first and last are the min/max of the standard scale.
-        scale: (min, max) of the Nyul standard scale.
-        clip: percentiles (inside the brain) intensities are clipped to before z-scoring.
-    """
-
-    method: str | dict = "nyul"
-    percentiles: tuple[float, ...] = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
-    scale: tuple[float, float] = (0.0, 100.0)
-    clip: tuple[float, float] = (0.5, 99.5)
-
-    def method_for(self, modality: str) -> str:
-        m = self.method.get(modality, "nyul") if isinstance(self.method, dict) else self.method
-        if m not in METHODS:
-            raise ValueError(f"normalize.method for {modality} must be one of {METHODS}, got {m!r}")
-        return m
-
-    def __post_init__(self) -> None:
-        p = np.asarray(self.percentiles)
-        if p.ndim != 1 or len(p) < 3 or np.any(np.diff(p) <= 0) or p[0] < 0 or p[-1] > 100:
-            raise ValueError(f"normalize.percentiles must be >= 3 increasing values in [0, 100], got {self.percentiles}")
-
 
 def landmarks(values: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
     return np.percentile(values, percentiles)

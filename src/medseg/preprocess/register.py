@@ -18,94 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from medseg.preprocess.config import KINDS, RegConfig
 
 log = logging.getLogger(__name__)
-
-KINDS = ("rigid", "affine", "bspline")
-ATLAS_KINDS = ("affine", "bspline")
-INITS = ("moments", "search")
-
-
-@dataclass(frozen=True)
-class RegConfig:
-    """Registration parameters (config key ``preprocessing.register``).
-
-    Attributes:
-        backend: ``elastix`` (itk-elastix) or ``sitk`` (SimpleITK's registration framework).
-        iterations: optimiser iterations per resolution level.
-        levels: number of multi-resolution levels (shrink 2**(levels-1) ... 1, times the finest shrink).
-        finest_shrink_log2: the finest level is shrunk by 2**this (1: stop at half resolution,
-            ample for rigid/affine alignment of 1-2 mm images and 4x cheaper).
-        sampling: fraction of voxels sampled for the metric (fixed seed, deterministic).
-        bins: histogram bins of Mattes mutual information.
-        seed: sampling seed.
-        atlas_spacing_mm: voxel size of the atlas-space grid the model works on.
-        min_nmi: QC gate -- normalised mutual information (Studholme, 1..2) below this fails the job.
-        qc_action: ``error`` (fail the case's job) or ``warn`` (log and go on).
-        atlas_kind: reference -> atlas registration: ``affine`` (12 dof) or ``bspline`` (the affine,
-            then a B-spline deformation; written as ``warp_atlas.nii.gz``, zero when ``affine``).
-        bspline_grid_mm: B-spline control point spacing in mm (coarse = smooth; on the demo cohort
-            50 mm recovered the elastic deformation best, finer grids follow tumour mass effect more).
-        bspline_iterations: L-BFGS-B iterations (and metric evaluations) per resolution level of the
-            sitk B-spline stage. The elastix backend's stochastic optimiser uses ``iterations``.
-        bspline_samples: voxels sampled by the metric per B-spline level (a count, not a fraction:
-            the stage needs ~5000 whatever the voxel size; time grows linearly with it).
-        work_spacing_mm: images finer than this are averaged down (integer factor per axis) to
-            about this voxel size before registering, so a registration costs the same at 1 mm as
-            at 2 mm; transforms are physical, so they apply to the full-resolution images.
-        init: start of affine / B-spline registrations (sitk backend): ``moments`` (centres of mass
-            matched) or ``search`` (then a coarse exhaustive search over rotations and head-foot /
-            front-back shifts, on ``search_spacing_mm`` images, keeps the best mutual information:
-            a head with neck and face, cropped or tilted 20 degrees starts near the right pose).
-        search_spacing_mm: voxel size of the coarse search.
-        min_nmi_at_limit: QC gate -- a registration that used all its iterations at the finest
-            level (it did not converge; an affine that hits the limit first gets one more round of
-            ``iterations`` at the finest level) fails when its normalised mutual information is below this.
-    """
-
-    backend: str = "sitk"
-    iterations: int = 200
-    levels: int = 2
-    finest_shrink_log2: int = 1
-    sampling: float = 0.05
-    bins: int = 32
-    seed: int = 1
-    atlas_spacing_mm: float = 2.0
-    min_nmi: float = 1.02
-    qc_action: str = "error"
-    atlas_kind: str = "affine"
-    bspline_grid_mm: float = 50.0
-    bspline_iterations: int = 20
-    bspline_samples: int = 6000
-    work_spacing_mm: float = 2.0
-    init: str = "search"
-    search_spacing_mm: float = 8.0
-    min_nmi_at_limit: float = 1.10
-
-    def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"register.init must be one of {INITS}, got {self.init!r}")
-        if self.search_spacing_mm <= 0:
-            raise ValueError(f"register.search_spacing_mm must be > 0, got {self.search_spacing_mm}")
-        if self.qc_action not in ("error", "warn"):
-            raise ValueError(f"register.qc_action must be 'error' or 'warn', got {self.qc_action!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"register.backend must be one of {sorted(BACKENDS)}, got {self.backend!r}")
-        if not 0 < self.sampling <= 1:
-            raise ValueError(f"register.sampling must be in (0, 1], got {self.sampling}")
-        if self.levels < 1 or self.iterations < 1:
-            raise ValueError("register.levels and register.iterations must be >= 1")
-        if self.atlas_kind not in ATLAS_KINDS:
-            raise ValueError(f"register.atlas_kind must be one of {ATLAS_KINDS}, got {self.atlas_kind!r}")
-        if self.bspline_grid_mm <= 0:
-            raise ValueError(f"register.bspline_grid_mm must be > 0, got {self.bspline_grid_mm}")
-        if self.bspline_iterations < 1:
-            raise ValueError(f"register.bspline_iterations must be >= 1, got {self.bspline_iterations}")
-        if self.bspline_samples < 100:
-            raise ValueError(f"register.bspline_samples must be >= 100, got {self.bspline_samples}")
-        if self.work_spacing_mm <= 0:
-            raise ValueError(f"register.work_spacing_mm must be > 0, got {self.work_spacing_mm}")
-
 
 def shrink_factors(image: sitk.Image, spacing_mm: float) -> list[int]:
     """Per-axis integer factors (>= 1) bringing ``image``'s voxel size near ``spacing_mm``."""

@@ -15,7 +15,6 @@ import functools
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,65 +22,10 @@ from scipy import ndimage as ndi
 
 from medseg.io import array_to_image
 from medseg.preprocess.atlas import Atlas, atlas_images
-from medseg.preprocess.register import RegConfig, mutual_information, register_with_info
+from medseg.preprocess.register import mutual_information, register_with_info
+from medseg.preprocess.config import SkullstripConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SkullstripConfig:
-    """Config key ``preprocessing.skullstrip``.
-
-    Attributes:
-        method: ``deepbet`` (default: the most accurate on heads that are not the atlas), ``atlas``,
-            ``robex`` or ``nonzero``.
-        modality: modality the mask is computed on (T1-like contrast suits the atlas best).
-        refine: intensity + morphology refinement of the warped atlas mask (:func:`refine_mask`).
-        band_mm: width of the boundary band the refinement may change, in mm.
-        register: registration settings for the atlas method.
-        atlas_dir: folder of a saved :class:`~medseg.preprocess.atlas.Atlas` (default: built in memory).
-        dark_fraction: the refinement trims edge voxels darker than this x the brain's 2nd
-            intensity percentile (bone and air in T1; CSF in T1 stays above it).
-        deepbet_threshold: probability above which a voxel is brain (``deepbet``).
-        min_brain_ml, max_brain_ml: QC gate ``brain_volume`` -- plausible brain mask volume in
-            native space, mL (adult brains with their CSF are ~1,000-1,800 mL; the ICBM152 brain,
-            which MNI space enlarges, is ~1,900 mL).
-        fov_edge_mm2: QC gate ``mask_at_fov_edge`` -- area (mm^2) of mask tolerated on a face of the
-            field of view where the image shows no head.
-        qc_action: ``error`` (a failed gate fails the case's job, naming the case and the check) or
-            ``warn`` (the reasons go under ``qc_warnings`` in the QC JSON). The ``atlas`` method also
-            gates its registration (``register.min_nmi_at_limit``).
-    """
-
-    method: str = "deepbet"
-    modality: str = "t1"
-    refine: bool = True
-    band_mm: float = 4.0
-    register: RegConfig = field(default_factory=RegConfig)
-    atlas_dir: str | None = None
-    dark_fraction: float = 0.8
-    deepbet_threshold: float = 0.5
-    min_brain_ml: float = 700.0
-    max_brain_ml: float = 2400.0
-    fov_edge_mm2: float = 200.0
-    qc_action: str = "error"
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"skullstrip.method must be one of {sorted(METHODS)}, got {self.method!r}")
-        if self.band_mm <= 0:
-            raise ValueError(f"skullstrip.band_mm must be > 0, got {self.band_mm}")
-        if self.qc_action not in ("error", "warn"):
-            raise ValueError(f"skullstrip.qc_action must be 'error' or 'warn', got {self.qc_action!r}")
-        if not 0 <= self.min_brain_ml < self.max_brain_ml:
-            raise ValueError(f"skullstrip.min_brain_ml must be >= 0 and < max_brain_ml, got {self.min_brain_ml}, "
-                             f"{self.max_brain_ml}")
-        if self.fov_edge_mm2 < 0:
-            raise ValueError(f"skullstrip.fov_edge_mm2 must be >= 0, got {self.fov_edge_mm2}")
-        if not 0 < self.deepbet_threshold < 1:
-            raise ValueError(f"skullstrip.deepbet_threshold must be in (0, 1), got {self.deepbet_threshold}")
-        if self.dark_fraction < 0:
-            raise ValueError(f"skullstrip.dark_fraction must be >= 0, got {self.dark_fraction}")
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

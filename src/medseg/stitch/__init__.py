@@ -1,10 +1,7 @@
-"""Overlap-weighted stitching of window predictions for 2-D slices, 3-D volumes and whole slides."""
-from __future__ import annotations
+"""Overlap-weighted stitching of window predictions for 2-D slices, 3-D volumes and whole slides.
 
-from medseg.stitch.accumulator import StitchAccumulator
-from medseg.stitch.geometry import compute_steps, compute_windows
-from medseg.stitch.inference import sliding_window_inference
-from medseg.stitch.weights import WEIGHT_MODES, compute_weights
-
-__all__ = ["WEIGHT_MODES", "StitchAccumulator", "compute_steps", "compute_weights", "compute_windows",
-           "sliding_window_inference"]
+``geometry`` (window positions) and ``weights`` (blending maps) are pure numpy functions of
+shapes; ``accumulator`` sums weighted windows (in memory or on disk); ``inference`` runs a
+predictor window by window over a tensor; ``settings`` holds the :class:`StitchSettings` (overlap,
+blending, batch size, backend, margin) both of them take.
+"""

@@ -17,14 +17,24 @@ import numpy as np
 import torch
 import zarr
 
+from medseg.config import with_options
 from medseg.stitch.geometry import check_patch_size, window_slices
+from medseg.stitch.settings import StitchSettings
 from medseg.stitch.weights import separable_profiles, trimmed_weights
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "memory", "zarr")
-DEFAULT_MEMORY_LIMIT = 4 * 1024**3  # bytes of accumulated output above which "auto" goes to disk
 CHUNK_ELEMENTS = 2**20  # spatial voxels per zarr chunk (4 MB of float32)
+
+
+def _margins(margin: int | tuple[int, ...], patch_size: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-axis window margins in voxels (0 on axes of patch size 1), checked against ``patch_size``."""
+    margins = (margin,) * len(patch_size) if isinstance(margin, int) else tuple(margin)
+    if len(margins) != len(patch_size) or any(m < 0 for m in margins):
+        raise ValueError(f"margin must be >= 0, one value or one per axis, got {margin}")
+    if any(p > 1 and 2 * m >= p for m, p in zip(margins, patch_size)):
+        raise ValueError(f"margin must be < half the patch size {patch_size}, got {margin}")
+    return tuple(m if p > 1 else 0 for m, p in zip(margins, patch_size))
 
 
 def default_chunks(spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -41,49 +51,35 @@ class StitchAccumulator:
     Args:
         spatial_shape: output spatial shape in voxels (array order).
         patch_size: window shape, same length.
-        mode: blending weight mode (see :data:`medseg.stitch.weights.WEIGHT_MODES`).
-        sigma_scale: Gaussian sigma as a fraction of the patch size.
-        backend: ``"memory"`` (torch tensor on ``device``), ``"zarr"`` (chunked array on disk
-            under ``zarr_path``) or ``"auto"`` (zarr when the output exceeds ``memory_limit_bytes``).
+        settings: blending and accumulation (:class:`~medseg.stitch.settings.StitchSettings`; read
+            here: ``mode``, ``sigma_scale``, ``backend``, ``memory_limit_bytes``, ``margin``,
+            ``chunks``, ``allow_uncovered``). ``backend="zarr"`` keeps a chunked array on disk
+            under ``zarr_path``; ``"auto"`` does so when the output exceeds ``memory_limit_bytes``.
         device: output device of the memory backend.
-        memory_limit_bytes: threshold for ``backend="auto"``.
         zarr_path: zarr group directory for the zarr backend; the map is array ``"0"`` in it.
-        chunks: spatial zarr chunk shape (default about 1 M voxels).
-        allow_uncovered: fill voxels that no window covered with 0 instead of raising (whole-slide
-            images where background windows are skipped).
-        margin: voxels (int or one per axis) at each window side given weight 0 unless that side
-            lies on the image border; set it to the network's receptive-field radius to reproduce
-            an untiled forward pass exactly (needs ``overlap * patch >= 2 * margin``).
+        **options: fields of :class:`~medseg.stitch.settings.StitchSettings` overriding ``settings``
+            (e.g. ``mode="constant"``); an unknown name raises ``ValueError`` listing the valid ones.
     """
 
-    def __init__(self, spatial_shape: tuple[int, ...], patch_size: tuple[int, ...], *, mode: str = "gaussian",
-                 sigma_scale: float = 0.125, backend: str = "auto", device: str | torch.device = "cpu",
-                 memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT, zarr_path: str | Path | None = None,
-                 chunks: tuple[int, ...] | None = None, allow_uncovered: bool = False,
-                 margin: int | tuple[int, ...] = 0) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-        if memory_limit_bytes < 0:
-            raise ValueError(f"memory_limit_bytes must be >= 0, got {memory_limit_bytes}")
+    def __init__(self, spatial_shape: tuple[int, ...], patch_size: tuple[int, ...],
+                 settings: StitchSettings | None = None, *, device: str | torch.device = "cpu",
+                 zarr_path: str | Path | None = None, **options) -> None:
+        settings = with_options(StitchSettings() if settings is None else settings, options, "StitchAccumulator")
+        self.settings = settings
         self.spatial_shape = tuple(int(s) for s in spatial_shape)
         self.patch_size = check_patch_size(patch_size, len(self.spatial_shape))
         if any(p > s for p, s in zip(self.patch_size, self.spatial_shape)):
             raise ValueError(f"patch_size {self.patch_size} exceeds the output shape {self.spatial_shape}; pad first")
-        margins = (margin,) * len(self.patch_size) if isinstance(margin, int) else tuple(margin)
-        if len(margins) != len(self.patch_size) or any(m < 0 for m in margins):
-            raise ValueError(f"margin must be >= 0, one value or one per axis, got {margin}")
-        if any(p > 1 and 2 * m >= p for m, p in zip(margins, self.patch_size)):
-            raise ValueError(f"margin must be < half the patch size {self.patch_size}, got {margin}")
-        self.margins = tuple(m if p > 1 else 0 for m, p in zip(margins, self.patch_size))
-        self.mode, self.sigma_scale = mode, float(sigma_scale)
+        self.margins = _margins(settings.margin, self.patch_size)
+        self.mode, self.sigma_scale = settings.mode, settings.sigma_scale
         self._weight_cache: dict[tuple, torch.Tensor] = {}
         self.window_weights((0,) * len(self.patch_size), torch.device("cpu"))  # validates mode, sigma_scale
-        self.requested_backend = backend
+        self.requested_backend = settings.backend
         self.device = torch.device(device)
-        self.memory_limit_bytes = memory_limit_bytes
+        self.memory_limit_bytes = settings.memory_limit_bytes
         self.zarr_path = None if zarr_path is None else Path(zarr_path)
-        self.chunks = default_chunks(self.spatial_shape) if chunks is None else tuple(chunks)
-        self.allow_uncovered = allow_uncovered
+        self.chunks = default_chunks(self.spatial_shape) if settings.chunks is None else tuple(settings.chunks)
+        self.allow_uncovered = settings.allow_uncovered
         self.backend: str | None = None  # decided on the first batch, when K is known
         self.locations: list[tuple[int, ...]] = []
         self._out: torch.Tensor | zarr.Array | None = None

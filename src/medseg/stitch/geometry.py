@@ -111,3 +111,10 @@ def windows_touching(mask: np.ndarray, windows: np.ndarray, patch_size: Shape, s
         idx = tuple(np.where(c, hi[:, i], lo[:, i]) for i, c in enumerate(corner))
         total += (-1) ** (mask.ndim - sum(corner)) * sat[idx]
     return total > 0
+
+
+def check_batch_size(batch_size: int) -> int:
+    """Return ``batch_size`` if it is a positive int, else raise ValueError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size

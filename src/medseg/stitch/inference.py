@@ -15,20 +15,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from medseg.stitch.accumulator import DEFAULT_MEMORY_LIMIT, StitchAccumulator
-from medseg.stitch.geometry import check_overlap, check_patch_size, compute_windows, padded_size, window_slices
-from medseg.stitch.weights import check_mode
+from medseg.config import with_options
+from medseg.stitch.accumulator import StitchAccumulator
+from medseg.stitch.geometry import check_patch_size, compute_windows, padded_size, window_slices
+from medseg.stitch.settings import StitchSettings
 
 log = logging.getLogger(__name__)
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
-
-
-def check_batch_size(batch_size: int) -> int:
-    """Return ``batch_size`` if it is a positive int, else raise ValueError."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
 
 
 def batched(items: Sequence, n: int) -> Iterator[Sequence]:
@@ -56,12 +50,42 @@ def predict_batch(predictor: Predictor, batch: torch.Tensor, tta: bool = False) 
     return total.div_(len(flips))
 
 
+def _check_inputs(image: torch.Tensor, predictor: Predictor) -> None:
+    if not isinstance(image, torch.Tensor) or image.ndim < 2:
+        raise ValueError(f"image must be a (C, *spatial) tensor, got {getattr(image, 'shape', type(image))}")
+    if not callable(predictor):
+        raise ValueError(f"predictor must be callable, got {type(predictor).__name__}")
+
+
+def _pad_end(image: torch.Tensor, padded: tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad the spatial axes of ``(C, *spatial)`` at their end up to ``padded``."""
+    spatial = tuple(image.shape[1:])
+    if padded == spatial:
+        return image
+    return F.pad(image, [v for s, p in zip(reversed(spatial), reversed(padded)) for v in (0, p - s)])
+
+
+def _stitch(acc: StitchAccumulator, image: torch.Tensor, predictor: Predictor, windows: Sequence[tuple[int, ...]],
+            settings: StitchSettings, device: torch.device, progress: bool) -> torch.Tensor:
+    """Run ``predictor`` over ``windows`` of ``image`` in batches into ``acc``; the finalized
+    ``(K, *spatial)`` map on the accumulator's device."""
+    # no_grad, not inference_mode: callers may modify the returned tensor in place
+    with torch.no_grad(), tqdm(total=len(windows), desc="windows", unit="win", disable=not progress) as bar:
+        for locs in batched(windows, settings.batch_size):
+            batch = torch.stack([image[(slice(None), *window_slices(loc, acc.patch_size))] for loc in locs])
+            logits = predict_batch(predictor, batch.to(device, non_blocking=True), settings.tta)
+            acc.add_batch(logits, locs)
+            bar.update(len(locs))
+        out = acc.finalize()
+        if acc.backend == "zarr":
+            out = torch.from_numpy(out[...]).to(acc.device)
+    return out
+
+
 def sliding_window_inference(image: torch.Tensor, predictor: Predictor, patch_size: Sequence[int],
-                             overlap: float = 0.5, mode: str = "gaussian", sigma_scale: float = 0.125,
-                             batch_size: int = 4, tta: bool = False, device: str | torch.device | None = None,
-                             out_device: str | torch.device = "cpu", backend: str = "auto", progress: bool = False,
-                             memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
-                             margin: int | tuple[int, ...] = 0) -> torch.Tensor:
+                             settings: StitchSettings | None = None, *, device: str | torch.device | None = None,
+                             out_device: str | torch.device = "cpu", progress: bool = False,
+                             **options) -> torch.Tensor:
     """Predict a whole image window by window and blend the overlaps.
 
     Args:
@@ -71,55 +95,34 @@ def sliding_window_inference(image: torch.Tensor, predictor: Predictor, patch_si
         predictor: maps ``(B, C, *patch_size)`` to ``(B, K, *patch_size)``; runs on ``device``.
         patch_size: window shape in voxels; entries may be 1 (e.g. ``(1, h, w)`` to run a 2-D
             net slice by slice, the predictor squeezing that axis).
-        overlap: fraction of a window shared with its neighbour, in [0, 1).
-        mode: blending weights: ``gaussian``, ``constant``, ``pyramid`` or ``cosine``.
-        sigma_scale: Gaussian sigma as a fraction of the patch size.
-        batch_size: windows per predictor call.
-        tta: average over mirrorings of all spatial axes (``2**ndim`` calls per batch).
+        settings: overlap, blending, batch size, mirroring test-time augmentation, accumulation
+            backend and window margin (:class:`~medseg.stitch.settings.StitchSettings`; default:
+            its defaults). ``backend="zarr"`` accumulates in a temporary directory on disk.
         device: where the predictor runs (default: the image's device).
         out_device: where the output is accumulated and returned.
-        backend: ``memory``, ``zarr`` (weighted sums on disk in a temporary directory) or ``auto``.
         progress: show a tqdm progress bar.
-        memory_limit_bytes: output size above which ``backend="auto"`` accumulates on disk.
-        margin: voxels dropped (weight 0) at window sides off the image border; the receptive
-            field radius of a zero-padded net makes the result equal its untiled forward pass.
+        **options: fields of :class:`~medseg.stitch.settings.StitchSettings` overriding ``settings``
+            (``overlap=0.5, mode="gaussian", sigma_scale=0.125, batch_size=4, tta=False,
+            backend="auto", memory_limit_bytes=4 GiB, margin=0``, ...); an unknown name raises
+            ``ValueError`` listing the valid ones.
 
     Returns:
         ``(K, *spatial)`` float32 tensor on ``out_device``.
     """
-    if not isinstance(image, torch.Tensor) or image.ndim < 2:
-        raise ValueError(f"image must be a (C, *spatial) tensor, got {getattr(image, 'shape', type(image))}")
-    if not callable(predictor):
-        raise ValueError(f"predictor must be callable, got {type(predictor).__name__}")
+    _check_inputs(image, predictor)
     spatial = tuple(image.shape[1:])
     patch = check_patch_size(tuple(patch_size), len(spatial))
-    overlap = check_overlap(overlap)
-    check_mode(mode)
-    check_batch_size(batch_size)
+    settings = with_options(StitchSettings() if settings is None else settings, options, "sliding_window_inference")
     device = image.device if device is None else torch.device(device)
 
     padded = padded_size(spatial, patch)
-    if padded != spatial:
-        pad = [v for s, p in zip(reversed(spatial), reversed(padded)) for v in (0, p - s)]
-        image = F.pad(image, pad)
-    windows = compute_windows(padded, patch, overlap)
-    log.debug("%d windows of %s over %s (overlap %s, %s)", len(windows), patch, spatial, overlap, mode)
-
+    image = _pad_end(image, padded)
+    windows = compute_windows(padded, patch, settings.overlap)
+    log.debug("%d windows of %s over %s (overlap %s, %s)", len(windows), patch, spatial, settings.overlap,
+              settings.mode)
     with tempfile.TemporaryDirectory(prefix="medseg-stitch-") as tmp:
-        acc = StitchAccumulator(padded, patch, mode=mode, sigma_scale=sigma_scale, backend=backend,
-                                device=out_device, memory_limit_bytes=memory_limit_bytes, zarr_path=f"{tmp}/acc.zarr",
-                                margin=margin)
-        # no_grad, not inference_mode: callers may modify the returned tensor in place
-        with torch.no_grad(), tqdm(total=len(windows), desc="windows", unit="win", disable=not progress) as bar:
-            for locs in batched(windows, batch_size):
-                batch = torch.stack([image[(slice(None), *window_slices(loc, patch))] for loc in locs])
-                logits = predict_batch(predictor, batch.to(device, non_blocking=True), tta)
-                acc.add_batch(logits, locs)
-                bar.update(len(locs))
-            out = acc.finalize()
-            if acc.backend == "zarr":
-                out = torch.from_numpy(out[...]).to(out_device)
+        acc = StitchAccumulator(padded, patch, settings, device=out_device, zarr_path=f"{tmp}/acc.zarr")
+        out = _stitch(acc, image, predictor, windows, settings, device, progress)
     if padded != spatial:
         out = out[(slice(None), *(slice(0, s) for s in spatial))].contiguous()
     return out
-

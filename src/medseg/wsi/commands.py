@@ -20,6 +20,16 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``stitch-slide`` and the ``slides-*`` subcommands."""
+    _register_stitch_slide(subparsers)
+    _register_demo(subparsers)
+    _register_sheet(subparsers)
+    _register_stain(subparsers)
+    _register_tiles(subparsers)
+    _register_evaluate(subparsers)
+
+
+def _register_stitch_slide(subparsers: argparse._SubParsersAction) -> None:
+    """``stitch-slide``: stitched prediction over a whole-slide image."""
     p = subparsers.add_parser("stitch-slide", help="stitched prediction over a whole-slide image",
                               description=__doc__.splitlines()[0])
     p.add_argument("slide", help="SVS / pyramidal TIFF")
@@ -27,25 +37,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                 "predictions.geojson)")
     p.add_argument("--predictor", required=True, help="'identity', a medseg model.pt, or a TorchScript (.pt) / "
                                                       "torch.export (.pt2) model file")
-    p.add_argument("--tile", type=int, default=512, help="window side in pixels of the processed level")
-    p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction in [0, 1)")
-    p.add_argument("--mode", default="gaussian", help="blending: gaussian, constant, pyramid, cosine")
+    from medseg.plan.resolved import SlideRecipe
+
+    predict = SlideRecipe().predict  # the workflow's slide prediction settings
+    p.add_argument("--tile", type=int, default=predict.tile, help="window side in pixels of the processed level")
+    p.add_argument("--overlap", type=float, default=predict.overlap, help="window overlap fraction in [0, 1)")
+    p.add_argument("--mode", default=predict.mode, help="blending: gaussian, constant, pyramid, cosine")
     res = p.add_mutually_exclusive_group()
     res.add_argument("--level", type=int, default=None, help="pyramid level to process (default 0)")
     res.add_argument("--mpp", type=float, default=None, help="microns per pixel to process at (nearest level)")
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides without the metadata")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per predictor call")
+    p.add_argument("--batch-size", type=int, default=predict.batch_size, help="windows per predictor call")
     p.add_argument("--activation", default="auto", help="auto (checkpoints: from the task), softmax, sigmoid, none")
     p.add_argument("--stain", default="auto", help="stain target JSON; 'auto': stain.json beside a model.pt if "
                                                     "present; 'none': raw colours")
     p.add_argument("--classes", nargs="+", default=None, help="class names for predictions.geojson (default: "
                                                              "the checkpoint's task; none: no GeoJSON)")
-    p.add_argument("--device", default=None, help="torch device for the predictor (default cpu)")
+    p.add_argument("--device", default=predict.device,
+                   help="torch device: auto (CUDA when present, as the workflow), cpu or cuda")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run_stitch_slide)
 
+
+def _register_demo(subparsers: argparse._SubParsersAction) -> None:
+    """``slides-demo``: the embedded demo slide dataset."""
     p = subparsers.add_parser("slides-demo", help="write the embedded demo slide dataset")
-    p.add_argument("-o", "--output", "--out", dest="out", required=True, help="output folder (slides/, annotations/, masks/, demo.json)")
+    p.add_argument("-o", "--output", "--out", dest="out", required=True,
+                   help="output folder (slides/, annotations/, masks/, demo.json)")
     p.add_argument("--cmu", default="auto", help="cmu_small_region.svs, 'auto' (default: data/slides/ as "
                                                  "scripts/fetch_demo_slide.sh puts it, else scikit-image textures) "
                                                  "or 'none' (scikit-image textures)")
@@ -54,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.set_defaults(func=run_demo)
 
+
+def _register_sheet(subparsers: argparse._SubParsersAction) -> None:
+    """``slides-sheet``: the slide case sheet with splits by slide."""
     p = subparsers.add_parser("slides-sheet", help="slide case sheet (TSV) with splits by slide")
     p.add_argument("slides", help="folder of slides")
     p.add_argument("--annotations", required=True, help="folder of <slide id>.geojson")
@@ -65,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides without the metadata")
     p.set_defaults(func=run_sheet)
 
+
+def _register_stain(subparsers: argparse._SubParsersAction) -> None:
+    """``slides-stain``: the stain target of the sheet's training slides."""
     p = subparsers.add_parser("slides-stain", help="fit the stain target on the sheet's training slides")
     p.add_argument("sheet", help="slides.tsv")
     p.add_argument("--method", default="macenko", help="macenko or reinhard")
@@ -72,11 +96,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", "--out", dest="out", required=True, help="stain.json")
     p.set_defaults(func=run_stain)
 
+
+def _register_tiles(subparsers: argparse._SubParsersAction) -> None:
+    """``slides-tiles``: class-aware training tiles of one slide."""
     p = subparsers.add_parser("slides-tiles", help="class-aware training tiles of one slide")
     p.add_argument("slide", help="SVS / pyramidal TIFF")
     p.add_argument("--annotation", required=True, help="QuPath GeoJSON of the slide")
     p.add_argument("--classes", nargs="+", required=True, help="class names, in channel order")
-    p.add_argument("-o", "--output", "--out", dest="out", required=True, help="output prefix <dir>/<id> (.npy, .json: the trainer's tile format)")
+    p.add_argument("-o", "--output", "--out", dest="out", required=True,
+                   help="output prefix <dir>/<id> (.npy, .json: the trainer's tile format)")
     p.add_argument("--stain", default=None, help="stain target JSON (none: raw colours)")
     p.add_argument("--mpp", type=float, default=1.0, help="microns per pixel of the tiles")
     p.add_argument("--tile", type=int, default=256, help="tile side in pixels")
@@ -84,6 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.set_defaults(func=run_tiles)
 
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    """``slides-evaluate``: per-class metrics and outline thumbnail of one slide."""
     p = subparsers.add_parser("slides-evaluate", help="per-class metrics and outline thumbnail of one slide")
     p.add_argument("prediction", help="stitch-slide output folder (probabilities.zarr)")
     p.add_argument("--slide", required=True, help="SVS / pyramidal TIFF")
@@ -95,15 +126,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--png", default=None, help="thumbnail with outlines")
     p.set_defaults(func=run_evaluate)
 
-
 def run_stitch_slide(args: argparse.Namespace) -> int:
     from medseg.wsi.predictors import is_checkpoint, load_checkpoint_predictor, load_predictor, task_classes, task_kind
     from medseg.wsi.stain import load_stain
-    from medseg.wsi.stitch_slide import SlideStitchConfig, stitch_slide
+    from medseg.wsi.config import SlideStitchConfig
+    from medseg.wsi.stitch_slide import stitch_slide
+
+    from medseg.inference.device import resolve_device
 
     config = SlideStitchConfig(tile=args.tile, overlap=args.overlap, mode=args.mode, batch_size=args.batch_size,
                                level=args.level, mpp=args.mpp, device=args.device, slide_mpp=args.slide_mpp)
-    device = args.device or "cpu"
+    device = resolve_device(args.device)
     path, classes, kind, stain = Path(args.predictor), args.classes, "labels", None
     if path.suffix != ".pt2" and path.is_file() and is_checkpoint(path):
         predictor, meta = load_checkpoint_predictor(path, device, args.activation)
@@ -152,7 +185,8 @@ def run_stain(args: argparse.Namespace) -> int:
 
 def run_tiles(args: argparse.Namespace) -> int:
     from medseg.wsi.stain import load_stain
-    from medseg.wsi.tiles import TileConfig, tile_slide
+    from medseg.wsi.config import TileConfig
+    from medseg.wsi.tiles import tile_slide
 
     stain = load_stain(args.stain)
     tile_slide(args.slide, args.annotation, args.classes, args.out,

@@ -12,15 +12,19 @@ value is NaN. The result has the per-case shape of the results schema (``labels`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
 from scipy import ndimage
 
+from medseg.config import with_options
 from medseg.evaluate.edge_cases import classify, edge_value
 from medseg.wsi.annotations import read_mask
+from medseg.wsi.config import SlideEvalConfig
 from medseg.wsi.outputs import OKABE_ITO, read_labels
 
 log = logging.getLogger(__name__)
@@ -78,8 +82,8 @@ def evaluate_labels(ref: np.ndarray, pred: np.ndarray, classes: Sequence[str], c
 
 
 def evaluate_slide(zarr_path: str | Path, annotation: str | Path, classes: Sequence[str], case: str,
-                   eval_mpp: float | None = None, kind: str = "labels", min_object_px: int = 16,
-                   object_iou: float = 0.5, slide_size: tuple[int, int] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+                   eval_mpp: float | None = None, kind: str = "labels", *, slide_size: tuple[int, int] | None = None,
+                   config: SlideEvalConfig | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
     """Evaluate one stitched prediction (``probabilities.zarr``) against its GeoJSON.
 
     Args:
@@ -90,10 +94,14 @@ def evaluate_slide(zarr_path: str | Path, annotation: str | Path, classes: Seque
         eval_mpp: evaluation microns per pixel (nearest pyramid level of the map; None: the finest).
         kind: ``labels`` or ``regions`` (how probabilities become classes).
         slide_size: level-0 ``(height, width)`` to check the annotation against.
+        config: object counting, ``min_object_px`` and ``object_iou``
+            (:class:`~medseg.wsi.config.SlideEvalConfig`; default: its defaults). Its ``mpp`` is not
+            read: the level is ``eval_mpp``'s.
 
     Returns:
         ``(result, reference labels, predicted labels)`` at the evaluation level.
     """
+    config = SlideEvalConfig() if config is None else config
     group = zarr.open_group(str(zarr_path), mode="r")
     mpp0 = group.attrs.get("mpp")
     n_levels = sum(1 for k in group.array_keys() if k.isdigit())
@@ -106,7 +114,7 @@ def evaluate_slide(zarr_path: str | Path, annotation: str | Path, classes: Seque
     pred, level, ds = read_labels(zarr_path, kind, level=level)
     ref = read_mask(annotation, classes, pred.shape, ds, slide_size=slide_size)
     mpp = None if mpp0 is None else mpp0 * 2**level
-    result = evaluate_labels(ref, pred, classes, case, mpp, min_object_px, object_iou)
+    result = evaluate_labels(ref, pred, classes, case, mpp, config.min_object_px, config.object_iou)
     log.info("%s: %s, pixel accuracy %.3f at %s mpp", case, ", ".join(
         f"{c} Dice {result['labels'][c]['dice']:.3f}" for c in classes), result["slide"]["pixel_accuracy"], mpp)
     return result, ref, pred
@@ -153,26 +161,51 @@ def plot_outlines(rgb: np.ndarray, ref: np.ndarray, pred: np.ndarray, classes: S
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class ResultsProvenance:
+    """What the provenance of a results file records (:func:`medseg.tracking.provenance.collect`).
+
+    Attributes:
+        config: the resolved config (hashed).
+        inputs: files whose checksums are recorded.
+        rule, wildcards: the workflow job's rule name and wildcards.
+    """
+
+    config: Mapping[str, Any] | None = None
+    inputs: Sequence[str | Path] = ()
+    rule: str | None = None
+    wildcards: Mapping[str, str] | None = None
+
+    def collect(self) -> dict[str, Any]:
+        """The provenance block of the results JSON."""
+        from medseg.tracking import provenance
+
+        return provenance.collect(self.config, inputs=self.inputs, rule=self.rule, wildcards=self.wildcards)
+
+
 def write_slide_results(case_jsons: Sequence[str | Path], out_json: str | Path, out_csv: str | Path,
                         out_png: str | Path, *, excluded: dict[str, str] | None = None,
-                        predicted_only: dict[str, str] | None = None, config: dict | None = None,
-                        inputs: Sequence[str | Path] = (), rule: str | None = None,
-                        wildcards: dict | None = None) -> dict:
+                        predicted_only: dict[str, str] | None = None, provenance: ResultsProvenance | None = None,
+                        **options) -> dict:
     """Aggregate per-slide results into ``results/<dataset>_<model>.json`` (the MRI schema), CSV and box plots.
 
     The schema's ``labels`` section holds the per-class summaries; ``slides`` adds the per-slide
     pixel accuracy and mean Dice; ``excluded_cases`` lists slides left out with the reason,
     ``predicted_only`` the unannotated slides' prediction folders (predicted, not scored).
+    ``provenance``: the config, checksummed inputs, rule and wildcards recorded
+    (:class:`ResultsProvenance`); ``**options``: its fields overriding it (``config=...``, ...; an
+    unknown name raises ``ValueError`` listing the valid ones).
     """
-    from medseg import provenance
     from medseg.evaluate.aggregate import aggregate, summary, write_cases_csv
     from medseg.evaluate.plots import plot_boxplots
     from medseg.io import read_json, write_json
 
+    provenance = with_options(ResultsProvenance() if provenance is None else provenance, options,
+                              "write_slide_results")
     if not case_jsons:
         raise ValueError("no per-slide metrics to aggregate: no test slide (check split.test_fraction)")
     cases = [read_json(p) for p in case_jsons]
-    results = aggregate(cases, provenance=provenance.collect(config, inputs=inputs, rule=rule, wildcards=wildcards))
+    results = aggregate(cases, provenance=provenance.collect())
     results["slides"] = {k: summary({c["case"]: c["slide"][k] for c in cases}) for k in ("pixel_accuracy", "mean_dice")}
     results["excluded_cases"] = dict(sorted((excluded or {}).items()))
     results["predicted_only"] = dict(sorted((predicted_only or {}).items()))
@@ -182,3 +215,43 @@ def write_slide_results(case_jsons: Sequence[str | Path], out_json: str | Path, 
     log.info("%d slides, mean Dice %s -> %s", len(cases),
              {c: round(v["dice"]["mean"], 4) for c, v in results["labels"].items()}, out_json)
     return results
+
+
+def evaluate_slide_job(slide_id: str, slide: str, annotation: str, tiff: str, recipe, out_json: str,
+                       out_png: str) -> dict:
+    """The workflow's slide evaluation job: the stitched map beside ``tiff`` scored against the
+    annotation at ``recipe.evaluation``; the result JSON and a thumbnail with both outlines."""
+    from medseg.io import write_json
+    from medseg.wsi.slide import open_slide
+    from medseg.wsi.tissue import read_thumbnail
+
+    ev = recipe.evaluation
+    with open_slide(slide) as s:
+        size = (s.dimensions[1], s.dimensions[0])
+        thumb, _ = read_thumbnail(s, 1024)
+    result, ref, pred = evaluate_slide(Path(tiff).parent / "probabilities.zarr", annotation, recipe.classes, slide_id,
+                                       ev.mpp, "labels", slide_size=size, config=ev)
+    write_json(result, out_json)
+    dice = ", ".join(f"{c} {result['labels'][c]['dice']:.2f}" for c in recipe.classes)
+    plot_outlines(thumb, ref, pred, recipe.classes, out_png, f"{slide_id}: Dice {dice} (solid: reference, dashed: prediction)")
+    return result
+
+
+def aggregate_slides_job(config: dict, inputs, outputs, rule: str, wildcards: dict) -> dict:
+    """The workflow's slide aggregation job: the results files, and the mean test scores per class
+    (named as the MRI branch names them) logged on the job's run and the invocation's parent run."""
+    from medseg import tracking
+    from medseg.evaluate.aggregate import mean_scores  # not .report: it needs pandas, which the wsi env lacks
+    from medseg.wsi.listing import sheet_problems
+
+    predicted = {Path(t).parent.name: str(Path(t).parent) for t in inputs.predicted}  # unannotated slides
+    res = write_slide_results(inputs.metrics, outputs.json, outputs.csv, outputs.boxplots,
+                              excluded=sheet_problems(inputs.sheet), predicted_only=predicted,
+                              provenance=ResultsProvenance(config, [inputs.model, *inputs.metrics], rule, wildcards))
+    scores = mean_scores(res, "labels", ("dice", "iou"))
+    scores["pixel_accuracy"] = res["slides"]["pixel_accuracy"]["mean"]
+    tracking.log_metrics({**scores, "n_cases": res["n_cases"]})
+    tracking.log_invocation_metrics({f"{wildcards['model']}/{k}": v for k, v in scores.items()})
+    for f in (outputs.json, outputs.csv, outputs.boxplots):
+        tracking.log_artifact(f)
+    return res

@@ -1,5 +1,5 @@
 """Predictors for whole-slide stitching: a built-in (``identity``), a medseg training checkpoint
-(``model.pt`` written by :mod:`medseg.train`), or a TorchScript / torch.export file.
+(``model.pt`` written by :mod:`medseg.training.loop`), or a TorchScript / torch.export file.
 
 A predictor maps ``(B, 3, H, W)`` RGB float in [0, 1] to ``(B, K, H, W)`` values in [0, 1]
 (probabilities), on the device its input is on.
@@ -59,7 +59,7 @@ def task_classes(meta: dict) -> list[str] | None:
     """Class names of a checkpoint (labels: without background; regions: one per channel), if recorded."""
     task = meta.get("task")
     if isinstance(task, dict) and "labels" in task:
-        from medseg.tasks import Task
+        from medseg.tasks.definition import Task
 
         t = Task.from_dict({"name": "task", "modalities": ("rgb",), **task})
         return list(t.regions) if t.regions else list(t.labels)
@@ -86,7 +86,7 @@ def load_checkpoint_predictor(path: str | Path, device: str | torch.device = "cp
     Raises:
         InputError: the model does not take 3 input channels (RGB).
     """
-    from medseg.train import load_model
+    from medseg.models.checkpoint import load_model
 
     model, meta = load_model(path, device)
     in_ch = int(meta["model_config"].get("in_channels", 3))

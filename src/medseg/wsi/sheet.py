@@ -12,7 +12,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from medseg.cohort.splits import assign_splits
+from medseg.cohort.splits import SplitConfig, assign_splits
+from medseg.config import with_options
 from medseg.io import InputError, atomic_path
 from medseg.wsi.annotations import check_annotations
 from medseg.wsi.slide import base_mpp, open_slide
@@ -64,17 +65,29 @@ def inspect_slide(slide_path: Path, annotation: Path | None, classes: Sequence[s
 
 
 def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes: Sequence[str], *,
-                      test_fraction: float = 0.25, val_fraction: float = 0.15, n_folds: int = 1, seed: int = 0,
-                      mpp_override: float | None = None, ignore: Sequence[str] = ()) -> list[dict]:
+                      split: SplitConfig | None = None, mpp_override: float | None = None, ignore: Sequence[str] = (),
+                      **options) -> list[dict]:
     """One row per slide file in ``slide_dir`` (annotation ``<annotation_dir>/<id>.geojson``).
 
     Split columns follow the MRI case sheet: ``split`` is ``train`` or ``test``; within train,
     ``fold`` is the fold the slide validates (``None``: trains every fold). A slide without an
     annotation file is ``predict``: predicted, not scored (splits are drawn among the others).
 
+    Args:
+        slide_dir, annotation_dir: folders of the slides and of their GeoJSON annotations.
+        classes: class names of the annotations, in channel order.
+        split: test and validation shares, folds and seed (:class:`~medseg.cohort.splits.SplitConfig`;
+            default: its defaults).
+        mpp_override: level-0 microns per pixel of slides without the metadata.
+        ignore: annotation class names that are skipped (neither checked nor an error).
+        **options: fields of :class:`~medseg.cohort.splits.SplitConfig` overriding ``split``
+            (``test_fraction``, ``val_fraction``, ``n_folds``, ``seed``); an unknown name raises
+            ``ValueError`` listing the valid ones.
+
     Raises:
         InputError: no slide files in ``slide_dir``.
     """
+    split = with_options(SplitConfig() if split is None else split, options, "build_slide_sheet")
     slide_dir, annotation_dir = Path(slide_dir), Path(annotation_dir)
     paths = sorted(p for p in slide_dir.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES) if slide_dir.is_dir() else []
     if not paths:
@@ -83,7 +96,8 @@ def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes
     annotations = {s: a if a.exists() else None for s, a in annotations.items()}
     rows = [inspect_slide(p, annotations[p.stem], classes, mpp_override, ignore) for p in paths]
     annotated = [r["case_id"] for r in rows if annotations[r["case_id"]] is not None]
-    splits = assign_splits(annotated, test_fraction, n_folds, val_fraction, seed) if annotated else {}
+    splits = assign_splits(annotated, split.test_fraction, split.n_folds, split.val_fraction,
+                           split.seed) if annotated else {}
     for r in rows:
         r.update(splits.get(r["case_id"], {"split": "predict", "fold": None}))
     return rows
@@ -112,4 +126,18 @@ def read_sheet(path: str | Path) -> list[dict]:
     for r in rows:
         r["fold"] = int(r["fold"]) if r["fold"] else None
         r["mpp"] = float(r["mpp"]) if r["mpp"] else None
+    return rows
+
+
+def write_slide_sheet(listing, recipe, split: dict, task, out_sheet: str, out_task: str) -> list[dict]:
+    """The workflow's slide-sheet job: every slide of ``listing`` inspected (``recipe``: classes,
+    ignored classes, level-0 mpp), split by ``split`` (``test_fraction``, ``val_fraction``,
+    ``seed``), written with the dataset's ``task``."""
+    from medseg.io import write_json
+
+    rows = build_slide_sheet(listing.slide_dir, listing.annotation_dir, recipe.classes,
+                             test_fraction=split.get("test_fraction", 0.3), val_fraction=split.get("val_fraction", 0.15),
+                             seed=split.get("seed", 0), mpp_override=recipe.mpp, ignore=recipe.ignore_classes)
+    write_sheet(rows, out_sheet)
+    write_json(task.to_dict(), out_task)
     return rows

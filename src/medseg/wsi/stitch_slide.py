@@ -20,7 +20,7 @@ import logging
 import math
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,46 +29,21 @@ import torch
 import zarr
 from tqdm import tqdm
 
+from medseg.inference.device import resolve_device
 from medseg.io import atomic_path
 from medseg.stitch.accumulator import StitchAccumulator
-from medseg.stitch.geometry import check_overlap, compute_windows, windows_touching
-from medseg.stitch.inference import Predictor, batched, check_batch_size
-from medseg.stitch.weights import check_mode
+from medseg.stitch.geometry import compute_windows, windows_touching
+from medseg.stitch.inference import Predictor, batched
 from medseg.wsi.slide import SlideLevel, open_slide, read_region, select_level
 from medseg.wsi.stain import StainTarget
 from medseg.wsi.tiles import slide_normalizer
 from medseg.wsi.tissue import tissue_mask
+from medseg.wsi.config import SlideStitchConfig, TIFF_TILE
 
 log = logging.getLogger(__name__)
 
-TIFF_TILE = 256
+
 ZARR_NAME, TIFF_NAME = "probabilities.zarr", "probabilities.ome.tif"
-
-
-@dataclass(frozen=True)
-class SlideStitchConfig:
-    """How to tile a slide (sizes in pixels of the processed level)."""
-
-    tile: int = 512
-    overlap: float = 0.25
-    mode: str = "gaussian"
-    sigma_scale: float = 0.125
-    batch_size: int = 4
-    level: int | None = None
-    mpp: float | None = None
-    tissue_method: str = "auto"
-    chunk: int = 1024
-    device: str | None = None
-    slide_mpp: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.tile < 16:
-            raise ValueError(f"tile must be >= 16 pixels, got {self.tile}")
-        if self.chunk < TIFF_TILE or self.chunk % TIFF_TILE:
-            raise ValueError(f"chunk must be a positive multiple of {TIFF_TILE}, got {self.chunk}")
-        check_overlap(self.overlap)
-        check_mode(self.mode)
-        check_batch_size(self.batch_size)
 
 
 def stitch_slide(slide_path: str | Path, out_dir: str | Path, predictor: Predictor,
@@ -142,7 +117,7 @@ def _predict_tissue(slide, slide_path: Path, partial: Path, predictor: Predictor
     shutil.rmtree(partial, ignore_errors=True)
     acc = StitchAccumulator(shape, patch, mode=config.mode, sigma_scale=config.sigma_scale, backend="zarr",
                             zarr_path=partial, chunks=(config.chunk, config.chunk), allow_uncovered=True)
-    device = torch.device(config.device or "cpu")
+    device = resolve_device(config.device or "auto")
     with torch.inference_mode(), tqdm(total=len(windows), unit="win", disable=not progress) as bar:
         for locs in batched(windows, config.batch_size):
             tiles = np.stack([read_region(slide, level, int(y), int(x), config.tile, config.tile) for y, x in locs])
@@ -217,3 +192,19 @@ def write_pyramid_tiff(group: zarr.Group, path: Path, levels: int, mpp: float | 
             tif.write(_uint8_tiles(array), shape=(k, *array.shape[1:]), dtype=np.uint8,
                       tile=(TIFF_TILE, TIFF_TILE), photometric="minisblack", compression="zlib",
                       compressionargs={"level": 1}, **options)
+
+
+def predict_slide(slide: str, model_pt: str, stain_json: str, recipe, out_tiff: str) -> dict:
+    """The workflow's slide prediction job: the fold's checkpoint run over the slide with the
+    recipe's stitching (``recipe.predict``) and the training slides' stain target; writes the
+    OME-TIFF, zarr, GeoJSON and ``summary.json`` beside ``out_tiff``."""
+    from medseg.io import write_json
+    from medseg.wsi.predictors import load_checkpoint_predictor, task_kind
+    from medseg.wsi.stain import load_stain
+
+    predictor, meta = load_checkpoint_predictor(model_pt, resolve_device(recipe.predict.device or "auto"))
+    out_dir = Path(out_tiff).parent
+    summary = stitch_slide(slide, out_dir, predictor, recipe.predict, stain=load_stain(stain_json),
+                           classes=recipe.classes, kind=task_kind(meta))
+    write_json(summary, out_dir / "summary.json")
+    return summary

@@ -7,7 +7,7 @@ class is not drowned by the common ones; the choice is a pure function of the se
 Only the chosen tiles are read from the slide, one at a time, stain-normalised, and written into
 memory-mapped arrays, so memory stays at one tile whatever the slide size.
 
-Outputs, in the common trainer's tile format (:func:`medseg.tiling.tile_case`; tile index on the
+Outputs, in the common trainer's tile format (:func:`medseg.preprocess.tiling.tile_case`; tile index on the
 ``Z`` axis, so each tile is a "slice" of a 2-D task, ``training.context: 0``):
 ``<stem>.npy`` ``(3 + 1, N, T, T)`` float16: RGB in [0, 1] (stain-normalised), then the class
 indices (0 background/unannotated, i the i-th class); ``<stem>.json`` the table the trainer
@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,43 +30,9 @@ from medseg.wsi.annotations import rasterize, read_geojson
 from medseg.wsi.slide import SlideLevel, open_slide, read_region, select_level
 from medseg.wsi.stain import StainNormalizer, StainTarget
 from medseg.wsi.tissue import require_tissue, tissue_mask
+from medseg.wsi.config import TileConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TileConfig:
-    """Config key ``datasets.<name>.tiles`` (slide datasets).
-
-    Attributes:
-        mpp: microns per pixel to tile at (nearest pyramid level).
-        tile: tile side in pixels of that level.
-        stride: grid step in pixels (default ``tile``: no overlap).
-        min_tissue: minimum tissue fraction of a candidate tile.
-        per_class: tiles drawn per class (a tile counts for every class it contains).
-        tissue_method: see :func:`medseg.wsi.tissue.tissue_mask_from_rgb`.
-        seed: sampling seed (combined with the slide id).
-    """
-
-    mpp: float = 1.0
-    tile: int = 256
-    stride: int | None = None
-    min_tissue: float = 0.25
-    per_class: int = 16
-    tissue_method: str = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.mpp > 0:
-            raise ValueError(f"tiles.mpp must be > 0, got {self.mpp}")
-        if self.tile < 16:
-            raise ValueError(f"tiles.tile must be >= 16, got {self.tile}")
-        if self.stride is not None and self.stride < 1:
-            raise ValueError(f"tiles.stride must be >= 1, got {self.stride}")
-        if not 0 <= self.min_tissue <= 1:
-            raise ValueError(f"tiles.min_tissue must be in [0, 1], got {self.min_tissue}")
-        if self.per_class < 1:
-            raise ValueError(f"tiles.per_class must be >= 1, got {self.per_class}")
 
 
 def grid(level: SlideLevel, tile: int, stride: int) -> np.ndarray:
@@ -220,3 +186,12 @@ def fit_stain_target(slide_paths: Sequence[str | Path], method: str, mpp: float,
     if not ids:
         raise ValueError("fitting a stain target needs at least one training slide, got none")
     return fit_target(method, sets, ids)
+
+
+def fit_stain(slides: Sequence[str], recipe, out_json: str) -> None:
+    """The workflow's stain job: the recipe's stain target (``macenko``, ``reinhard`` or ``none``)
+    fitted on the training ``slides`` at the tiles' mpp, written to ``out_json``."""
+    if recipe.stain == "none":
+        write_json({"method": "none"}, out_json)
+        return
+    fit_stain_target(slides, recipe.stain, recipe.tiles.mpp, mpp0=recipe.mpp).save(out_json)

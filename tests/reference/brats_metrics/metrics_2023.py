@@ -10,7 +10,6 @@ import numpy as np
 import nibabel as nib
 import cc3d
 import scipy
-import os
 import pandas as pd
 import brats_surface_distance as surface_distance  # medseg: 1
 import sys

@@ -1,0 +1,1 @@
+"""Inference: volume and case prediction, back to native space, model bundles, `medseg predict`."""

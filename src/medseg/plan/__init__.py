@@ -1,0 +1,1 @@
+"""The resolved plan of a dataset: every decision (recipe, model runs) made once."""

@@ -1,0 +1,155 @@
+"""Training batches from tile files: foreground-oversampled 2.5-D slices with augmentation.
+
+A batch is a pure function of ``(seed, step)``, so a resumed run sees exactly the batches an
+uninterrupted run would, and a background thread can prefetch without changing results.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from medseg.io import read_json
+from medseg.preprocess.tiling import context_stack
+from medseg.training.config import AugmentConfig
+
+
+class TileSet:
+    """The training (or validation) cases of one fold: memory-mapped tile arrays + slice tables.
+
+    A tile array holds every fold's normalisation of the case (``n_folds * n_image`` channels,
+    fold-major) then the target (K region masks or one class-index map; see
+    :func:`medseg.preprocess.tiling.tile_case`); ``fold`` picks the fold's image channels.
+    """
+
+    def __init__(self, npys: Sequence[str], jsons: Sequence[str], fold: int = 0) -> None:
+        if not npys:
+            raise ValueError("no training tiles: the fold has no training cases")
+        self.arrays = [np.load(p, mmap_mode="r") for p in npys]
+        self.tables = [read_json(j) for j in jsons]
+        self.n_image = self.tables[0]["n_image_channels"]
+        self.n_folds = self.tables[0].get("n_folds", 1)
+        self.target_kind = self.tables[0].get("target_kind", "regions")
+        for path, table in zip(jsons, self.tables):
+            if not 0 <= fold < table.get("n_folds", 1):
+                raise ValueError(f"{path} holds {table.get('n_folds', 1)} fold(s); fold {fold} was asked for: re-run tile_case")
+        self.fold = fold
+        shapes = {a.shape[2:] for a in self.arrays}
+        # one in-plane shape (atlas space) allows whole-slice batches; cases on their own grids
+        # (no registration) need training.patch_size crops
+        self.plane = shapes.pop() if len(shapes) == 1 else None
+        self.planes = sorted(shapes | ({self.plane} if self.plane else set()))
+
+    def image(self, i: int) -> np.ndarray:
+        """Case ``i``'s image channels for this fold, ``(C, z, y, x)`` (a memory-mapped view)."""
+        return self.arrays[i][self.fold * self.n_image: (self.fold + 1) * self.n_image]
+
+    def target(self, i: int) -> np.ndarray:
+        """Case ``i``'s target, ``(T, z, y, x)``: K region masks, or 1 map of class indices."""
+        return self.arrays[i][self.n_folds * self.n_image:]
+
+
+def _crop_or_pad(x: np.ndarray, size: tuple[int, int], centre: tuple[int, int] | None, rng: np.random.Generator) -> np.ndarray:
+    out = np.zeros((x.shape[0], *size), x.dtype)
+    starts = []
+    for ax, (n, p) in enumerate(zip(x.shape[1:], size)):
+        if n <= p:
+            starts.append(0)
+            continue
+        if centre is None:
+            starts.append(int(rng.integers(0, n - p + 1)))
+        else:
+            starts.append(int(np.clip(centre[ax] - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, n - p)))
+    src = x[:, starts[0]: starts[0] + size[0], starts[1]: starts[1] + size[1]]
+    out[:, : src.shape[1], : src.shape[2]] = src
+    return out
+
+
+def make_batch(tiles: TileSet, step: int, seed: int, batch_size: int, context: int, fg_prob: float,
+               patch: tuple[int, int] | None, aug: AugmentConfig | None) -> tuple[np.ndarray, np.ndarray]:
+    """Batch ``step``: ``(B, C*(2*context+1), H, W)`` float32 inputs and ``(B, T, H, W)`` float32 targets
+    (T region masks, or T = 1 map of class indices: see :func:`as_loss_target`)."""
+    rng = np.random.default_rng([seed, step])
+    size = patch or tiles.plane
+    if size is None:
+        raise ValueError(f"training cases have different in-plane shapes {tiles.planes} (no common grid, e.g. "
+                         "steps.register off): set training.patch_size to crop them to one size")
+    xs, ys = [], []
+    for _ in range(batch_size):
+        i = int(rng.integers(len(tiles.arrays)))
+        table = tiles.tables[i]
+        fg = table["fg_slices"]
+        use_fg = bool(fg) and rng.random() < fg_prob
+        z = int(rng.choice(fg if use_fg else table["brain_slices"]))
+        img = context_stack(tiles.image(i), z, context)
+        tgt = np.asarray(tiles.target(i)[:, z])
+        centre = None
+        if use_fg and patch is not None:
+            pts = np.argwhere(tgt.any(axis=0))
+            centre = tuple(pts[rng.integers(len(pts))])
+        both = _crop_or_pad(np.concatenate([img, tgt]).astype(np.float32), size, centre, rng)
+        xs.append(both[: img.shape[0]])
+        ys.append(both[img.shape[0]:])
+    x, y = np.stack(xs), np.stack(ys)
+    if aug is not None:
+        x, y = augment(x, y, rng, aug)
+    return x, y
+
+
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Flips, rotation/zoom (nearest for targets), intensity shift/scale, bias gradient, noise."""
+    from scipy import ndimage as ndi
+
+    b, c, h, w = x.shape
+    for i in range(b):
+        if rng.random() < aug.flip:
+            x[i], y[i] = x[i, :, :, ::-1], y[i, :, :, ::-1]
+        if aug.rotate_deg > 0 or aug.scale > 0:
+            ang = np.deg2rad(rng.uniform(-aug.rotate_deg, aug.rotate_deg))
+            zoom = 1 + rng.uniform(-aug.scale, aug.scale)
+            mat = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / zoom
+            ctr = np.array([h, w]) / 2 - 0.5
+            off = ctr - mat @ ctr
+            x[i] = np.stack([ndi.affine_transform(ch, mat, off, order=1, mode="nearest") for ch in x[i]])
+            y[i] = np.stack([ndi.affine_transform(ch, mat, off, order=0, mode="constant") for ch in y[i]])
+        scale = 1 + rng.uniform(-aug.intensity_scale, aug.intensity_scale, (c, 1, 1))
+        shift = rng.uniform(-aug.intensity_shift, aug.intensity_shift, (c, 1, 1))
+        gy, gx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+        bias = 1 + aug.bias * (rng.uniform(-1, 1) * gy + rng.uniform(-1, 1) * gx) / 2
+        x[i] = x[i] * scale * bias + shift + rng.standard_normal((c, h, w)) * rng.uniform(0, aug.noise_std)
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
+
+
+def as_loss_target(y: np.ndarray, target_kind: str) -> np.ndarray:
+    """A batch's targets as :mod:`medseg.training.losses` takes them: regions ``(B, K, H, W)`` float32, labels
+    ``(B, H, W)`` int64 class indices (from the single target channel)."""
+    if target_kind == "labels":
+        return np.rint(y[:, 0]).astype(np.int64)
+    return y
+
+
+class Prefetcher:
+    """Build batches ``start .. stop-1`` in a background thread (results identical to inline)."""
+
+    def __init__(self, fn, start: int, stop: int, depth: int = 3) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._fn, self._range = fn, range(start, stop)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for step in self._range:
+            try:
+                self._q.put((step, self._fn(step), None))
+            except Exception as e:  # noqa: BLE001 - re-raised in the consumer
+                self._q.put((step, None, e))
+                return
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+        for _ in self._range:
+            step, batch, err = self._q.get()
+            if err is not None:
+                raise err
+            yield step, batch

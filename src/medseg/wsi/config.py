@@ -1,0 +1,92 @@
+"""Slide settings (``datasets.<name>`` of ``kind: slide``: ``tiles``, ``predict``, ``evaluation``):
+typed, frozen, light to import."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medseg.stitch.geometry import check_batch_size, check_overlap
+from medseg.stitch.weights import check_mode
+
+TIFF_TILE = 256  # tile side of the written pyramidal TIFF; zarr chunks are multiples of it
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Config key ``datasets.<name>.tiles`` (slide datasets).
+
+    Attributes:
+        mpp: microns per pixel to tile at (nearest pyramid level).
+        tile: tile side in pixels of that level.
+        stride: grid step in pixels (default ``tile``: no overlap).
+        min_tissue: minimum tissue fraction of a candidate tile.
+        per_class: tiles drawn per class (a tile counts for every class it contains).
+        tissue_method: see :func:`medseg.wsi.tissue.tissue_mask_from_rgb`.
+        seed: sampling seed (combined with the slide id).
+    """
+
+    mpp: float = 1.0
+    tile: int = 256
+    stride: int | None = None
+    min_tissue: float = 0.25
+    per_class: int = 16
+    tissue_method: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.mpp > 0:
+            raise ValueError(f"tiles.mpp must be > 0, got {self.mpp}")
+        if self.tile < 16:
+            raise ValueError(f"tiles.tile must be >= 16, got {self.tile}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"tiles.stride must be >= 1, got {self.stride}")
+        if not 0 <= self.min_tissue <= 1:
+            raise ValueError(f"tiles.min_tissue must be in [0, 1], got {self.min_tissue}")
+        if self.per_class < 1:
+            raise ValueError(f"tiles.per_class must be >= 1, got {self.per_class}")
+
+
+@dataclass(frozen=True)
+class SlideStitchConfig:
+    """How to tile a slide (sizes in pixels of the processed level)."""
+
+    tile: int = 512
+    overlap: float = 0.25
+    mode: str = "gaussian"
+    sigma_scale: float = 0.125
+    batch_size: int = 4
+    level: int | None = None
+    mpp: float | None = None
+    tissue_method: str = "auto"
+    chunk: int = 1024
+    device: str | None = None
+    slide_mpp: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile < 16:
+            raise ValueError(f"tile must be >= 16 pixels, got {self.tile}")
+        if self.chunk < TIFF_TILE or self.chunk % TIFF_TILE:
+            raise ValueError(f"chunk must be a positive multiple of {TIFF_TILE}, got {self.chunk}")
+        check_overlap(self.overlap)
+        check_mode(self.mode)
+        check_batch_size(self.batch_size)
+
+
+
+@dataclass(frozen=True)
+class SlideEvalConfig:
+    """Config key ``datasets.<name>.evaluation`` (slide datasets).
+
+    Attributes:
+        mpp: evaluation microns per pixel (nearest level of the stitched map).
+        min_object_px: smallest object counted, in evaluation pixels.
+        object_iou: IoU at which a predicted object detects a reference one.
+    """
+
+    mpp: float = 2.0
+    min_object_px: int = 16
+    object_iou: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.mpp > 0 or self.min_object_px < 1 or not 0 <= self.object_iou <= 1:
+            raise ValueError(f"evaluation: mpp must be > 0, min_object_px >= 1 and object_iou in [0, 1], got "
+                             f"{self.mpp}, {self.min_object_px}, {self.object_iou}")
