@@ -38,14 +38,50 @@ def export_package_path() -> None:
 
 
 def set_threads(n: int) -> None:
-    """Use ``n`` threads in SimpleITK and torch (the rule's ``threads``): no oversubscription when
-    Snakemake runs several jobs side by side."""
+    """Use ``n`` threads in every library a job computes with (the rule's ``threads``), so that
+    ``--cores N`` means N when Snakemake runs jobs side by side: SimpleITK and ITK (elastix), torch
+    (intra-op, and inter-op while it can still be set), BLAS/OpenMP pools already loaded
+    (threadpoolctl) and, for libraries loaded later, ``OMP_NUM_THREADS`` and the BLAS variables."""
     import SimpleITK as sitk
 
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(n)))
-    os.environ["OMP_NUM_THREADS"] = str(max(1, int(n)))
+    n = max(1, int(n))
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "itk" in sys.modules:
+        sys.modules["itk"].MultiThreaderBase.SetGlobalDefaultNumberOfThreads(n)
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(max(1, int(n)))
+        torch = sys.modules["torch"]
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # only before the first parallel work of the process
+            pass
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(n)
+
+
+def thread_settings() -> dict[str, int]:
+    """The threads each loaded library would use now (what :func:`set_threads` sets; logged per job)."""
+    import SimpleITK as sitk
+
+    out = {"sitk": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+           "omp_env": int(os.environ.get("OMP_NUM_THREADS", "0") or 0)}
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        out.update(torch=torch.get_num_threads(), torch_interop=torch.get_num_interop_threads())
+    if "itk" in sys.modules:
+        out["itk"] = sys.modules["itk"].MultiThreaderBase.GetGlobalDefaultNumberOfThreads()
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return out
+    for pool in threadpool_info():
+        out[f"{pool['internal_api']}:{Path(pool['filepath']).name}"] = int(pool["num_threads"])
+    return out
 
 
 def config_seeds(config: dict) -> dict[str, Any]:
@@ -83,7 +119,7 @@ def job(smk: Any) -> Iterator[dict]:
                      "inputs.count": str(len(prov["inputs"])),
                      **{f"seed.{k}": str(v) for k, v in prov["seeds"].items()},
                      **{f"package.{k}": str(v) for k, v in prov["packages"].items()}})
-    log.info("job %s starting", name)
+    log.info("job %s starting on %d thread(s): %s", name, smk.threads, thread_settings())
     with tracking.job_run(experiment, name, tags, system_metrics=smk.rule in SYSTEM_METRICS_RULES):
         tracking.log_params(params)
         if prov:
