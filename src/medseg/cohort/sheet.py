@@ -15,6 +15,8 @@ reads.
 """
 from __future__ import annotations
 
+import csv
+
 import functools
 import logging
 import os
@@ -23,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 
 from medseg.cohort.sources import header, read_source
@@ -190,6 +191,8 @@ def build_case_sheet(task: Task, files: Mapping[str, CaseFiles], splits: Mapping
     rows += [{"case_id": c, "split": EXCLUDED, "fold": "", "labelled": "", "convention": "", "problem": _one_line(why)}
              for c, why in sorted((excluded or {}).items())]
     with atomic_path(out_tsv) as tmp:  # object dtype: ints stay ints; a missing value is an empty cell
+        import pandas as pd  # writing only: reading the sheet (every DAG load) stays light
+
         pd.DataFrame(rows, columns=columns(mods), dtype=object).to_csv(tmp, sep="\t", index=False, na_rep="")
     if out_task is not None:
         write_json(task.to_dict(), out_task)
@@ -221,8 +224,8 @@ def plan_sheet(plan, out_tsv: str | Path, out_task: str | Path | None = None, **
 
 
 def read_case_sheet(path: str | Path) -> dict[str, dict]:
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)  # every cell as written, "" if empty
-    return {r["case_id"]: r for r in table.to_dict("records")}
+    with open(path, newline="") as f:  # every cell as written, "" if empty
+        return {r["case_id"]: r for r in csv.DictReader(f, delimiter="\t")}
 
 
 def read_task(path: str | Path) -> Task:
