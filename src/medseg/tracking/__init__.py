@@ -15,6 +15,12 @@ last sync at the end, or ``medseg tracking-sync`` on demand. So
 
 Runs of one workflow invocation are nested under one parent run per dataset experiment
 (``mlflow.parentRunId``), named after the targets and the dataset.
+
+Metric names group into the MLflow UI's chart sections (the part before the last ``/``):
+``train/loss``, ``val/dice_WT`` (training curves), ``test/dice_WT``, ``test/hd95_WT`` (an
+aggregation's mean test scores, :func:`log_test_scores`), ``test/<model>/dice_WT`` on the parent
+run, ``system/...``. A model bundle is logged as the MLflow model ``<dataset>_<model>``
+(:func:`model_name`), registered under that name, with the test scores linked to it.
 Default store: ``sqlite:///mlflow.db`` in the working directory, artifacts in ``./mlartifacts``
 (relative paths: the project folder can be moved); ``MLFLOW_TRACKING_URI`` overrides it.
 """
@@ -23,15 +29,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import numbers
 import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from medseg.tracking.config import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +83,14 @@ def _write_record(record: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def model_name(dataset: str, model: str) -> str:
+    """The name of a dataset x model's MLflow model, logged and registered: ``brats_timm``."""
+    return f"{dataset}_{model}"
+
+
 def start_invocation(name: str = "snakemake", tags: Mapping[str, str] | None = None, *,
                      config: Mapping[str, Any] | None = None, experiments: Mapping[str, str] | None = None,
-                     register_model: bool = False) -> str:
+                     register_model: bool = TrackingConfig.register_model) -> str:
     """Open a workflow invocation: later job runs are nested under its parent run(s). Returns its id.
 
     Args:
@@ -85,7 +99,8 @@ def start_invocation(name: str = "snakemake", tags: Mapping[str, str] | None = N
         config: the resolved workflow config, logged on each parent run (``config.yaml``, params).
         experiments: dataset -> MLflow experiment of the datasets this invocation works on; jobs of
             other experiments (shared jobs such as the atlas) are nested under the first one's parent.
-        register_model: register each logged model bundle in the MLflow model registry.
+        register_model: register each logged model bundle in the MLflow model registry
+            (``tracking.register_model``, :class:`medseg.tracking.config.TrackingConfig`).
     """
     inv = {"id": uuid.uuid4().hex, "name": name, "tags": dict(tags or {}), "start": _now(), "end": None,
            "status": "RUNNING", "config": json.loads(json.dumps(config or {}, default=str)),
@@ -285,17 +300,39 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     _maybe_flush(frozenset(flat))
 
 
-def log_invocation_metrics(metrics: Mapping[str, float]) -> None:
-    """Also log ``metrics`` on the invocation's parent run (the test scores: runs compare in the UI)."""
-    if _current is not None:
-        _current["parent_metrics"].update({k: float(v) for k, v in _flatten(metrics).items() if v is not None})
+TEST_PREFIX = "test/"
 
 
-def log_model_bundle(bundle_dir: str | Path, name: str) -> None:
-    """Log a model bundle (:mod:`medseg.inference.bundle`) as an MLflow pyfunc model ``model`` of this run at sync
-    (:class:`medseg.tracking.mlflow_model.BundleModel`); registered as ``name`` if the invocation asks for it."""
+def log_test_scores(dataset: str, model: str, scores: Mapping[str, float], n_cases: int,
+                    results: str | Path | None = None, structures: Sequence[str] = ()) -> None:
+    """Record an aggregation's mean test scores (``{"dice_WT": 0.81, "hd95_WT": 3.2, ...}``).
+
+    At sync they become the metrics ``test/dice_WT`` ... and ``test/n_cases`` of this job's run,
+    linked to the dataset x model's logged MLflow model (:func:`model_name`; the latest one logged,
+    by ``export_bundle``), and ``test/<model>/dice_WT`` ... on the invocation's parent run, whose
+    description (``mlflow.note.content``) then summarises every model's test scores.
+
+    Args:
+        results: the results JSON, named in the parent's description.
+        structures: the task's regions (or labels) in its order (WT, TC, ET), the description's column order.
+    """
+    if _current is None:
+        return
+    values = {f"{TEST_PREFIX}{k}": float(v) for k, v in scores.items()
+              if isinstance(v, numbers.Real) and not math.isnan(v)}  # NaN (no case scored): not a metric
+    values[f"{TEST_PREFIX}n_cases"] = float(n_cases)
+    _current["test"] = {"dataset": dataset, "model": model, "name": model_name(dataset, model), "scores": values,
+                        "results": str(results) if results else None, "structures": list(structures)}
+    _current["parent_metrics"].update({f"{TEST_PREFIX}{model}/{k[len(TEST_PREFIX):]}": v for k, v in values.items()})
+
+
+def log_model_bundle(bundle_dir: str | Path, dataset: str, model: str) -> None:
+    """Log a model bundle (:mod:`medseg.inference.bundle`) at sync as this run's MLflow pyfunc model
+    :func:`model_name` (:mod:`medseg.tracking.mlflow_model`), registered under that name unless the
+    invocation says ``tracking.register_model: false``."""
     if _current is not None and Path(bundle_dir).is_dir():
-        _current["models"].append({"bundle": str(Path(bundle_dir).resolve()), "name": name})
+        _current["models"].append({"bundle": str(Path(bundle_dir).resolve()), "name": model_name(dataset, model),
+                                   "dataset": dataset, "model": model})
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:

@@ -10,11 +10,12 @@ from typing import Any
 from medseg import tracking
 from medseg.tracking import provenance
 from medseg.tracking import sync as tracking_sync
+from medseg.tracking.config import TrackingConfig
 
 
 def enabled(config: Mapping[str, Any]) -> bool:
-    """``tracking.enabled`` of the config (default on)."""
-    return bool((config.get("tracking") or {}).get("enabled", True))
+    """``tracking.enabled`` of the config (:class:`medseg.tracking.config.TrackingConfig`)."""
+    return TrackingConfig.from_config(config).enabled
 
 
 def disable() -> None:
@@ -33,11 +34,10 @@ def start(config: Mapping[str, Any], workflow: Any, datasets: Any) -> None:
             "config.hash": provenance.config_hash(config), "git.dirty": str(git["dirty"])}
     if git["commit"]:
         tags["mlflow.source.git.commit"] = git["commit"]
-    track = config.get("tracking") or {}
-    prefix = track.get("experiment_prefix", "medseg-")
+    track = TrackingConfig.from_config(config)
     tracking.start_invocation((", ".join(targets) or "all")[:200], tags, config=config,
-                              experiments={d: prefix + d for d in datasets.invocation_datasets(targets)},
-                              register_model=track.get("register_model", False))
+                              experiments={d: track.experiment_prefix + d for d in datasets.invocation_datasets(targets)},
+                              register_model=track.register_model)
     tracking_sync.start_background()
 
 

@@ -9,8 +9,16 @@ logged, so a failed sync (store unreachable, read-only) loses nothing: the next 
 so the background syncer of a workflow and a manual sync never write the store together.
 
 The parent run of an invocation is named ``<targets> · <dataset>`` and carries the resolved
-config (``config.yaml`` and flattened params), the git commit and the test scores the
-aggregation jobs pass on (:func:`medseg.tracking.log_invocation_metrics`).
+config (``config.yaml`` and flattened params), the git commit, the test scores the aggregation
+jobs pass on (:func:`medseg.tracking.log_test_scores`: ``test/<model>/dice_WT`` ...) and a
+description (``mlflow.note.content``) summarising them. An ``export_bundle`` record's bundle
+becomes the run's MLflow model ``<dataset>_<model>``, registered under that name
+(:mod:`medseg.tracking.mlflow_model`); an aggregation's test scores are linked to the latest model
+of that name (MLflow's logged-model metrics: ``mlflow.search_logged_models`` shows them).
+
+A SQLite store is also locked while a sync writes it (``mlflow.db.lock`` beside it): two
+invocations with different spools, or two projects sharing one store, never create or write it
+at once; a store creation raced by another program (``table ... already exists``) is retried.
 """
 from __future__ import annotations
 
@@ -19,51 +27,22 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from medseg.tracking import ARTIFACT_ROOT, DEFAULT_URI, INVOCATION_FILE, spool_dir, tracking_uri
+from medseg.tracking import INVOCATION_FILE, model_name, spool_dir, tracking_uri
+from medseg.tracking.config import TrackingConfig
+from medseg.tracking.store import experiment_id, open_client, store_locked
+from medseg.tracking.summary import (INVOCATIONS_FILTER, VIEW_TAG, differing_params, parent_note, test_scores_by_model,
+                                     view_link, view_state)
 
 log = logging.getLogger(__name__)
 PARENTS_FILE = "parents.json"  # {invocation id: {experiment: parent run id}}
 STATE_FILE = "synced.json"  # {record id: {"run_id", "metrics": n logged, "params": [keys logged]}}
 LOCK_FILE = ".sync.lock"
-# MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI traces overview)
-EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-
-
-def _client():
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the workflow's log readable
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri())
-
-
-def _relative_artifacts(exp_id: str) -> None:
-    """Store the experiment's artifact location as ``mlartifacts/<id>`` (relative to the project
-    folder, where ``mlflow ui`` runs) instead of the absolute path MLflow resolves it to: a moved
-    or copied project keeps its artifacts. Only for the default local SQLite store."""
-    if tracking_uri() != DEFAULT_URI:
-        return
-    with contextlib.closing(sqlite3.connect(DEFAULT_URI.removeprefix("sqlite:///"), timeout=60)) as db, db:
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                   (f"{ARTIFACT_ROOT}/{exp_id}", int(exp_id)))
-
-
-def _experiment_id(client, name: str, cache: dict) -> str:
-    if name not in cache:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            exp_id = client.create_experiment(name, tags={EXPERIMENT_KIND: MODEL_TRAINING})
-            _relative_artifacts(exp_id)
-        else:
-            exp_id = exp.experiment_id
-            if EXPERIMENT_KIND not in exp.tags:
-                client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
-        cache[name] = exp_id
-    return cache[name]
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
+RESULTS_TAG = "medseg.results."  # + model: the results JSON of the parent's test scores
 
 
 def _batched(items: list, n: int = 900):
@@ -152,7 +131,7 @@ class _Syncer:
         rec = json.loads(path.read_text())
         st = self.state.get(rec["id"])
         experiment = self._experiment(rec)
-        exp_id = _experiment_id(self.client, experiment, self.exps)
+        exp_id = experiment_id(self.client, experiment, self.exps)
         parent = None
         if rec.get("invocation"):
             parent = self._parent(rec["invocation"], experiment, exp_id, rec["start"])
@@ -177,28 +156,97 @@ class _Syncer:
         self._save_state()
         if rec["status"] == "RUNNING":
             return False
-        self._finish(rec, rid, parent)
+        self._finish(rec, st, parent, exp_id)
         path.unlink()
         self.state.pop(rec["id"], None)
         self._save_state()
         return True
 
-    def _finish(self, rec: dict, rid: str, parent: str | None) -> None:
+    def _finish(self, rec: dict, st: dict, parent: str | None, exp_id: str) -> None:
+        """Log what a finished record adds (artifacts, models, test scores, the parent's scores and
+        description), each step once: a sync failing midway resumes after the steps it did; end the run."""
+        rid = st["run_id"]
+        steps = [("artifacts", lambda: self._artifacts(rec, rid)),
+                 *((f"model:{m['name']}", lambda m=m: self._model(rec, rid, m)) for m in rec.get("models", [])),
+                 ("test", lambda: self._test_scores(rec, rid, exp_id)),
+                 ("parent", lambda: self._parent_scores(rec, parent, exp_id))]
+        done = st.setdefault("done", [])
+        for key, step in steps:
+            if key not in done:
+                step()
+                done.append(key)
+                self._save_state()
+        self.client.set_terminated(rid, status=rec["status"], end_time=rec["end"])
+
+    def _artifacts(self, rec: dict, rid: str) -> None:
         for src, sub in rec["artifacts"]:
             if Path(src).exists():
                 self.client.log_artifact(rid, src, sub)
         for name, obj in rec.get("dicts", {}).items():
             self.client.log_dict(rid, obj, name)
-        inv = self.invocations.get(rec.get("invocation") or "", {})
-        for model in rec.get("models", []):
-            if Path(model["bundle"]).is_dir():
-                from medseg.tracking.mlflow_model import log_bundle
 
-                log_bundle(rid, model["bundle"], model["name"] if inv.get("register_model") else None)
-        if parent and rec.get("parent_metrics"):
-            self.client.log_batch(parent, metrics=[self.Metric(k, v, rec["end"], 0)
-                                                   for k, v in rec["parent_metrics"].items()])
-        self.client.set_terminated(rid, status=rec["status"], end_time=rec["end"])
+    def _model(self, rec: dict, rid: str, model: dict) -> None:
+        """The record's bundle as the run's MLflow model, registered unless the invocation says no."""
+        if not Path(model["bundle"]).is_dir():
+            log.warning("tracking: model bundle %s is gone; not logged to MLflow", model["bundle"])
+            return
+        from medseg.tracking.mlflow_model import log_bundle
+
+        inv = self.invocations.get(rec.get("invocation") or "", {})
+        log_bundle(self.client, rid, model["bundle"], model["name"],
+                   register=inv.get("register_model", TrackingConfig.register_model))
+
+    def _logged_model(self, exp_id: str, name: str) -> str | None:
+        """The id of the latest ready MLflow model ``name`` of the experiment, or None."""
+        found = self.client.search_logged_models([exp_id], filter_string=f"name = '{name}' AND status = 'READY'",
+                                                 order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+                                                 max_results=1)
+        return found[0].model_id if found else None
+
+    def _test_scores(self, rec: dict, rid: str, exp_id: str) -> None:
+        """An aggregation's test scores on its run, linked to the dataset x model's MLflow model (its
+        metrics then), which becomes an input of the run."""
+        test = rec.get("test")
+        if not test:
+            return
+        model_id = self._logged_model(exp_id, test["name"])
+        self.client.log_batch(rid, metrics=[self.Metric(k, v, rec["end"], 0, model_id=model_id)
+                                            for k, v in test["scores"].items()])
+        if model_id:
+            from mlflow.entities import LoggedModelInput
+
+            self.client.log_inputs(rid, models=[LoggedModelInput(model_id)])
+
+    def _parent_scores(self, rec: dict, parent: str | None, exp_id: str) -> None:
+        """The test scores on the invocation's parent run, and its description rewritten from them."""
+        if not parent or not rec.get("parent_metrics"):
+            return
+        self.client.log_batch(parent, metrics=[self.Metric(k, v, rec["end"], 0)
+                                               for k, v in rec["parent_metrics"].items()])
+        test = rec.get("test")
+        if not test:
+            return
+        if test.get("results"):
+            self.client.set_tag(parent, RESULTS_TAG + test["model"], test["results"])
+        run = self.client.get_run(parent)
+        scores = test_scores_by_model(run.data.metrics)
+        order = test.get("structures") or []  # the task's order of structures
+        results = {m: run.data.tags.get(RESULTS_TAG + m) for m in scores}
+        models = {m: (n, uri) for m in scores if (uri := self._model_uri(exp_id, n := model_name(test["dataset"], m)))}
+        self.client.set_tag(parent, NOTE_TAG, parent_note(test["dataset"], scores, results, models, view_link(exp_id),
+                                                          order))
+        parents = self.client.search_runs([exp_id], INVOCATIONS_FILTER, max_results=1000)
+        view = view_state(scores, self.client.get_experiment(exp_id).tags.get(VIEW_TAG),
+                          differing_params([r.data.params for r in parents]), order)
+        self.client.set_experiment_tag(exp_id, VIEW_TAG, view)
+
+    def _model_uri(self, exp_id: str, name: str) -> str | None:
+        """``models:/<name>/latest`` if the model ``name`` is registered, else its logged model's URI, or None."""
+        model_id = self._logged_model(exp_id, name)
+        if model_id is None:
+            return None
+        registered = self.client.search_registered_models(filter_string=f"name = '{name}'", max_results=1)
+        return f"models:/{name}/latest" if registered else f"models:/{model_id}"
 
     def _save_state(self) -> None:
         _write(self.spool / STATE_FILE, self.state)
@@ -237,10 +285,10 @@ def sync(spool: str | Path | None = None, *, quiet: bool = False) -> dict[str, i
     spool = Path(spool) if spool else spool_dir()
     if not spool.exists() or not any(spool.glob("*.json")):
         return {"runs": 0, "failed": 0}
-    with _locked(spool):
+    with _locked(spool), store_locked(tracking_uri()):
         records = sorted(spool.glob("run-*.json"), key=lambda p: p.stat().st_mtime)
         try:
-            syncer = _Syncer(_client(), spool)
+            syncer = _Syncer(open_client(), spool)
         except Exception as e:  # noqa: BLE001
             log.warning("tracking failed (MLflow unavailable: %s); %d run records kept in %s", e, len(records), spool)
             return {"runs": 0, "failed": len(records)}
