@@ -1,14 +1,21 @@
 """EDPCNN vs the same U-Net alone with 10, 30 and all labelled training slices (Nguyen & Ray, Fig. 3 / Table 1).
 
-Data: the demo BraTS cohort (``medseg.cohort.synth``, 2 mm), whole tumour (labels 1, 2, 4) on
-axial slices; FLAIR and T2 z-scored inside the non-zero head, cropped/padded to a square around
-the head's centre; slices whose WT area is at least ``--min-area`` pixels. Split by case: the
-held-out cases are never seen in training. Training sets are telescopic (one shuffle of the
-training slices, the first 10, 30, all), as in Sec. 3.5. Both models share the same U-Net
-(timm resnet10t encoder), batch size, iteration count and learning rate; the U-Net alone is
-trained with Dice + BCE, EDPCNN with Algorithm 2 (synthetic gradients through the DP).
+Data: any labelled dataset folder medseg reads (``--source``: BraTS, nnU-Net raw, Decathlon,
+ACDC, PROMISE12; the layout is detected) and one object of its task (``--object``: a label or a
+region, resolved by :func:`medseg.inference.edpcnn.resolve_object` as the workflow's trainer does;
+default the largest region, BraTS WT, or the union of the labels). Without ``--source``: the demo
+BraTS cohort (``medseg.cohort.synth``, 2 mm), FLAIR and T2, whole tumour. Each case is read in the
+working orientation (LPS), optionally resampled in plane to ``--pixel-mm`` (slices kept: ACDC's
+5-10 mm short-axis slices stay slices), z-scored where its first modality is > 0, cropped/padded to
+``--crop`` pixels around the centre of that region and resized to ``--size``; slices
+whose object has at least ``--min-area`` pixels are kept. Split by case (by patient for ACDC: the
+ED and ES frames together): held-out cases are never seen in training. Training sets are
+telescopic (one shuffle of the training slices, the first 10, 30, all: ``--n-labelled``), as in
+Sec. 3.5. Both models share the same U-Net (timm resnet10t encoder), batch size, iteration count
+and learning rate; the U-Net alone is trained with Dice + BCE, EDPCNN with Algorithm 2
+(synthetic gradients through the DP).
 
-Reported (mean Dice over held-out slices, whole tumour):
+Reported (mean Dice over held-out slices, the object):
 
 * ``unet``: sigmoid > 0.5, the whole mask;
 * ``unet_cc``: the paper's fair protocol (Sec. 3.2): only the connected component holding the
@@ -21,10 +28,10 @@ Reported (mean Dice over held-out slices, whole tumour):
 Deviations from the paper's protocol (Sec. 3.3, 3.5), for a few CPU minutes: 150 iterations
 (paper 20,000) at learning rate 1e-3 (paper 1e-4) for both networks; ``S = 2`` noise samples and
 3 inner steps of ``F`` (paper 10 and 10); no model selection on validation Dice (the paper keeps
-the best of checkpoints evaluated every 50 iterations); ``M = R = 24`` px at 3 mm pixels
-(paper 65 px); FLAIR + T2 slices of synthetic brain tumours instead of ACDC cine MRI.
+the best of checkpoints evaluated every 50 iterations); ``M = R = 24`` px (paper 65 px at 1.37 mm).
 
 Run: ``PYTHONPATH=src python benchmarks/bench_edpcnn.py [--cases 16 --test-cases 5 --iters 300]``
+(the demo); ACDC: ``... --source <ACDC>/training --object LV --pixel-mm 2.74 --crop 80 --size 80``.
 """
 from __future__ import annotations
 
@@ -43,7 +50,14 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage as ndi
 
+from medseg.cohort.listing import CaseListing, list_cases
+from medseg.cohort.sources import read_source
 from medseg.cohort.synth import SynthConfig, generate_cohort
+from medseg.inference.edpcnn import StarObject, resolve_object
+from medseg.io import read_labels
+from medseg.plan.recipe import WORKING_ORIENTATION
+from medseg.preprocess.stages import resample_to_spacing
+from medseg.tasks.layouts.base import GROUP_KEY
 from medseg.training.losses import dice_bce
 from medseg.models.edpcnn import EDPCNN, EDPCNNConfig
 from medseg.training.edpcnn_step import make_optimizers, train_step
@@ -51,12 +65,15 @@ from medseg.models.star_dp import largest_component_centre
 from medseg.models.unet import ModelConfig, TimmUNet
 
 log = logging.getLogger("bench_edpcnn")
-MODALITIES = ("flair", "t2")
+DEMO_MODALITIES = ("flair", "t2")
 
 
-def _read(path: Path) -> np.ndarray:
-    """Axial stack ``(Z, Y, X)`` in LPS orientation (x -> L, y -> P, z -> S)."""
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS"))
+def _working(img: sitk.Image, pixel_mm: float | None, interpolator: int) -> np.ndarray:
+    """``(Z, Y, X)`` in the working orientation (LPS), in plane at ``pixel_mm`` when given."""
+    img = sitk.DICOMOrient(img, WORKING_ORIENTATION)
+    if pixel_mm is not None:
+        img = resample_to_spacing(img, (pixel_mm, pixel_mm, None), interpolator)
+    return sitk.GetArrayFromImage(img)
 
 
 def _crop(arr: np.ndarray, centre: tuple[int, int], size: int) -> np.ndarray:
@@ -69,35 +86,60 @@ def _crop(arr: np.ndarray, centre: tuple[int, int], size: int) -> np.ndarray:
     return out
 
 
-def case_slices(case_dir: Path, crop: int, size: int, min_area: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``(S, 2, size, size)`` float32 and WT masks ``(S, size, size)`` uint8 of one case:
-    a ``crop`` x ``crop`` window (2 mm pixels) around the head, resized to ``size`` (area average;
-    masks: average > 0.5)."""
-    cid = case_dir.name
-    chans = [_read(case_dir / f"{cid}_{m}.nii.gz").astype(np.float32) for m in MODALITIES]
-    wt = (_read(case_dir / f"{cid}_seg.nii.gz") > 0).astype(np.uint8)
-    head = chans[0] > 0
+@dataclasses.dataclass(frozen=True)
+class SliceSpec:
+    """How slices are cut from a case (see the module doc)."""
+
+    modalities: tuple[str, ...]
+    obj: StarObject
+    pixel_mm: float | None = None
+    crop: int = 96
+    size: int = 64
+    min_area: int = 30
+
+
+def case_slices(listing: CaseListing, case: str, spec: SliceSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(S, C, size, size)`` float32 and object masks ``(S, size, size)`` uint8 of one case:
+    a ``crop`` x ``crop`` window around the centre of the first modality's region > 0, resized to ``size``
+    (area average; masks: average > 0.5)."""
+    chans = [_working(read_source(listing.raw(case, m), case, listing.channel(case, m)), spec.pixel_mm,
+                      sitk.sitkLinear).astype(np.float32) for m in spec.modalities]
+    labels = _working(read_labels(listing.raw(case, "seg"), case=case), spec.pixel_mm, sitk.sitkNearestNeighbor)
+    target = listing.task.encode(labels)
+    target = np.swapaxes(target, 0, 1) if target.ndim == 4 else target[:, None]  # (Z, T, Y, X)
+    mask = spec.obj.mask(target).astype(np.uint8)
+    head = chans[0] > 0  # the head / body: where the first modality has signal
     for c in chans:
         v = c[head]
         c[...] = np.where(head, (c - v.mean()) / (v.std() + 1e-6), 0.0)
     yx = np.argwhere(head.any(0))
     centre = tuple(((yx.min(0) + yx.max(0)) // 2).tolist())
-    img = torch.from_numpy(_crop(np.stack(chans, 1), centre, crop))  # (Z, 2, crop, crop)
-    msk = torch.from_numpy(_crop(wt, centre, crop)).float()[:, None]
-    if size != crop:
-        img = torch.nn.functional.interpolate(img, size=(size, size), mode="area")
-        msk = torch.nn.functional.interpolate(msk, size=(size, size), mode="area")
+    img = torch.from_numpy(_crop(np.stack(chans, 1), centre, spec.crop))  # (Z, C, crop, crop)
+    msk = torch.from_numpy(_crop(mask, centre, spec.crop)).float()[:, None]
+    if spec.size != spec.crop:
+        img = torch.nn.functional.interpolate(img, size=(spec.size, spec.size), mode="area")
+        msk = torch.nn.functional.interpolate(msk, size=(spec.size, spec.size), mode="area")
     img, msk = img.numpy(), (msk[:, 0] > 0.5).numpy().astype(np.uint8)
-    keep = msk.reshape(len(msk), -1).sum(1) >= min_area
+    keep = msk.reshape(len(msk), -1).sum(1) >= spec.min_area
     return img[keep], msk[keep]
 
 
-def load(cohort: Path, cases: list[str], crop: int, size: int, min_area: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load(listing: CaseListing, cases: list[str], spec: SliceSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xs, ys, ids = [], [], []
     for i, c in enumerate(cases):
-        x, y = case_slices(cohort / "images" / c, crop, size, min_area)
+        x, y = case_slices(listing, c, spec)
         xs.append(x), ys.append(y), ids.append(np.full(len(x), i))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
+
+
+def split_groups(listing: CaseListing, n_test: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """(test cases, training cases) of the labelled cases: ``n_test`` groups (patients; else cases)
+    drawn by ``rng``, every case of a group on the same side."""
+    labelled = sorted(c for c, f in listing.files.items() if f.seg is not None and c in listing.splits)
+    group = {c: listing.files[c].meta.get(GROUP_KEY, c) for c in labelled}
+    order = list(rng.permutation(sorted(set(group.values()))))
+    cases = [[c for c in labelled if group[c] == g] for g in order]  # in the drawn order (telescopic sets)
+    return [c for cs in cases[:n_test] for c in cs], [c for cs in cases[n_test:] for c in cs]
 
 
 def _batches(n: int, batch: int, iters: int, rng: np.random.Generator):
@@ -178,15 +220,23 @@ def evaluate(unet: TimmUNet, edp: EDPCNN, x: np.ndarray, y: np.ndarray, batch: i
     return {k: (float(np.mean(v)), float(np.std(v))) for k, v in scores.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=16)
-    ap.add_argument("--test-cases", type=int, default=5)
+    ap.add_argument("--source", type=Path, default=None,
+                    help="a labelled dataset folder (BraTS, nnU-Net raw, Decathlon, ACDC, PROMISE12); default: the demo")
+    ap.add_argument("--object", default=None, help="label or region of the task (ACDC: LV); default: the largest "
+                                                   "region (BraTS WT) or the union of the labels")
+    ap.add_argument("--modalities", default=None, help="comma-separated input modalities (default: the task's; "
+                                                       "the demo: flair,t2)")
+    ap.add_argument("--pixel-mm", type=float, default=None, help="resample in plane to this pixel size (default: native)")
+    ap.add_argument("--cases", type=int, default=16, help="demo cases generated (no --source)")
+    ap.add_argument("--test-cases", type=int, default=5, help="held-out cases (patients for ACDC)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--crop", type=int, default=96, help="window around the head, 2 mm pixels")
-    ap.add_argument("--size", type=int, default=64, help="slice size after resizing the window (64: 3 mm pixels)")
-    ap.add_argument("--min-area", type=int, default=30, help="min WT pixels of a kept slice (at --size)")
-    ap.add_argument("--sizes", default="10,30,all", help="telescopic training-set sizes")
+    ap.add_argument("--crop", type=int, default=96, help="window around the centre of the signal (first modality > 0), pixels")
+    ap.add_argument("--size", type=int, default=64, help="slice size after resizing the window (demo: 3 mm pixels)")
+    ap.add_argument("--min-area", type=int, default=30, help="min object pixels of a kept slice (at --size)")
+    ap.add_argument("--n-labelled", "--sizes", dest="sizes", default="10,30,all",
+                    help="telescopic numbers of labelled training slices")
     ap.add_argument("--iters", type=int, default=150)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -194,33 +244,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--radius", type=int, default=24, help="star radius R = points per ray M (pixels)")
     ap.add_argument("--noise-samples", type=int, default=2, help="S (paper: 10; lowered for CPU time)")
     ap.add_argument("--sg-steps", type=int, default=3, help="inner steps of F (paper: 10; lowered for CPU time)")
-    ap.add_argument("--cohort", type=Path, default=None, help="reuse a generated cohort directory")
+    ap.add_argument("--cohort", type=Path, default=None, help="reuse a generated demo cohort directory")
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    t0 = time.perf_counter()
+    return ap.parse_args(argv)
 
-    tmp = None
-    cohort = args.cohort
+
+def _listing(args: argparse.Namespace) -> tuple[CaseListing, tempfile.TemporaryDirectory | None]:
+    """The dataset's listing: ``--source``, else the demo cohort (generated unless ``--cohort`` holds it)."""
+    if args.source is not None:
+        return list_cases(args.source.name, {"source": str(args.source)}), None
+    tmp, cohort = None, args.cohort
     if cohort is None or not (cohort / "cohort.json").exists():
         if cohort is None:
             tmp = tempfile.TemporaryDirectory(prefix="bench_edpcnn_")
             cohort = Path(tmp.name)
         generate_cohort(SynthConfig(n_cases=args.cases, seed=args.seed, spacing_mm=(2.0, 2.0, 2.0), anatomy="icbm",
                                     fov_variety=False), cohort, workers=2)
-    cases = json.loads((cohort / "cohort.json").read_text())["cases"]
+    return list_cases("demo", {"source": str(cohort / "images")}), tmp
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    t0 = time.perf_counter()
+    listing, tmp = _listing(args)
+    mods = tuple(args.modalities.split(",")) if args.modalities else (
+        listing.modalities if args.source is not None else DEMO_MODALITIES)
+    spec = SliceSpec(mods, resolve_object(listing.task, args.object, "--object"), args.pixel_mm, args.crop, args.size,
+                     args.min_area)
     rng = np.random.default_rng(args.seed)
-    order = list(rng.permutation(cases))
-    test_cases, train_cases = order[: args.test_cases], order[args.test_cases:]
-    xtr, ytr, _ = load(cohort, train_cases, args.crop, args.size, args.min_area)
-    xte, yte, _ = load(cohort, test_cases, args.crop, args.size, args.min_area)
+    test_cases, train_cases = split_groups(listing, args.test_cases, rng)
+    xtr, ytr, _ = load(listing, train_cases, spec)
+    xte, yte, _ = load(listing, test_cases, spec)
     perm = rng.permutation(len(xtr))  # telescopic sets: one shuffle, then prefixes (Sec. 3.5)
     xtr, ytr = xtr[perm], ytr[perm]
-    log.info("data: %d train slices (%d cases), %d test slices (%d cases); %.0f s",
-             len(xtr), len(train_cases), len(xte), len(test_cases), time.perf_counter() - t0)
+    log.info("data: %s, object %s: %d train slices (%d cases), %d test slices (%d cases); %.0f s", listing.root,
+             spec.obj.name, len(xtr), len(train_cases), len(xte), len(test_cases), time.perf_counter() - t0)
 
-    unet_cfg = ModelConfig(encoder="resnet10t", in_channels=len(MODALITIES), out_channels=1,
+    unet_cfg = ModelConfig(encoder="resnet10t", in_channels=len(mods), out_channels=1,
                            decoder_channels=(32, 24, 16, 16, 8))
     edp_cfg = EDPCNNConfig(unet=unet_cfg, n_rays=args.rays, n_points=args.radius, radius_px=float(args.radius),
                            noise_samples=args.noise_samples, sg_steps=args.sg_steps, lr=args.lr, sg_lr=args.lr)
@@ -238,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("n=%d %s (U-Net %.0f s, EDPCNN %.0f s; last step %s)", n,
                  {k: round(v[0], 3) for k, v in res.items()}, t_u, t_e, {k: round(v, 3) for k, v in last.items()})
 
-    print(f"\nEDPCNN vs U-Net, whole tumour, demo BraTS ({args.crop * 2} mm window at {args.size}x{args.size}), "
-          f"{len(xte)} held-out slices from {len(test_cases)} cases; {args.iters} iterations x batch {args.batch}")
+    print(f"\nEDPCNN vs U-Net, object {spec.obj.name} of {listing.root} ({args.crop} px window at "
+          f"{args.size}x{args.size}), {len(xte)} held-out slices from {len(test_cases)} cases; "
+          f"{args.iters} iterations x batch {args.batch}")
     print("Dice mean (sd)   unet = sigmoid>0.5; unet_cc = component at GT centroid (paper Sec. 3.2);")
     print("                 edpcnn = centre from U-Net output (midrange); edpcnn_thr = same, map > 0;")
     print("                 edpcnn_gtc = GT centre (paper's protocol)")

@@ -9,7 +9,8 @@ pattern around a centre -> warped map -> radial cost ``(B, N, M)`` (Eq. 2) -> DP
 :mod:`medseg.models.star_dp`) -> indices -> circular moving average (Sec. 3.4) -> polygon -> mask.
 
 In the workflow: model key ``edpcnn`` (:class:`EDPCNNModelConfig` in :data:`medseg.models.REGISTRY`),
-trained on the task's largest region (BraTS: WT) or the union of its labels by
+trained on one object of the task (``models.<key>.object``: a label or region, e.g. ACDC's LV
+cavity; default the largest region, BraTS WT, or the union of the labels) by
 :mod:`medseg.training.edpcnn`, predicted slice by slice by :mod:`medseg.inference.edpcnn`.
 
 Training (Algorithm 2): the DP is not differentiable, so an approximating network ``F``
@@ -170,12 +171,16 @@ class EDPCNNModelConfig(StarDPSettings):
 
     The U-Net encoder settings of :class:`~medseg.models.unet.ModelConfig` (``encoder``,
     ``decoder_channels``, ``pretrained``, ``weights``) plus every EDPCNN setting of
-    :class:`EDPCNNConfig` (same names, same meaning, same paper defaults; see there).
+    :class:`EDPCNNConfig` (same names, same meaning, same paper defaults; see there), and ``object``:
+    the label or region of the task it segments (the paper: the LV cavity, ``LV`` of ACDC; ``None``:
+    the largest region, or the union of the labels), resolved against the task by
+    :func:`medseg.inference.edpcnn.resolve_object`.
     ``in_channels``, ``out_channels`` and ``object_channel`` are set by the trainer from the task:
     the U-Net takes ``in_channels`` (modalities x context slices) and always produces ONE map;
     ``out_channels`` is the task's output count ``K``, the channels :mod:`medseg.inference.edpcnn`
-    fills at inference: the segmented object in channel ``object_channel`` (the largest region,
-    BraTS WT; or the first label), the other channels empty. 2-D: whole slices, ``patch_size`` None.
+    fills at inference: the segmented object in channel ``object_channel`` (its region's or label's
+    channel; the union of the labels: the first label's), the other channels empty. 2-D: whole
+    slices, ``patch_size`` None.
     """
 
     arch: str = "edpcnn"
@@ -183,6 +188,7 @@ class EDPCNNModelConfig(StarDPSettings):
     in_channels: int = 12
     out_channels: int = 3
     object_channel: int = 0
+    object: str | None = None
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
     pretrained: bool = False
     weights: str | None = None

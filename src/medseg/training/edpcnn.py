@@ -6,10 +6,11 @@ configs) and writes the same outputs (``model.pt`` with ``meta`` incl. the task,
 ``checkpoint.pt``, ``best_weights.pt``, ``metrics.csv``, ``curves.png``, ``summary.json``), so
 the workflow's ``train_model`` and ``predict_case`` rules run it unchanged.
 
-Target: ONE star-shaped binary object per 2-D slice (:func:`medseg.inference.edpcnn.object_mask`):
-the task's largest region (the one the others nest in; BraTS: WT, the whole tumour) for region
-tasks, the union of all labels for label tasks; the trainer records its output channel in the
-model config (``object_channel``). Slices are drawn by :func:`medseg.training.batches.make_batch` as for the U-Net
+Target: ONE star-shaped binary object per 2-D slice, ``models.<key>.object`` resolved once against
+the task (:func:`medseg.inference.edpcnn.resolve_object`): a label (ACDC: ``LV``, the LV cavity, the
+paper's object) or region; by default the task's largest region (the one the others nest in;
+BraTS: WT, the whole tumour) for region tasks, the union of all labels for label tasks. The
+trainer records its output channel in the model config (``object_channel``). Slices are drawn by :func:`medseg.training.batches.make_batch` as for the U-Net
 (``training.fg_prob`` of them hold the object; the others have an empty mask and train only the
 U-Net's centre loss, see :func:`medseg.training.edpcnn_step.train_step`), with ``training.context``,
 ``patch_size`` and ``augment``.
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from medseg.evaluate.metrics import dice
 from medseg.inference.config import InferenceConfig
-from medseg.inference.edpcnn import object_channel, object_mask, object_name, predict_volume_edpcnn
+from medseg.inference.edpcnn import StarObject, predict_volume_edpcnn, resolve_object
 from medseg.models import build_model
 from medseg.models.checkpoint import save_atomic
 from medseg.models.edpcnn import EDPCNN, EDPCNNModelConfig
@@ -61,17 +62,18 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def validate_edpcnn(model: EDPCNN, cases: Sequence[tuple[np.ndarray, np.ndarray]], context: int,
-                    icfg: InferenceConfig, task: Task) -> dict[str, float]:
-    """Mean Dice of the object over whole validation volumes ``(image (C, z, y, x), target (T, z, y, x))``."""
+                    icfg: InferenceConfig, task: Task, obj: StarObject | None = None) -> dict[str, float]:
+    """Mean Dice of the object ``obj`` (default: the task's default object) over whole validation
+    volumes ``(image (C, z, y, x), target (T, z, y, x))``."""
+    obj = obj or resolve_object(task)
     scores = []
     for image, target in cases:
         probs = predict_volume_edpcnn([model], image, context, icfg, task.activation)
-        k = model.object_channel
-        pred = probs[k] > (icfg.threshold if task.activation == "sigmoid" else 0.5)
-        scores.append(dice(object_mask(np.swapaxes(target, 0, 1), task.target_kind, k), pred))
+        pred = probs[obj.channel] > (icfg.threshold if task.activation == "sigmoid" else 0.5)
+        scores.append(dice(obj.mask(np.swapaxes(target, 0, 1)), pred))
     model.train()
     d = float(np.mean(scores))
-    return {f"dice_{object_name(task)}": d, "dice_mean": d}
+    return {f"dice_{obj.name}": d, "dice_mean": d}
 
 
 def train_edpcnn(job: FoldJob, run: ModelRun, stop_after: int | None = None) -> dict:
@@ -86,12 +88,14 @@ def train_edpcnn(job: FoldJob, run: ModelRun, stop_after: int | None = None) -> 
     cfg, task = f.cfg, job.task
     tiles = TileSet(*job.tiles("train"), fold=job.fold)
     check_channels(tiles.n_image, task)
-    mcfg = dataclasses.replace(run.network_config(tiles.n_image, task.n_outputs), object_channel=object_channel(task))
+    mcfg = run.network_config(tiles.n_image, task.n_outputs)
     if not isinstance(mcfg, EDPCNNModelConfig):
         raise ValueError(f"train_edpcnn needs an EDPCNNModelConfig (models.<key>.arch: edpcnn), got {type(mcfg).__name__}")
+    obj = resolve_object(task, mcfg.object, f"models.{run.key}.object")
+    mcfg = dataclasses.replace(mcfg, object_channel=obj.channel)
     model = build_model(mcfg).to(f.device)
     opt_u, opt_sg = make_optimizers(model)
-    name = object_name(task)
+    name = obj.name
     log.info("EDPCNN on %s: object %s (output channel %d), %d rays x %d points, R = %.0f px",
              f.device, name, mcfg.object_channel, mcfg.n_rays, mcfg.n_points, mcfg.radius_px)
     states = {"model": model, "optimizer": opt_u, "optimizer_sg": opt_sg}
@@ -100,7 +104,7 @@ def train_edpcnn(job: FoldJob, run: ModelRun, stop_after: int | None = None) -> 
 
     def make(s: int) -> tuple[np.ndarray, np.ndarray]:
         xb, yb = make_batch(tiles, s, cfg.seed, cfg.batch_size, cfg.context, cfg.fg_prob, cfg.patch_size, cfg.augment)
-        return xb, object_mask(yb, task.target_kind, mcfg.object_channel)
+        return xb, obj.mask(yb)
 
     end = cfg.steps if stop_after is None else min(cfg.steps, f.start + stop_after)
     model.train()
@@ -115,7 +119,7 @@ def train_edpcnn(job: FoldJob, run: ModelRun, stop_after: int | None = None) -> 
             raise FloatingPointError(f"EDPCNN training loss is {losses['loss']} at step {step}; lower models.<key>.lr")
         done = step + 1
         record(f, {"step": done, **losses, "lr": opt_u.param_groups[0]["lr"]}, model, val_cases,
-               lambda m, v: validate_edpcnn(m, v, cfg.context, f.icfg, task), done)
+               lambda m, v: validate_edpcnn(m, v, cfg.context, f.icfg, task, obj), done)
         if done % cfg.checkpoint_every == 0 or done == end:
             save_atomic({**{k: o.state_dict() for k, o in states.items()}, "step": done, "history": f.history,
                          "best": f.best, "fingerprint": fp}, f.out / "checkpoint.pt")
