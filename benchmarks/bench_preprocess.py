@@ -7,8 +7,8 @@ Steps, each reading its inputs from and writing its outputs to .nii.gz files as 
 |---|---|---|
 | N4, 4 modalities | ``n4_case``: atlas brain mask + tissue prior | ``n4_bias_field_correction`` (its defaults, head mask) |
 | registration | ``register_case``: 3 x rigid to T1ce, T1ce affine to the atlas, 4 images + labels resampled | ``registration`` Rigid x 3, Affine, ``apply_transforms`` |
-| skull stripping | ``skullstrip_case`` (atlas, refined) | atlas head registered (Affine) to the T1, its mask warped |
-| normalisation | ``brain_stats`` + Nyul fit + ``normalize_case`` | z-score in the mask |
+| skull stripping | ``skullstrip_case`` (the default method, deepbet) | atlas head registered (Affine) to the T1, its mask warped |
+| normalisation | ``collect_stats`` + Nyul fit + ``normalize_case`` | z-score in the mask |
 
 The atlas is the same ICBM152 head (written to a local file for ANTsPy). The demo case knows its
 applied bias fields, so the recovered-vs-applied log-bias correlation inside the brain is printed
@@ -39,13 +39,12 @@ import SimpleITK as sitk  # noqa: E402
 
 from medseg.cohort.synth import SynthConfig, generate_cohort, true_brain_mask  # noqa: E402
 from medseg.preprocess.atlas import atlas_images  # noqa: E402
-from medseg.preprocess.config import N4Config
-from medseg.preprocess.n4 import log_field_correlation
-from medseg.preprocess.config import NormConfig
-from medseg.preprocess.config import RegConfig
-from medseg.preprocess.config import SkullstripConfig
-from medseg.preprocess.stages import (brain_stats, collect_stats, fit_normalizer, n4_case, normalize_case,  # noqa: E402
-                                      register_case, skullstrip_case)
+from medseg.preprocess.case import CaseFolder, CaseJob  # noqa: E402
+from medseg.preprocess.config import (N4Config, N4Stage, NormalizeStage, NormConfig, RegConfig,  # noqa: E402
+                                      RegisterStage, SkullstripConfig, SkullstripStage)
+from medseg.preprocess.intensity import collect_stats, fit_normalizer, normalize_case  # noqa: E402
+from medseg.preprocess.n4 import log_field_correlation  # noqa: E402
+from medseg.preprocess.stages import n4_case, register_case, skullstrip_case  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODS = ("t1", "t1ce", "t2", "flair")
@@ -73,25 +72,20 @@ def truth_corr(field_path: str, truth_dir: Path, mod: str) -> float:
 
 def run_medseg(case_dir: Path, out: Path, atlas_dir: Path, spacing: float) -> Timer:
     case = case_dir.name
-    raw = {m: str(case_dir / f"{case}_{m}.nii.gz") for m in MODS}
-    p = {k: {m: str(out / f"{k}_{m}.nii.gz") for m in MODS} for k in ("n4", "bias", "reg")}
+    job = CaseJob(case, {m: str(case_dir / f"{case}_{m}.nii.gz") for m in MODS}, CaseFolder(str(out)),
+                  seg=str(case_dir / f"{case}_seg.nii.gz"), figures=False)
     t = Timer()
     with t("n4"):
-        n4_case(case, raw, p["n4"], p["bias"], N4Config())
-    tfms = {**{m: str(out / f"tfm_{m}.tfm") for m in MODS}, "atlas": str(out / "tfm_atlas.tfm")}
+        n4_case(job, N4Stage(N4Config()))
     with t("register"):
-        register_case(case, p["n4"], str(case_dir / f"{case}_seg.nii.gz"), REFERENCE, p["reg"], str(out / "reg_seg.nii.gz"),
-                      tfms, RegConfig(atlas_spacing_mm=spacing), skull_stripped=False, atlas_dir=str(atlas_dir),
-                      out_warp=str(out / "warp_atlas.nii.gz"))
-    mask = str(out / "brain_mask.nii.gz")
-    with t("skullstrip"):
-        skullstrip_case(case, p["reg"]["t1"], mask, SkullstripConfig(atlas_dir=str(atlas_dir)))
+        register_case(job, RegisterStage(RegConfig(atlas_spacing_mm=spacing), reference=REFERENCE), atlas_dir=str(atlas_dir))
+    with t("skullstrip"):  # (writes the brain's intensity quantiles too, as in the workflow)
+        skullstrip_case(job, SkullstripStage(SkullstripConfig(), modality="t1", stage="reg"), atlas_dir=str(atlas_dir))
     with t("normalize"):
-        brain_stats(case, p["reg"], mask, str(out / "brain_stats.json"))
-        collect_stats([str(out / "brain_stats.json")], str(out / "stats.json"))
+        collect_stats([job.folder.brain_stats], str(out / "stats.json"))
         fit_normalizer([case], str(out / "stats.json"), str(out / "nyul.json"), NormConfig())
-        normalize_case(case, p["reg"], mask, [str(out / "nyul.json")], str(out / "norm.npz"), NormConfig())
-    t["fields"] = p["bias"]
+        normalize_case(job, NormalizeStage(NormConfig()), [str(out / "nyul.json")])
+    t["fields"] = job.folder.bias_fields(MODS)
     return t
 
 

@@ -14,6 +14,10 @@ Setups (each a demo cohort scored against its true brain mask, in each T1's own 
 
     python benchmarks/bench_skullstrip.py                 # 4 cases per setup, every method
     python benchmarks/bench_skullstrip.py --cases 2 --methods deepbet atlas
+    python benchmarks/bench_skullstrip.py --methods deepbet --deepbet 256:0.1 192:0.05   # deepbet's box size / margin
+
+``--deepbet SIZE:MARGIN ...`` scores deepbet once per setting (``skullstrip.deepbet_size``,
+``deepbet_margin``; ``256:0.1`` is deepbet itself), named ``deepbet@SIZE/MARGIN``, alternating.
 
 Each line also gives the share of the true tumour inside the mask (a method that cuts out a dark
 necrotic core or a tumour at the brain's edge loses it for segmentation).
@@ -69,12 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=4, help="cases per setup (4 = one of each FOV kind)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--deepbet", nargs="+", default=None, metavar="SIZE:MARGIN",
+                    help="deepbet settings to compare (e.g. 256:0.1 192:0.05); default: the config's")
     ap.add_argument("--robex-cases", type=int, default=None,
                     help="score robex (~1.5-7 min per mask on a busy 2-core machine) on the first N cases per setup only")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "skullstrip")
     a = ap.parse_args(argv)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
     default = SkullstripConfig().method
+    variants = method_variants(a.methods, a.deepbet)
+    names = list(variants)
     rows = []
     with tempfile.TemporaryDirectory(prefix="medseg-bench-ss-") as tmp:
         for setup, (anatomy, variety, atlas_anatomy) in SETUPS.items():
@@ -90,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                 truth = true_brain_mask(truth_dir, "t1", t1)
                 fov = json.loads((truth_dir / "truth.json").read_text()).get("fov", "standard")
                 tumour = tumour_in_t1(case_dir, truth_dir, t1)
-                for m in a.methods:
+                for m in (names if k % 2 == 0 else names[::-1]):  # alternating: a shared machine's load falls on all
                     if m == "robex" and a.robex_cases is not None and k >= a.robex_cases:
                         continue
                     t0 = time.perf_counter()
-                    mask = skullstrip(t1, SkullstripConfig(method=m, atlas_dir=atlas_dir))
+                    mask = skullstrip(t1, SkullstripConfig(**variants[m], atlas_dir=atlas_dir))
                     row = {"setup": setup, "case": case_dir.name, "fov": fov, "method": m, "dice": dice(mask, truth),
                            "seconds": time.perf_counter() - t0,
                            "tumour_kept": float((sitk.GetArrayViewFromImage(mask)[tumour] > 0).mean())}
@@ -105,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                      "seconds": float(np.mean([r["seconds"] for r in rows if r["setup"] == s and r["method"] == m])),
                      "tumour_kept": float(np.mean([r["tumour_kept"] for r in rows if r["setup"] == s and r["method"] == m])),
                      "n": sum(r["setup"] == s and r["method"] == m for r in rows)}
-                 for m in a.methods} for s in SETUPS}
+                 for m in names} for s in SETUPS}
     print(f"\nmean brain-mask Dice (mean seconds per mask), {a.cases} T1 heads per setup"
           + (f" ({a.robex_cases} for robex)" if a.robex_cases is not None else "") + ", 2 threads:")
-    print(f"{'setup':24s}" + "".join(f"{m:>20s}" for m in a.methods))
+    print(f"{'setup':24s}" + "".join(f"{m:>20s}" for m in names))
     for s, per in table.items():
         print(f"{s:24s}" + "".join(f"{v['dice']:>12.4f} ({v['seconds']:4.1f} s)" for v in per.values()))
     print("fraction of the true tumour inside the mask:")
@@ -116,10 +124,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s:24s}" + "".join(f"{v['tumour_kept']:>20.1%}" for v in per.values()))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bench_skullstrip.json").write_text(json.dumps({"mean": table, "masks": rows}, indent=2) + "\n")
-    if default not in a.methods:
+    if default not in names:
         return 0
     crosswise = [table[s][default]["dice"] for s in SETUPS if SETUPS[s][0] != SETUPS[s][2]]
     return 0 if min(crosswise) >= TARGET else 1
+
+
+def method_variants(methods: list[str], deepbet: list[str] | None) -> dict[str, dict]:
+    """Name -> SkullstripConfig keys of each method scored (``deepbet`` once per ``SIZE:MARGIN`` when given)."""
+    out: dict[str, dict] = {}
+    for m in methods:
+        if m != "deepbet" or not deepbet:
+            out[m] = {"method": m}
+            continue
+        for setting in deepbet:
+            size, margin = setting.split(":")
+            out[f"deepbet@{int(size)}/{float(margin):.2f}"] = {"method": m, "deepbet_size": int(size),
+                                                               "deepbet_margin": float(margin)}
+    return out
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ PACKAGE_OF = {
     "tifffile": "tifffile", "tiffslide": "tiffslide", "mlflow": "mlflow-skinny", "jsonschema": "jsonschema",
     "skimage": "scikit-image", "torchstain": "torchstain", "PIL": "pillow",
     "surface_distance": "surface-distance", "panoptica": "panoptica", "psutil": "psutil", "deepbet": "deepbet",
-    "threadpoolctl": "threadpoolctl",
+    "threadpoolctl": "threadpoolctl", "cc3d": "connected-components-3d", "fill_voids": "fill-voids",
 }
 PROVIDED = {"medseg", "snakemake"}  # medseg: PYTHONPATH set by the workflow; snakemake: the script preamble
 

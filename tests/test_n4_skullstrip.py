@@ -210,11 +210,20 @@ def robex_cases(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("fov", ["neck", "tilted"])
-def test_crosswise_head_registers_and_skullstrips(robex_cases, fov, tmp_path):
-    """A head whose anatomy is not the atlas's: the atlas registration passes its gates (search start) and the
-    default skull stripping reaches Dice >= 0.95 against the true mask, through the workflow's stage functions."""
+def test_crosswise_head_registers_and_skullstrips(robex_cases, fov, tmp_path, monkeypatch):
+    """A head whose anatomy is not the atlas's: the atlas registration passes its gates and the default skull
+    stripping reaches Dice >= 0.95 against the true mask, through the workflow's stage functions. ``init: auto``
+    runs the coarse pose search only where the centres-of-mass start fails its gate: not for the head with neck and
+    face (it converges from there), but for the head tilted ~24 degrees (the optimiser stops at NMI ~1.07 <
+    min_nmi_at_limit), and keeps a result as good as the search's; the QC JSON says whether the search ran."""
+    from medseg.preprocess import register as reg_module
+    from medseg.preprocess.atlas import atlas_images
     from medseg.preprocess.config import RegConfig
     from medseg.preprocess.stages import register_case, skullstrip_case
+
+    searches = []
+    search = reg_module.search_start
+    monkeypatch.setattr(reg_module, "search_start", lambda *a, **kw: searches.append(1) or search(*a, **kw))
 
     case = robex_cases[fov]
     job = staged_job(tmp_path / "skullstrip", case["case"], {"t1": case["t1"]})
@@ -225,6 +234,13 @@ def test_crosswise_head_registers_and_skullstrips(robex_cases, fov, tmp_path):
     job = staged_job(tmp_path / "register", case["case"], {"t1ce": case["t1ce"]})
     reg = register_case(job, RegisterStage(RegConfig(), reference="t1ce", skull_stripped=False))
     assert reg["qc_warnings"] == [] and not reg["atlas_hit_limit"] and reg["atlas_nmi"] > 1.10, reg
+    assert json.loads(Path(job.folder.register_qc).read_text())["atlas_search_ran"] is True  # init: search
+    searches.clear()
+    head, t1ce = atlas_images(2.0).head, img(case["t1ce"])
+    tfm, info = reg_module.register_with_info(head, t1ce, "affine", RegConfig(init="auto"))
+    assert info.search_ran is (fov == "tilted") and len(searches) == (fov == "tilted"), (info, searches)
+    assert (info.start_nmi < 1.10) is (fov == "tilted") and not info.hit_limit, info
+    assert reg_module.mutual_information(head, t1ce, tfm, spacing_mm=2.0) == pytest.approx(reg["atlas_nmi"], abs=0.01)
 
 
 def test_convergence_gate_fires_on_a_registration_that_stops_short(robex_cases, tmp_path):
@@ -321,3 +337,73 @@ def test_image_to_nifti_keeps_every_voxel_where_it_is(orientation):
         ras = nii.affine @ np.array([*ijk, 1.0])
         np.testing.assert_allclose(ras[:3], [-lps[0], -lps[1], lps[2]], atol=1e-5)
         assert data[tuple(ijk)] == image[ijk]
+
+
+def test_deepbet_networks_are_loaded_once_per_process(demo_case, monkeypatch):
+    """``medseg predict`` of a folder strips many cases in one process: deepbet's two TorchScript files are read
+    once, from its wheel, and never through deepbet's package (which imports pandas)."""
+    import torch
+
+    from medseg.preprocess import skullstrip as ss
+
+    ss._deepbet_model.cache_clear()
+    loads = []
+    load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda f, *a, **kw: loads.append(Path(f).name) or load(f, *a, **kw))
+    t1 = img(demo_case["t1"])
+    masks = [skullstrip(t1, SkullstripConfig(deepbet_size=64)) for _ in range(2)]
+    assert sorted(loads) == ["bbox_model.pt", "model.pt"]
+    np.testing.assert_array_equal(*(sitk.GetArrayFromImage(m) for m in masks))
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "LSA"])
+def test_deepbet_mask_at_deepbets_settings_is_deepbets_own(demo_case, orientation):
+    """With deepbet's box margin (0.1), :func:`deepbet_mask` is deepbet 1.0.2's ``run_model`` + ``postprocess`` voxel
+    for voxel (at a 64^3 brain grid for speed: both take the size as a parameter; 256 is deepbet's own, compared
+    against the default in benchmarks/bench_skullstrip.py)."""
+    import nibabel as nib
+    from deepbet.bet import BrainExtraction
+
+    from medseg.preprocess.skullstrip import deepbet_mask, image_to_nifti
+
+    t1 = sitk.DICOMOrient(img(demo_case["t1"]), orientation)
+    arr = nib.as_closest_canonical(image_to_nifti(t1)).get_fdata(dtype=np.float32)
+    bet = BrainExtraction(no_gpu=True)
+    theirs = bet.postprocess(bet.run_model(arr.copy(), shape=(64, 64, 64), bbox_margin=0.1) > 0.5)
+    ours = deepbet_mask(arr, SkullstripConfig(deepbet_size=64, deepbet_margin=0.1))
+    assert ours.sum() > 1000
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("key, value", [("deepbet_size", 200), ("deepbet_size", 32), ("deepbet_margin", -0.1)])
+def test_deepbet_settings_are_validated(key, value):
+    with pytest.raises(ValueError, match=f"skullstrip.{key}"):
+        SkullstripConfig(**{key: value})
+
+
+def test_n4_starts_each_modality_from_the_first_ones_registration(demo_case, tmp_path, monkeypatch):
+    """``share_registration``: the atlas is registered from scratch to the first modality only; the others start
+    from its transform. Off: each from scratch. The recovered bias fields agree with the applied ones alike."""
+    from medseg.preprocess import stages
+
+    starts = []
+    atlas_transform = stages.atlas_transform
+
+    def spy(image, spacing_mm, initial=None):
+        starts.append(initial)
+        out = atlas_transform(image, spacing_mm, initial=initial)
+        starts.append(out)
+        return out
+
+    monkeypatch.setattr(stages, "atlas_transform", spy)
+    corr = {}
+    for share in (True, False):
+        starts.clear()
+        job = CaseJob(demo_case["case"], {m: str(demo_case[m]) for m in ("t1", "flair")},
+                      CaseFolder(str(tmp_path / str(share))), truth_dir=str(demo_case["truth"]), figures=False)
+        qc = n4_case(job, N4Stage(N4Config(share_registration=share)))
+        corr[share] = [qc[m]["truth_log_bias_corr"] for m in ("t1", "flair")]
+        first, flair_start = starts[1], starts[2]
+        assert starts[0] is None and (flair_start is first if share else flair_start is None)
+    np.testing.assert_allclose(corr[True], corr[False], atol=0.02)
+    assert min(corr[True]) > 0.8, corr

@@ -223,7 +223,7 @@ def test_register_off_writes_identity_and_zero_warp(demo_case, tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("atlas_kind", "diffeo"), ("bspline_grid_mm", 0.0), ("bspline_iterations", 0),
-                                        ("bspline_samples", 10)])
+                                        ("bspline_samples", 10), ("init", "guess"), ("min_step_mm", 0.0)])
 def test_bspline_config_is_validated(key, value):
     with pytest.raises(ValueError, match=f"register.{key}"):
         RegConfig(**{key: value})

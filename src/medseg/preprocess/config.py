@@ -38,6 +38,12 @@ class N4Config:
         fwhm: assumed full width at half maximum of the log bias distribution (N4's sharpening).
         wiener_noise: Wiener filter noise of the deconvolution.
         register_spacing_mm: voxel size the atlas is registered on.
+        share_registration: register the atlas once per case, to its first modality, and start each
+            other modality's registration from that transform (one level, no start search): the
+            modalities of one session differ by head motion only (a few mm and degrees). False:
+            each modality registered from scratch. (Reusing the first transform as it is, without
+            the refinement, misplaces the priors by the head motion: on the demo's ICBM152 heads the
+            recovered bias correlation fell from 0.96 to 0.88.)
     """
 
     mask: str = "brain"
@@ -52,6 +58,7 @@ class N4Config:
     fwhm: float = 0.1
     wiener_noise: float = 0.01
     register_spacing_mm: float = 4.0
+    share_registration: bool = True
 
     def __post_init__(self) -> None:
         if self.mask not in MASKS:
@@ -80,7 +87,7 @@ ATLAS_KINDS = ("affine", "bspline")
 
 
 
-INITS = ("moments", "search")
+INITS = ("auto", "moments", "search")
 
 
 
@@ -112,10 +119,22 @@ class RegConfig:
             about this voxel size before registering, so a registration costs the same at 1 mm as
             at 2 mm; transforms are physical, so they apply to the full-resolution images.
         init: start of affine / B-spline registrations (sitk backend): ``moments`` (centres of mass
-            matched) or ``search`` (then a coarse exhaustive search over rotations and head-foot /
+            matched), ``search`` (then a coarse exhaustive search over rotations and head-foot /
             front-back shifts, on ``search_spacing_mm`` images, keeps the best mutual information:
-            a head with neck and face, cropped or tilted 20 degrees starts near the right pose).
+            a head with neck and face, cropped or tilted 20 degrees starts near the right pose) or
+            ``auto`` (``moments``, and the search only when that registration fails its gate: it hit
+            its iteration limit or its normalised mutual information is below ``min_nmi_at_limit``;
+            the better of the two is kept; the QC JSON says whether the search ran). ``search`` is
+            the default: the search costs ~0.15 s on a 2 mm head (8 mm images) and its start saves
+            optimiser iterations, while a failed ``auto`` start costs ~1 s more than the search
+            (benchmarks/bench_register.py --crosswise: as fast on the demo's mix of FOVs, less robust).
         search_spacing_mm: voxel size of the coarse search.
+        min_step_mm: the linear (rigid, affine) optimiser stops when its step, in mm of voxel shift
+            (physical-shift scales), falls below this. ITK's usual 1e-4 costs ~2x the iterations of
+            1e-3 for no smaller error; 1e-2 stopped one 3 mm affine early (NMI 1.18 instead of 1.34).
+        gradient_image: the metric takes its gradients from a smoothed gradient image of the moving
+            image built at every level (ITK's default) instead of central differences at the sampled
+            points (false: no per-level setup, ~0.3 s per level on a 2 mm head, and no larger error).
         min_nmi_at_limit: QC gate -- a registration that used all its iterations at the finest
             level (it did not converge; an affine that hits the limit first gets one more round of
             ``iterations`` at the finest level) fails when its normalised mutual information is below this.
@@ -139,12 +158,16 @@ class RegConfig:
     init: str = "search"
     search_spacing_mm: float = 8.0
     min_nmi_at_limit: float = 1.10
+    min_step_mm: float = 0.001
+    gradient_image: bool = False
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"register.init must be one of {INITS}, got {self.init!r}")
         if self.search_spacing_mm <= 0:
             raise ValueError(f"register.search_spacing_mm must be > 0, got {self.search_spacing_mm}")
+        if not 0 < self.min_step_mm < 1:
+            raise ValueError(f"register.min_step_mm must be in (0, 1) mm, got {self.min_step_mm}")
         if self.qc_action not in ("error", "warn"):
             raise ValueError(f"register.qc_action must be 'error' or 'warn', got {self.qc_action!r}")
         if self.backend not in REG_BACKENDS:
@@ -180,6 +203,11 @@ class SkullstripConfig:
         dark_fraction: the refinement trims edge voxels darker than this x the brain's 2nd
             intensity percentile (bone and air in T1; CSF in T1 stays above it).
         deepbet_threshold: probability above which a voxel is brain (``deepbet``).
+        deepbet_size: voxels per axis the brain's box is resized to for deepbet's brain network (a
+            multiple of 32; deepbet itself: 256, ~2.4 s on one CPU thread, 192: ~1 s). With
+            ``deepbet_margin`` it sets the scale the network sees the brain at.
+        deepbet_margin: the box around the bounding-box network's brain, as a fraction of its size
+            added on each side (deepbet itself: 0.1). ``benchmarks/bench_skullstrip.py`` scores both.
         min_brain_ml, max_brain_ml: QC gate ``brain_volume`` -- plausible brain mask volume in
             native space, mL (adult brains with their CSF are ~1,000-1,800 mL; the ICBM152 brain,
             which MNI space enlarges, is ~1,900 mL).
@@ -198,6 +226,8 @@ class SkullstripConfig:
     atlas_dir: str | None = None
     dark_fraction: float = 0.8
     deepbet_threshold: float = 0.5
+    deepbet_size: int = 192
+    deepbet_margin: float = 0.05
     min_brain_ml: float = 700.0
     max_brain_ml: float = 2400.0
     fov_edge_mm2: float = 200.0
@@ -219,6 +249,11 @@ class SkullstripConfig:
             raise ValueError(f"skullstrip.deepbet_threshold must be in (0, 1), got {self.deepbet_threshold}")
         if self.dark_fraction < 0:
             raise ValueError(f"skullstrip.dark_fraction must be >= 0, got {self.dark_fraction}")
+        if self.deepbet_size < 64 or self.deepbet_size % 32:
+            raise ValueError(f"skullstrip.deepbet_size must be a multiple of 32 and >= 64 (deepbet's network halves "
+                             f"the grid 5 times), got {self.deepbet_size}")
+        if not 0 <= self.deepbet_margin <= 0.5:
+            raise ValueError(f"skullstrip.deepbet_margin must be in [0, 0.5], got {self.deepbet_margin}")
 
 
 

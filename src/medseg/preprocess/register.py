@@ -47,6 +47,9 @@ def _method(cfg: RegConfig, fixed_mask: sitk.Image | None) -> sitk.ImageRegistra
         reg.SetMetricFixedMask(fixed_mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    if not cfg.gradient_image:  # central differences at the sampled points: no gradient image built per level
+        reg.MetricUseMovingImageGradientFilterOff()
+        reg.MetricUseFixedImageGradientFilterOff()
     return reg
 
 
@@ -59,6 +62,9 @@ class RegInfo:
         hit_limit: the finest level stopped at ``cfg.iterations`` (not converged).
         metric: final Mattes mutual information (negative: lower is better).
         stop: the optimiser's stop condition.
+        search_ran: whether the coarse pose search ran (``None``: the backend or start has none to run;
+            ``init: auto`` runs it only when the centres-of-mass start fails its gate).
+        start_nmi: normalised mutual information reached from the centres-of-mass start (``init: auto``).
         search_shift_mm: how far the coarse search moved the start from the centres-of-mass match.
         search_rotation_deg: the rotation it added.
     """
@@ -67,6 +73,8 @@ class RegInfo:
     hit_limit: bool | None = None
     metric: float | None = None
     stop: str = ""
+    search_ran: bool | None = None
+    start_nmi: float | None = None
     search_shift_mm: float = 0.0
     search_rotation_deg: float = 0.0
 
@@ -106,7 +114,7 @@ def _linear_stage(fixed: sitk.Image, moving: sitk.Image, tfm: sitk.Transform, cf
     """Optimise ``tfm`` in place (regular-step gradient descent over ``shrink`` levels); return the method run."""
     reg = _method(cfg, fixed_mask)
     reg.SetMetricSamplingPercentage(cfg.sampling, cfg.seed)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=cfg.iterations,
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=cfg.min_step_mm, numberOfIterations=cfg.iterations,
                                                  relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel(shrink)
@@ -116,38 +124,94 @@ def _linear_stage(fixed: sitk.Image, moving: sitk.Image, tfm: sitk.Transform, cf
     return reg
 
 
-def _register_sitk(fixed: sitk.Image, moving: sitk.Image, kind: str, cfg: RegConfig,
-                   fixed_mask: sitk.Image | None) -> tuple[sitk.Transform, RegInfo]:
-    fixed, moving = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
-    info = RegInfo()
-    base = sitk.Euler3DTransform() if kind == "rigid" else sitk.AffineTransform(3)
-    init = sitk.CenteredTransformInitializer(fixed, moving, base, sitk.CenteredTransformInitializerFilter.MOMENTS)
-    if kind != "rigid" and cfg.init == "search":
-        start = search_start(fixed, moving, cfg.search_spacing_mm, cfg.bins)
-        moments = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                                    sitk.CenteredTransformInitializerFilter.MOMENTS)
-        info.search_shift_mm = float(np.linalg.norm(np.subtract(start.TransformPoint(start.GetCenter()),
-                                                                 moments.TransformPoint(start.GetCenter()))))
-        info.search_rotation_deg = float(np.rad2deg(np.abs([start.GetAngleX(), start.GetAngleY(), start.GetAngleZ()]).max()))
-        init = sitk.AffineTransform(3)
-        init.SetCenter(start.GetCenter())
-        init.SetMatrix(start.GetMatrix())
-        init.SetTranslation(start.GetTranslation())
+def _fit_linear(fixed: sitk.Image, moving: sitk.Image, tfm: sitk.Transform, kind: str, cfg: RegConfig,
+                fixed_mask: sitk.Image | None) -> RegInfo:
+    """Optimise ``tfm`` in place over ``cfg.levels`` levels (an affine that hits the iteration limit gets one
+    more round at the finest level); return what the optimiser did."""
     shrink = [2 ** (i + cfg.finest_shrink_log2) for i in reversed(range(cfg.levels))]
-    reg = _linear_stage(fixed, moving, init, cfg, fixed_mask, shrink)
+    reg = _linear_stage(fixed, moving, tfm, cfg, fixed_mask, shrink)
     if kind != "rigid" and reg.GetOptimizerIteration() >= cfg.iterations:  # not converged: once more at the finest level
         log.info("sitk affine registration hit its iteration limit (metric %.4f); continuing at the finest level",
                  reg.GetMetricValue())
-        reg = _linear_stage(fixed, moving, init, cfg, fixed_mask, shrink[-1:])
-    info.iterations, info.metric = int(reg.GetOptimizerIteration()), float(reg.GetMetricValue())
-    info.hit_limit, info.stop = info.iterations >= cfg.iterations, reg.GetOptimizerStopConditionDescription()
+        reg = _linear_stage(fixed, moving, tfm, cfg, fixed_mask, shrink[-1:])
+    iterations = int(reg.GetOptimizerIteration())
+    return RegInfo(iterations=iterations, hit_limit=iterations >= cfg.iterations, metric=float(reg.GetMetricValue()),
+                   stop=reg.GetOptimizerStopConditionDescription())
+
+
+def _as_affine(tfm: sitk.Transform) -> sitk.AffineTransform:
+    """A rigid (Euler) or affine transform as an ``AffineTransform`` (same centre, matrix, translation)."""
+    out = sitk.AffineTransform(3)
+    out.SetCenter(tfm.GetCenter())
+    out.SetMatrix(tfm.GetMatrix())
+    out.SetTranslation(tfm.GetTranslation())
+    return out
+
+
+def _searched_affine(fixed: sitk.Image, moving: sitk.Image, cfg: RegConfig,
+                     fixed_mask: sitk.Image | None) -> tuple[sitk.AffineTransform, RegInfo]:
+    """The affine optimised from the coarse search's best pose (:func:`search_start`)."""
+    start = search_start(fixed, moving, cfg.search_spacing_mm, cfg.bins)
+    moments = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    tfm = _as_affine(start)
+    info = _fit_linear(fixed, moving, tfm, "affine", cfg, fixed_mask)
+    info.search_ran = True
+    info.search_shift_mm = float(np.linalg.norm(np.subtract(start.TransformPoint(start.GetCenter()),
+                                                             moments.TransformPoint(start.GetCenter()))))
+    info.search_rotation_deg = float(np.rad2deg(np.abs([start.GetAngleX(), start.GetAngleY(), start.GetAngleZ()]).max()))
+    return tfm, info
+
+
+def start_failed(info: RegInfo, nmi: float, cfg: RegConfig) -> bool:
+    """Whether an affine registration from the centres-of-mass start failed its gate (``init: auto`` then runs
+    the coarse search): it stopped at its iteration limit, or its normalised mutual information is below
+    ``cfg.min_nmi_at_limit``."""
+    return bool(info.hit_limit) or nmi < cfg.min_nmi_at_limit
+
+
+def _fit_affine(fixed: sitk.Image, moving: sitk.Image, cfg: RegConfig, fixed_mask: sitk.Image | None,
+                initial: sitk.Transform | None) -> tuple[sitk.AffineTransform, RegInfo]:
+    """The affine of ``cfg.init``: from ``initial`` if given, else the centres of mass (``moments``), the coarse
+    search (``search``), or the centres of mass and, only if that fails its gate (:func:`start_failed`), the
+    search too, keeping the better of the two by normalised mutual information (``auto``)."""
+    if initial is None and cfg.init == "search":
+        return _searched_affine(fixed, moving, cfg, fixed_mask)
+    tfm = _as_affine(initial) if initial is not None else sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    info = _fit_linear(fixed, moving, tfm, "affine", cfg, fixed_mask)
+    info.search_ran = False
+    if initial is not None or cfg.init == "moments":
+        return tfm, info
+    info.start_nmi = mutual_information(fixed, moving, tfm, fixed_mask, cfg.bins)
+    if not start_failed(info, info.start_nmi, cfg):
+        return tfm, info
+    log.info("affine from the centres of mass failed its gate (NMI %.3f, %d iterations%s): running the coarse search",
+             info.start_nmi, info.iterations, ", at the limit" if info.hit_limit else "")
+    searched, found = _searched_affine(fixed, moving, cfg, fixed_mask)
+    found.start_nmi = info.start_nmi
+    if mutual_information(fixed, moving, searched, fixed_mask, cfg.bins) >= info.start_nmi:
+        return searched, found
+    info.search_ran = True
+    return tfm, info
+
+
+def _register_sitk(fixed: sitk.Image, moving: sitk.Image, kind: str, cfg: RegConfig,
+                   fixed_mask: sitk.Image | None, initial: sitk.Transform | None = None) -> tuple[sitk.Transform, RegInfo]:
+    fixed, moving = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
+    if kind == "rigid":
+        tfm = sitk.Euler3DTransform(initial) if initial is not None else sitk.CenteredTransformInitializer(
+            fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
+        info = _fit_linear(fixed, moving, tfm, kind, cfg, fixed_mask)
+    else:
+        tfm, info = _fit_affine(fixed, moving, cfg, fixed_mask, initial)
     log.info("sitk %s registration: %d iterations, metric %.4f (%s)%s", "rigid" if kind == "rigid" else "affine",
              info.iterations, info.metric, info.stop,
-             f"; search start moved {info.search_shift_mm:.0f} mm, {info.search_rotation_deg:.0f} deg" if kind != "rigid"
-             and cfg.init == "search" else "")
+             f"; search start moved {info.search_shift_mm:.0f} mm, {info.search_rotation_deg:.0f} deg" if info.search_ran
+             else "")
     if kind != "bspline":
-        return init, info
-    return sitk.CompositeTransform([init, _bspline_sitk(fixed, moving, init, cfg, fixed_mask)]), info
+        return tfm, info
+    return sitk.CompositeTransform([tfm, _bspline_sitk(fixed, moving, tfm, cfg, fixed_mask)]), info
 
 
 def _bspline_sitk(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Transform, cfg: RegConfig,
@@ -263,14 +327,22 @@ def register(fixed: sitk.Image, moving: sitk.Image, kind: str = "rigid", cfg: Re
 
 
 def register_with_info(fixed: sitk.Image, moving: sitk.Image, kind: str = "rigid", cfg: RegConfig = RegConfig(),
-                       fixed_mask: sitk.Image | None = None) -> tuple[sitk.Transform, RegInfo]:
-    """:func:`register`, and what its optimiser did (:class:`RegInfo`, for the QC gates)."""
+                       fixed_mask: sitk.Image | None = None,
+                       initial: sitk.Transform | None = None) -> tuple[sitk.Transform, RegInfo]:
+    """:func:`register`, and what its optimiser did (:class:`RegInfo`, for the QC gates).
+
+    ``initial``: a rigid or affine transform (fixed world -> moving world) to start from instead of
+    ``cfg.init`` (e.g. the same head's registration to another modality; sitk backend only).
+    """
     _check_kind(kind)
+    if initial is not None and cfg.backend != "sitk":
+        raise ValueError(f"an initial transform needs register.backend: sitk, got {cfg.backend!r}")
     small = coarsen(sitk.Cast(fixed, sitk.sitkFloat32), cfg.work_spacing_mm)
     if fixed_mask is not None and small.GetSize() != fixed.GetSize():
         fixed_mask = sitk.Resample(fixed_mask, small, sitk.Transform(), sitk.sitkNearestNeighbor)
-    out = BACKENDS[cfg.backend](small, coarsen(sitk.Cast(moving, sitk.sitkFloat32), cfg.work_spacing_mm), kind, cfg,
-                                fixed_mask)
+    moving = coarsen(sitk.Cast(moving, sitk.sitkFloat32), cfg.work_spacing_mm)
+    start = {} if initial is None else {"initial": initial}
+    out = BACKENDS[cfg.backend](small, moving, kind, cfg, fixed_mask, **start)
     return out if isinstance(out, tuple) else (out, RegInfo())  # a backend returns (transform, info) or a transform
 
 
@@ -282,6 +354,15 @@ def similarity(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
     sel = sitk.GetArrayFromImage(mask) > 0 if mask is not None else ref > np.percentile(ref, 20)
     a, b = ref[sel] - ref[sel].mean(), warped[sel] - warped[sel].mean()
     return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+
+
+def _bins(values: np.ndarray, bins: int) -> np.ndarray:
+    """Index of each value's bin among ``bins`` equal bins from its min to its max (the last one closed), as
+    ``np.histogram`` places them, at a fraction of its cost (no search)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.int64)
+    return np.minimum(((values - lo) * (bins / (hi - lo))).astype(np.int64), bins - 1)
 
 
 def mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
@@ -299,8 +380,8 @@ def mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tr
     warped = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     ref = sitk.GetArrayFromImage(sitk.Cast(fixed, sitk.sitkFloat32))
     sel = sitk.GetArrayFromImage(mask) > 0 if mask is not None else ref > np.percentile(ref, 20)
-    h, _, _ = np.histogram2d(ref[sel], warped[sel], bins=bins)
-    p = h / h.sum()
+    h = np.bincount(_bins(ref[sel], bins) * bins + _bins(warped[sel], bins), minlength=bins * bins)
+    p = (h / h.sum()).reshape(bins, bins)
     px, py = p.sum(1), p.sum(0)
     ent = lambda q: -np.sum(q[q > 0] * np.log(q[q > 0]))  # noqa: E731
     return float((ent(px) + ent(py)) / max(ent(p), 1e-12))

@@ -32,11 +32,15 @@ from medseg.preprocess.warp import factor_warp, field_stats, fixed_to_moving, qu
 log = logging.getLogger(__name__)
 
 
-def resample_to_spacing(image: sitk.Image, spacing_mm: Sequence[float], interpolator: int = sitk.sitkLinear) -> sitk.Image:
-    """``image`` on a grid of ``spacing_mm`` (x, y, z) covering the same extent, same origin and direction."""
-    spacing = [float(s) for s in spacing_mm]
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing_mm must be 3 positive voxel sizes in mm, got {spacing_mm}")
+def resample_to_spacing(image: sitk.Image, spacing_mm: Sequence[float | None],
+                        interpolator: int = sitk.sitkLinear) -> sitk.Image:
+    """``image`` on a grid of ``spacing_mm`` (x, y, z) covering the same extent, same origin and direction.
+
+    A ``None`` axis keeps the image's own spacing (thick-slice scans: ``[1.37, 1.37, None]``
+    resamples in plane only, each case keeping its slices)."""
+    spacing = [float(s) if s is not None else float(own) for s, own in zip(spacing_mm, image.GetSpacing())]
+    if len(spacing_mm) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing_mm must be 3 positive voxel sizes in mm (or null: the case's own), got {spacing_mm}")
     size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
     return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), spacing, image.GetDirection(),
                          0.0, image.GetPixelID())
@@ -61,21 +65,23 @@ def _truth_dir(job: CaseJob) -> str | None:
     return job.truth_dir if all(Path(p).resolve().is_relative_to(cohort) for p in job.images.values()) else None
 
 
-def _n4_modality(job: CaseJob, mod: str, img: sitk.Image, cfg: N4Config | None,
-                 truth: str | None) -> tuple[sitk.Image, sitk.Image, sitk.Image | None, dict]:
-    """(corrected, field, QC mask, QC numbers) of one modality (``cfg`` None: copy, unit field)."""
+def _n4_modality(job: CaseJob, mod: str, img: sitk.Image, cfg: N4Config | None, truth: str | None,
+                 start: sitk.Transform | None = None) -> tuple[sitk.Image, sitk.Image, sitk.Image | None, dict,
+                                                                sitk.Transform | None]:
+    """(corrected, field, QC mask, QC numbers, atlas transform or None) of one modality (``cfg`` None: copy,
+    unit field); ``start``: another modality's atlas transform to start the registration from."""
     if cfg is None:
         field = sitk.Image(img.GetSize(), sitk.sitkFloat32) + 1.0
         field.CopyInformation(img)
-        return img, field, None, {}
+        return img, field, None, {}, None
     if cfg.mask != "brain":
         from medseg.preprocess.n4 import otsu_mask
 
         corrected, field = n4_correct(img, None, cfg)
         fg = otsu_mask(img)
         return corrected, field, fg, {"cv_fg_before": coefficient_of_variation(img, fg),
-                                      "cv_fg_after": coefficient_of_variation(corrected, fg)}
-    tfm = atlas_transform(img, cfg.register_spacing_mm)
+                                      "cv_fg_after": coefficient_of_variation(corrected, fg)}, None
+    tfm = atlas_transform(img, cfg.register_spacing_mm, initial=start)
     try:
         corrected, field = n4_correct(img, None, cfg, transform=tfm)
     except ValueError as e:  # e.g. a fitting mask of a few voxels
@@ -90,7 +96,7 @@ def _n4_modality(job: CaseJob, mod: str, img: sitk.Image, cfg: N4Config | None,
 
         brain = true_brain_mask(truth, mod, img)
         qc["truth_log_bias_corr"] = log_field_correlation(field, read_image(true_field, case=job.case), brain)
-    return corrected, field, wm, qc
+    return corrected, field, wm, qc, tfm
 
 
 def n4_case(job: CaseJob, stage: N4Stage) -> dict:
@@ -106,9 +112,11 @@ def n4_case(job: CaseJob, stage: N4Stage) -> dict:
     """
     cfg, truth, qc = stage.settings, _truth_dir(job), {}
     out_images, out_fields = job.folder.images("n4", job.modalities), job.folder.bias_fields(job.modalities)
+    start = None  # the first modality's atlas transform: where the others' start (n4.share_registration)
     for i, mod in enumerate(job.modalities):
         img = read_working(job, mod, stage)
-        corrected, field, mask, numbers = _n4_modality(job, mod, img, cfg, truth)
+        corrected, field, mask, numbers, tfm = _n4_modality(job, mod, img, cfg, truth, start)
+        start = tfm if start is None and cfg is not None and cfg.share_registration else start
         if numbers:
             qc[mod] = numbers
             log.info("%s %s: %s", job.case, mod, ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
@@ -146,7 +154,7 @@ def _to_atlas(job: CaseJob, ref: sitk.Image, stage: RegisterStage,
     to_ref, warp = factor_warp(tfm, grid)
     warp = quantize_field(warp)  # what is written is what is used and scored
     qc = {"atlas_nmi": mutual_information(grid, ref, fixed_to_moving(to_ref, warp), spacing_mm=cfg.work_spacing_mm),
-          "atlas_iterations": info.iterations, "atlas_hit_limit": info.hit_limit}
+          "atlas_iterations": info.iterations, "atlas_hit_limit": info.hit_limit, "atlas_search_ran": info.search_ran}
     if cfg.atlas_kind == "bspline":
         qc.update(field_stats(warp, "atlas_warp_"))
     what = f"{stage.reference} -> atlas"
