@@ -76,7 +76,7 @@ def test_otsu_and_tissue_mask(slide_path):
 
 def test_stitch_slide_cli_identity(slide_path, tmp_path):
     out = tmp_path / "out"
-    rc = main(["stitch-slide", str(slide_path), "--out", str(out), "--tile", "128", "--overlap", "0.25",
+    rc = main(["stitch-slide", "-i", str(slide_path), "-o", str(out), "--tile", "128", "--overlap", "0.25",
                "--mode", "gaussian", "--predictor", "identity", "--batch-size", "3"])
     assert rc == 0
     group = zarr.open_group(str(out / ZARR_NAME), mode="r")
@@ -92,7 +92,9 @@ def test_stitch_slide_cli_identity(slide_path, tmp_path):
         assert tif.is_ome and len(series.levels) >= 3 and series.levels[0].shape == (SIZE, SIZE)
         assert series.levels[1].shape == (SIZE // 2, SIZE // 2)
         assert tif.pages[0].tilewidth == 256
+        channels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["Channel"]
         level0 = series.levels[0].asarray()
+    assert channels["Name"] == "channel 0"  # one channel, no class names: named by its index
     assert np.abs(level0[tissue].astype(float) - grey[tissue] * 255).max() <= 1.0
     assert not list(out.glob(".*"))  # no partial outputs left behind
 
@@ -113,6 +115,10 @@ def test_stitch_slide_at_mpp_with_torchscript(slide_path, tmp_path):
     np.testing.assert_allclose(prob[:, covered].sum(axis=0), 1.0, atol=1e-5)
     with tifffile.TiffFile(tmp_path / "o" / TIFF_NAME) as tif:
         assert tif.series[0].shape == (2, SIZE // 2, SIZE // 2)
+    with pytest.raises(ValueError, match="classes must name the model's 1 labels"):  # 2 channels: background + 1
+        stitch_slide(slide_path, tmp_path / "x", load_predictor(str(model)), SlideStitchConfig(tile=128, mpp=2.0),
+                     classes=["a", "b"])
+    assert not (tmp_path / "x" / TIFF_NAME).exists() and not list((tmp_path / "x").glob(".*"))
 
 
 def test_no_tissue_is_an_error(tmp_path):

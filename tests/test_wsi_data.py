@@ -84,8 +84,8 @@ def test_annotation_errors_name_the_file(tmp_path):
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [square(0, 0, 10, 10, "Tumour")]}))
     with pytest.raises(InputError, match=r"s1\.geojson: feature 0 has class 'Tumour'.*\['a', 'b'\]"):
         read_mask(path, ["a", "b"], (4, 4))
-    path.write_text(json.dumps([square(0, 0, 500, 10, "a")]))
-    with pytest.raises(InputError, match=r"s1\.geojson: feature 0 \('a'\) spans x 0\.\.500.*outside the slide"):
+    path.write_text(json.dumps([square(200, 0, 500, 10, "a")]))  # wholly outside (a polygon across the edge is clipped)
+    with pytest.raises(InputError, match=r"s1\.geojson: feature 0 \('a'\) spans x 200\.\.500.*outside the slide"):
         check_annotations(path, ["a"], (100, 100))
     path.write_text(json.dumps([{**square(0, 0, 5, 5, "a"), "properties": {}}]))
     with pytest.raises(InputError, match="feature 0 has no classification"):
@@ -257,3 +257,51 @@ def test_demo_finds_the_cmu_slide_where_setup_put_it_and_never_downloads(tmp_pat
         demo.resolve_cmu(str(tmp_path / "missing.svs"))
     monkeypatch.setattr(demo, "default_cmu_paths", lambda: [tmp_path / "elsewhere" / demo.CMU_FILE])
     assert demo.resolve_cmu("auto") is None and "scripts/fetch_demo_slide.sh" in caplog.text
+
+
+def test_slide_schema_defaults_are_the_slide_recipes():
+    """One place for each slide default: the schema file documents the SlideRecipe's (and its dataclasses')."""
+    from medseg.plan.check import load_schema
+    from medseg.plan.resolved import SlideRecipe
+
+    r = SlideRecipe()
+    node = load_schema(with_defaults=False)["properties"]["datasets"]["additionalProperties"]["allOf"][0]["then"]
+    props = node["properties"]
+    for key in ("split", "tiles", "predict", "evaluation"):
+        for name, prop in props[key]["properties"].items():
+            assert prop["default"] == getattr(getattr(r, key), name), f"datasets.<slide>.{key}.{name}"
+    from medseg.cohort.splits import SplitConfig
+
+    assert r.split.test_fraction == 0.3 != SplitConfig().test_fraction  # slides hold out more than MRI cases
+    assert props["stain"]["properties"]["method"]["default"] == r.stain and props["mpp"]["default"] == r.mpp
+    assert props["classes"]["default"] == list(r.classes) and props["class_colors"]["default"] == {}
+
+
+def test_class_colours_from_the_config_else_the_palette():
+    from medseg.plan.resolved import resolve_slide_plan
+    from medseg.wsi.config import CLASS_PALETTE
+
+    def plan(colours):
+        ds = {"kind": "slide", "classes": ["a", "b", "c"], "class_colors": colours}
+        return resolve_slide_plan({"datasets": {"x": ds}, "models": {}}, "x")
+
+    assert plan({"b": [1, 2, 3]}).recipe.class_colors == {"a": CLASS_PALETTE[0], "b": (1, 2, 3), "c": CLASS_PALETTE[2]}
+    assert plan(None).recipe.class_colors == dict(zip("abc", CLASS_PALETTE[:3]))
+    with pytest.raises(ValueError, match=r"datasets\.x\.class_colors names \['z'\], which are not classes"):
+        plan({"z": [1, 2, 3]})
+    with pytest.raises(ValueError, match=r"datasets\.x\.class_colors\.b must be three integers in \[0, 255\]"):
+        plan({"b": [1, 2, 300]})
+
+
+def test_sheet_default_split_is_the_slide_plans(demo):
+    """Without a split, the sheet, the workflow's sheet job and the parse-time listing split the same way."""
+    from medseg.plan.resolved import SlideRecipe
+    from medseg.wsi.config import SLIDE_SPLIT
+    from medseg.wsi.listing import list_slides
+
+    rows = build_slide_sheet(demo / "slides", demo / "annotations", CLASSES)
+    explicit = build_slide_sheet(demo / "slides", demo / "annotations", CLASSES, split=SLIDE_SPLIT)
+    splits = {r["case_id"]: split_of(r) for r in rows}
+    assert splits == {r["case_id"]: split_of(r) for r in explicit} == dict(
+        list_slides("demo", {"source": str(demo), "classes": list(CLASSES)}).splits)
+    assert sorted(splits.values()).count("test") == round(4 * SlideRecipe().split.test_fraction) == 1

@@ -17,7 +17,7 @@ from medseg.models.unet import ModelConfig
 from medseg.models import build_model
 from medseg.wsi.annotations import rasterize, read_geojson
 from medseg.wsi.evaluate import class_metrics, evaluate_labels, evaluate_slide, match_objects, plot_outlines
-from medseg.wsi.outputs import probabilities_to_labels, write_prediction_geojson
+from medseg.wsi.outputs import AREA_PX, AREA_UM2, channel_names, probabilities_to_labels, write_prediction_geojson
 from medseg.wsi.predictors import load_checkpoint_predictor, load_predictor, task_classes, task_kind
 from medseg.wsi.synthetic import write_synthetic_slide
 
@@ -88,8 +88,46 @@ def test_stitch_slide_with_a_medseg_checkpoint(tmp_path):
     np.testing.assert_allclose(prob[:, covered].sum(axis=0), 1.0, atol=1e-4)
     with tifffile.TiffFile(out / "probabilities.ome.tif") as tif:
         assert tif.is_ome and tif.series[0].shape == (3, 256, 256)
+        assert ome_channels(tif) == [("background", (128, 128, 128)), ("a", (230, 159, 0)), ("b", (86, 180, 233))]
+    assert group.attrs["channels"] == ["background", "a", "b"]
     names = {f["properties"]["classification"]["name"] for f in read_geojson(out / "predictions.geojson")}
     assert names <= {"a", "b"}
+
+
+def ome_channels(tif: tifffile.TiffFile) -> list[tuple[str, tuple[int, int, int]]]:
+    """(Name, RGB) of each channel, read back from the file's OME-XML."""
+    channels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["Channel"]
+    return [(c["Name"], tuple(int(c["Color"]) % 2**32 >> s & 255 for s in (24, 16, 8))) for c in channels]
+
+
+def test_workflow_prediction_names_channels_and_colours_classes_from_the_recipe(tmp_path, monkeypatch):
+    """predict_slide: the recipe's class colours in the GeoJSON and the TIFF, its class names on the channels."""
+    from medseg.wsi import predictors
+    from medseg.plan.resolved import SlideRecipe
+    from medseg.wsi.config import SlideStitchConfig
+    from medseg.wsi.stitch_slide import predict_slide
+
+    slide = write_synthetic_slide(tmp_path / "s.tif", 512, mpp=0.5, min_level_side=256)
+    model = save_checkpoint(tmp_path / "run" / "model.pt", {"target_kind": "labels", "labels": {"gland": 1, "fat": 2}})
+    recipe = SlideRecipe(classes=("gland", "fat"), class_colors={"fat": (10, 20, 30)},
+                         predict=SlideStitchConfig(tile=128, mpp=1.0, device="cpu"))
+    assert recipe.class_colors == {"gland": (230, 159, 0), "fat": (10, 20, 30)}  # the palette fills the rest
+    (tmp_path / "stain.json").write_text(json.dumps({"method": "none"}))
+
+    def dark_gland_pale_fat(x: torch.Tensor) -> torch.Tensor:  # probabilities: both classes on the tissue
+        grey = x.mean(dim=1)
+        return torch.stack([torch.full_like(grey, 0.2), (grey < 0.7) * 0.8, (grey >= 0.7) * 0.8], dim=1)
+
+    monkeypatch.setattr(predictors, "load_checkpoint_predictor", lambda *a, **k: (dark_gland_pale_fat, {
+        "task": {"target_kind": "labels", "labels": {"gland": 1, "fat": 2}}}))
+    predict_slide(str(slide), str(model), str(tmp_path / "stain.json"), recipe, str(tmp_path / "p" / "probabilities.ome.tif"))
+    with tifffile.TiffFile(tmp_path / "p" / "probabilities.ome.tif") as tif:
+        assert ome_channels(tif) == [("background", (128, 128, 128)), ("gland", (230, 159, 0)), ("fat", (10, 20, 30))]
+    features = read_geojson(tmp_path / "p" / "predictions.geojson")
+    assert {f["properties"]["classification"]["name"] for f in features} == {"gland", "fat"}
+    for f in features:
+        cls = f["properties"]["classification"]
+        assert cls["color"] == list(recipe.class_colors[cls["name"]])
 
 
 def test_prediction_geojson_is_the_label_map(tmp_path):
@@ -103,8 +141,29 @@ def test_prediction_geojson_is_the_label_map(tmp_path):
     zpath = fake_prediction(tmp_path / "probabilities.zarr", prob, downsample=2.0)
     summary = write_prediction_geojson(zpath, tmp_path / "p.geojson", ["a", "b"], max_side=100, min_area_px=1)
     assert summary["zarr_level"] == 0 and summary["polygons"] == {"a": 1, "b": 2}
-    back = rasterize(read_geojson(tmp_path / "p.geojson"), ["a", "b"], truth.shape, 2.0)  # level-0 coordinates
+    features = read_geojson(tmp_path / "p.geojson")
+    back = rasterize(features, ["a", "b"], truth.shape, 2.0)  # level-0 coordinates
     np.testing.assert_array_equal(back, truth)
+    # QuPath's places: measurements under properties.measurements, colour in the classification
+    by_class = {}
+    for f in features:
+        props = f["properties"]
+        assert set(props) == {"objectType", "classification", "measurements"}
+        by_class.setdefault(props["classification"]["name"], []).append(props["measurements"])
+        assert props["classification"]["color"] == [[230, 159, 0], [86, 180, 233]][props["classification"]["name"] == "b"]
+    # areas of the polygons in level-0 pixels (2x the traced level). The outline joins pixel-edge midpoints
+    # (marching squares), so a w x h rectangle's polygon is w * h - 4/8 px: b is 10 x 10 and 15 x 30; a is
+    # 32 x 40 with a 10 x 10 hole (its ring loses the same 1/2 px), 1180 px exactly
+    assert [m[AREA_PX] for m in by_class["a"]] == [pytest.approx((32 * 40 - 10 * 10) * 4)]
+    assert sorted(m[AREA_PX] for m in by_class["b"]) == [pytest.approx((100 - 0.5) * 4), pytest.approx((450 - 0.5) * 4)]
+    assert by_class["a"][0][AREA_UM2] == pytest.approx(1180 * 4 * 0.5**2)  # level-0 mpp: 1.0 mpp / downsample 2
+    coloured = write_prediction_geojson(zpath, tmp_path / "c.geojson", {"a": (1, 2, 3), "b": (4, 5, 6)}, min_area_px=1)
+    assert coloured["polygons"] == {"a": 1, "b": 2}
+    assert {tuple(f["properties"]["classification"]["color"]) for f in read_geojson(tmp_path / "c.geojson")} == \
+        {(1, 2, 3), (4, 5, 6)}
+    assert channel_names(["a", "b"], "labels", 3) == ["background", "a", "b"]
+    assert channel_names(["a", "b"], "regions", 2) == ["a", "b"] and channel_names(None, "labels", 2) == ["channel 0",
+                                                                                                            "channel 1"]
     regions = np.stack([truth == 1, truth == 2]).astype(float) * 0.9
     np.testing.assert_array_equal(probabilities_to_labels(regions, "regions"), truth)
     with pytest.raises(ValueError, match="classes must name the model's 2 labels"):

@@ -1,4 +1,4 @@
-"""Figures for an evaluation report: metric box plots and best/median/worst overlay montages.
+"""Figures for an evaluation report: metric box plots and best/median/worst error montages.
 
 matplotlib is imported inside the functions with the non-interactive Agg backend, so
 importing this module is cheap and works without a display.
@@ -85,7 +85,10 @@ def select_montage_cases(case_results: Sequence[dict], region: str | None = None
 
 # Okabe & Ito (2008) colour-blind-safe palette (black left out: it is the background)
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
-REF_STYLE, PRED_STYLE = "solid", "dashed"
+#: the montage's error overlay: voxel class -> (colour, opacity). Missed and extra are Okabe-Ito blue and
+#: vermillion (told apart with every colour-vision deficiency); agreement is a yellow veil the scan shows through
+ERROR_STYLE = {"agreed": ("#F0E442", 0.45), "missed": ("#0072B2", 0.95), "extra": ("#D55E00", 0.95)}
+ERROR_LABELS = {"agreed": "agreed", "missed": "missed (reference only)", "extra": "extra (prediction only)"}
 _MODALITY_SUFFIX = ("t1ce", "t1c", "t1gd", "t1n", "t1", "t2f", "t2w", "t2", "flair", "ct", "pd", "dwi", "adc")
 
 
@@ -119,14 +122,44 @@ def axial_view(image: sitk.Image, z: int | None = None) -> tuple[np.ndarray, flo
     return np.array(arr[z]), sy / sx, z
 
 
-def _structures(ref: np.ndarray, pred: np.ndarray, structures: Mapping[str, Sequence[int]] | None,
-                label_names: Mapping[int, str] | None) -> dict[str, np.ndarray]:
-    """name -> label values: ``structures`` (e.g. BraTS regions), else each label value present."""
+def montage_structures(labels: Sequence[np.ndarray], structures: Mapping[str, Sequence[int]] | None = None,
+                       label_names: Mapping[int, str] | None = None) -> dict[str, np.ndarray]:
+    """name -> label values, one montage row each: ``structures`` (e.g. BraTS regions WT, TC, ET, nested:
+    each in its own row, so none hides another), else each label value present in any of ``labels``,
+    named by ``label_names`` (value -> name) or ``label N``."""
     if structures:
         return {name: np.asarray(values) for name, values in structures.items()}
     names = dict(label_names or {})
-    values = sorted(int(v) for v in np.union1d(np.unique(ref), np.unique(pred)) if v != 0)
-    return {names.get(v, f"label {v}"): np.asarray([v]) for v in values}
+    present = np.unique(np.concatenate([np.unique(a) for a in labels])) if labels else np.array([], int)
+    return {names.get(int(v), f"label {int(v)}"): np.asarray([int(v)]) for v in present if v != 0}
+
+
+def error_masks(ref: np.ndarray, pred: np.ndarray, values: Sequence[int]) -> dict[str, np.ndarray]:
+    """Where a structure's prediction and reference agree and differ, voxel by voxel.
+
+    Args:
+        ref, pred: label maps of one shape (any dimension).
+        values: the label values the structure unites (e.g. BraTS TC: NCR and ET).
+
+    Returns:
+        ``{"agreed": R & P, "missed": R & ~P, "extra": P & ~R}`` boolean masks (R, P: the structure in
+        the reference and the prediction); disjoint, and their union is R | P.
+    """
+    r, p = np.isin(ref, values), np.isin(pred, values)
+    return {"agreed": r & p, "missed": r & ~p, "extra": p & ~r}
+
+
+def error_rgba(masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The error overlay of :func:`error_masks`: ``(..., 4)`` float RGBA in [0, 1], each voxel class in its
+    :data:`ERROR_STYLE` colour and opacity, transparent elsewhere."""
+    from matplotlib.colors import to_rgb
+
+    shape = next(iter(masks.values())).shape
+    rgba = np.zeros((*shape, 4), np.float32)
+    for kind, mask in masks.items():
+        colour, alpha = ERROR_STYLE[kind]
+        rgba[mask] = (*to_rgb(colour), alpha)
+    return rgba
 
 
 def _read_case(case_id: str, image_path: str | Path | tuple, ref_path: str | Path,
@@ -148,21 +181,6 @@ def _read_case(case_id: str, image_path: str | Path | tuple, ref_path: str | Pat
     return image, sitk.GetArrayFromImage(to_canonical(ref_img)), sitk.GetArrayFromImage(to_canonical(pred_img))
 
 
-def _draw_outlines(ax, ref: np.ndarray, pred: np.ndarray, found: Mapping[str, np.ndarray],
-                   legend: dict[str, str]) -> None:
-    """Outline each structure of ``found`` on the slices ``ref``/``pred`` (reference solid, prediction
-    dashed), adding its colour to ``legend`` (structure order, the same in every panel)."""
-    for name in found:
-        legend.setdefault(name, OKABE_ITO[len(legend) % len(OKABE_ITO)])
-    # largest first, so that a small structure's outline is drawn over the edge it shares with a larger one
-    for name, values in sorted(found.items(), key=lambda kv: -int(np.isin(ref, kv[1]).sum())):
-        colour = legend[name]
-        for labels, style in ((ref, REF_STYLE), (pred, PRED_STYLE)):
-            mask = np.isin(labels, values)
-            if mask.any() and not mask.all():
-                ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linestyles=style, linewidths=1.3)
-
-
 def _orientation_letters(ax, shape: tuple[int, int]) -> None:
     """Anterior, posterior, right and left at the edges of a radiological axial panel of ``shape``."""
     h, w = shape
@@ -171,33 +189,73 @@ def _orientation_letters(ax, shape: tuple[int, int]) -> None:
         ax.text(x - 0.5, y - 0.5, letter, **style)
 
 
-def _montage_legend(fig, legend: Mapping[str, str]) -> None:
-    """One line per structure colour, then the reference and prediction line styles, under the panels."""
-    from matplotlib.lines import Line2D
+def _montage_legend(fig, ncol: int) -> None:
+    """The three voxel classes of the error overlay, under the panels, in ``ncol`` columns."""
+    from matplotlib.patches import Patch
 
-    handles = [Line2D([], [], color=c, lw=2, label=n) for n, c in legend.items()]
-    handles += [Line2D([], [], color="0.3", ls=REF_STYLE, label="reference"),
-                Line2D([], [], color="0.3", ls=PRED_STYLE, label="prediction")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    handles = [Patch(facecolor=ERROR_STYLE[k][0], alpha=ERROR_STYLE[k][1], edgecolor="0.4", label=ERROR_LABELS[k])
+               for k in ERROR_STYLE]
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+
+
+def _dice_text(name: str, ref: np.ndarray, pred: np.ndarray, values: np.ndarray, given: tuple[str, float]) -> str:
+    """``WT Dice 0.912``: the case's (3-D) Dice of structure ``name``; ``given`` (structure, Dice) is the
+    evaluation's value for that structure (the one the cases were ranked by)."""
+    from medseg.evaluate.metrics import dice
+
+    r, p = np.isin(ref, values), np.isin(pred, values)
+    if not r.any() and not p.any():
+        return f"{name}: absent in both"
+    value = given[1] if name == given[0] else dice(r, p)
+    return f"{name} Dice {value:.3f}"
+
+
+def lesion_window(mask: np.ndarray, zoom: float = 2.0, pad: int = 6) -> tuple[slice, slice]:
+    """The rows and columns a montage panel shows: a square around ``mask``'s bounding box, ``zoom``
+    times its longer side plus ``pad`` voxels (clipped to the slice), so that errors one voxel wide
+    stay visible; the whole slice when ``mask`` is empty."""
+    if not mask.any():
+        return slice(0, mask.shape[0]), slice(0, mask.shape[1])
+    ys, xs = np.nonzero(mask)
+    half = int(np.ceil(zoom * max(np.ptp(ys), np.ptp(xs)) / 2)) + pad
+    window = []
+    for centre, n in (((ys.min() + ys.max()) // 2, mask.shape[0]), ((xs.min() + xs.max()) // 2, mask.shape[1])):
+        lo = int(np.clip(centre - half, 0, max(n - 2 * half - 1, 0)))
+        window.append(slice(lo, min(n, lo + 2 * half + 1)))
+    return window[0], window[1]
+
+
+def _draw_panel(ax, view: np.ndarray, aspect: float, masks: Mapping[str, np.ndarray], title: str) -> None:
+    """One panel: the scan (1-99 % window), the error overlay, orientation letters, the title."""
+    lo, hi = np.percentile(view, [1, 99])
+    ax.imshow(view, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect, interpolation="nearest")
+    ax.imshow(error_rgba(masks), aspect=aspect, interpolation="nearest")
+    _orientation_letters(ax, view.shape)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
 
 
 def overlay_montage(cases: Sequence[tuple[str, str | Path | tuple, str | Path, str | Path, float]], out_png: str | Path,
                     structure: str = "foreground", *, modality: str | None = None,
                     structures: Mapping[str, Sequence[int]] | None = None,
                     label_names: Mapping[int, str] | None = None) -> None:
-    """Axial slices with the outline of every structure, reference solid and prediction dashed.
+    """Where prediction and reference differ: one column per case, one row per structure.
 
-    Every panel is in one display convention whatever the file's orientation (LSA, RAS, LPS ...):
-    axial, radiological (anterior up, the patient's right on the panel's left; see
-    :func:`axial_view`), with orientation letters, voxel anisotropy honoured. Each panel shows the
-    axial slice with the largest reference foreground (any label > 0; the prediction's if the
-    reference is empty). Colours are the Okabe-Ito colour-blind-safe palette, one per structure.
+    Each panel shows the scan with the structure's error overlay (:func:`error_masks`, colours
+    :data:`ERROR_STYLE`): voxels missed (reference, not predicted) in blue, extra (predicted, not
+    reference) in vermillion, agreed under a yellow veil. Nested structures (BraTS WT > TC > ET) each
+    get their own row, so none hides another. Every panel is in one display convention whatever the
+    file's orientation (LSA, RAS, LPS ...): axial, radiological (anterior up, the patient's right on
+    the panel's left; see :func:`axial_view`), with orientation letters, voxel anisotropy honoured.
+    A column shows the axial slice with the largest reference foreground (any label > 0; the
+    prediction's if the reference is empty), zoomed on the lesion (:func:`lesion_window`); its titles
+    give the case's 3-D Dice per structure.
 
     Args:
         cases: ``(case_id, image_path, ref_path, pred_path, dice)`` tuples, e.g. best/median/worst;
             ``image_path`` may be ``(path, channel)`` for a 4-D source file.
         out_png: output PNG, written atomically.
-        structure: what the Dice in the titles is of.
+        structure: what ``dice`` is of (the structure the cases were ranked by).
         modality: name of the displayed scan (default: from its file name, :func:`modality_name`).
         structures: structure name -> label values it unites (e.g. BraTS ``{"WT": [1, 2, 4], ...}``);
             default: each label value present, named by ``label_names`` (value -> name) or ``label N``.
@@ -205,20 +263,25 @@ def overlay_montage(cases: Sequence[tuple[str, str | Path | tuple, str | Path, s
     if not cases:
         raise ValueError("cases is empty; nothing to draw")
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(cases), figsize=(3.8 * len(cases), 4.8), squeeze=False)
-    legend: dict[str, str] = {}
-    for ax, (case_id, image_path, ref_path, pred_path, dsc) in zip(axes[0], cases):
-        image, ref, pred = _read_case(case_id, image_path, ref_path, pred_path)
-        area = ((ref if ref.any() else pred) > 0).sum(axis=(1, 2))
-        z = int(np.argmax(area))
+    read = [_read_case(c[0], c[1], c[2], c[3]) for c in cases]
+    rows = montage_structures([a for _, ref, pred in read for a in (ref, pred)], structures, label_names)
+    n_rows = max(len(rows), 1)
+    ncol = min(len(ERROR_STYLE), len(cases))  # legend columns: one row under three panels or more
+    bottom = 0.1 + 0.22 * -(-len(ERROR_STYLE) // ncol)  # inches for the legend
+    height = 3.1 * n_rows + 0.5 + bottom
+    fig, axes = plt.subplots(n_rows, len(cases), figsize=(3.4 * len(cases), height), squeeze=False)
+    for col, ((case_id, image_path, _, _, dsc), (image, ref, pred)) in enumerate(zip(cases, read)):
+        z = int(np.argmax(((ref if ref.any() else pred) > 0).sum(axis=(1, 2))))
         view, aspect, _ = axial_view(image, z)
-        lo, hi = np.percentile(view, [1, 99])
-        ax.imshow(view, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect, interpolation="nearest")
-        _draw_outlines(ax, ref[z], pred[z], _structures(ref, pred, structures, label_names), legend)
-        _orientation_letters(ax, view.shape)
-        scan = modality or modality_name(image_path)
-        ax.set_title(f"{case_id}\n{scan}, axial slice {z}\n{structure} Dice {dsc:.3f}", fontsize=8)
-        ax.axis("off")
-    _montage_legend(fig, legend)
-    fig.suptitle("axial, radiological convention (patient's right on the left, anterior up)", fontsize=9)
-    _save(plt, fig, out_png, rect=(0, 0.07, 1, 0.94))
+        win = lesion_window((ref[z] > 0) | (pred[z] > 0))
+        head = f"{case_id}\n{modality or modality_name(image_path)}, axial slice {z}"
+        if structure not in rows:
+            head += f"\n{structure} Dice {dsc:.3f}"
+        for row, (name, values) in enumerate(rows.items() or [("none", np.array([]))]):
+            text = _dice_text(name, ref, pred, values, (structure, dsc)) if len(values) else "no structure"
+            _draw_panel(axes[row, col], view[win], aspect, error_masks(ref[z][win], pred[z][win], values),
+                        f"{head}\n{text}" if row == 0 else text)
+    _montage_legend(fig, ncol)
+    fig.suptitle("axial, radiological convention" + ("\n" if len(cases) < 3 else " ")
+                 + "(patient's right on the left, anterior up)", fontsize=9)
+    _save(plt, fig, out_png, rect=(0, bottom / height, 1, 1 - 0.1 / height))

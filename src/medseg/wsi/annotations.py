@@ -133,7 +133,8 @@ def rasterize(features: Sequence[dict], classes: Sequence[str], shape: tuple[int
         downsample: level-0 pixels per mask pixel.
         offset: ``(row, col)`` of the window's top-left corner in mask pixels of the level.
         source: the annotation file, named in errors.
-        slide_size: level-0 ``(height, width)``: vertices outside it are an error.
+        slide_size: level-0 ``(height, width)``: a polygon wholly outside it is an error, one crossing
+            its edge is clipped to it with a warning.
         ignore: class names to skip (e.g. QuPath's "Region*"); unclassified features are an error.
 
     Raises:
@@ -160,14 +161,21 @@ def _bbox_hits(ring_rc: np.ndarray, shape: tuple[int, int]) -> bool:
 
 
 def _check_inside(rings: list[np.ndarray], slide_size: tuple[int, int], source, k: int, name: str) -> None:
+    """A polygon wholly outside the slide is an error (exported from another slide or at another
+    resolution?); one crossing the slide's edge is clipped to it (only pixels inside are painted)
+    with a warning naming the file and the feature."""
     height, width = slide_size
     pts = rings[0]
     lo, hi = pts.min(axis=0), pts.max(axis=0)  # (x, y)
     t = OUTSIDE_TOLERANCE
-    if lo[0] < -t or lo[1] < -t or hi[0] > width + t or hi[1] > height + t:
-        raise InputError(f"annotation file {source}: feature {k} ({name!r}) spans x {lo[0]:.0f}..{hi[0]:.0f}, "
-                         f"y {lo[1]:.0f}..{hi[1]:.0f}, outside the slide (level 0: {width} x {height} px); "
-                         "was it exported from another slide or at another resolution?")
+    if not (lo[0] < -t or lo[1] < -t or hi[0] > width + t or hi[1] > height + t):
+        return
+    span = f"spans x {lo[0]:.0f}..{hi[0]:.0f}, y {lo[1]:.0f}..{hi[1]:.0f}"
+    if hi[0] <= 0 or hi[1] <= 0 or lo[0] >= width or lo[1] >= height:
+        raise InputError(f"annotation file {source}: feature {k} ({name!r}) {span}, outside the slide (level 0: "
+                         f"{width} x {height} px); was it exported from another slide or at another resolution?")
+    log.warning("annotation file %s: feature %d (%r) %s, across the slide's edge (level 0: %d x %d px): clipped to "
+                "the slide", source, k, name, span, width, height)
 
 
 def check_annotations(path: str | Path, classes: Sequence[str], slide_size: tuple[int, int],
@@ -178,13 +186,19 @@ def check_annotations(path: str | Path, classes: Sequence[str], slide_size: tupl
         Number of polygons per class name.
 
     Raises:
-        InputError: unreadable file, unknown/missing class name, polygon outside the slide.
+        InputError: unreadable file, unknown/missing class name, a polygon wholly outside the slide (one
+            crossing its edge is clipped, with a warning), no polygon at all (``features: []``).
     """
     counts = {name: 0 for name in classes}
-    for k, name, feature in classified_features(read_geojson(path), classes, ignore, path):
+    features = read_geojson(path)
+    for k, name, feature in classified_features(features, classes, ignore, path):
         for rings in feature_polygons(feature):
             _check_inside(rings, slide_size, path, k, name)
             counts[name] += 1
+    if not any(counts.values()):
+        what = "no features" if not features else f"no polygons of the classes {list(classes)}"
+        raise InputError(f"annotation file {path} has {what}: the slide would train as all background; annotate "
+                         "it, or remove the file to predict the slide without scoring it")
     return counts
 
 

@@ -7,6 +7,11 @@ logits ``(B, K, H, W)``. The slide steps: ``slides-demo`` (embedded demo dataset
 ``slides-sheet`` (case sheet with splits by slide), ``slides-stain`` (fit the stain target on
 training slides), ``slides-tiles`` (tiles of one slide), ``slides-evaluate`` (one slide's metrics
 and thumbnail).
+
+As every medseg command: inputs are ``-i/--input``, outputs ``-o/--output`` (the positional inputs
+and ``--out`` of earlier versions still work, hidden); defaults are the slide plan's
+(:class:`medseg.plan.resolved.SlideRecipe`: its ``tiles``, ``predict``, ``evaluation`` and ``split``,
+and :class:`medseg.wsi.demo.DemoConfig`), so a step run by hand does what the workflow's rule does.
 """
 from __future__ import annotations
 
@@ -19,40 +24,43 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``stitch-slide`` and the ``slides-*`` subcommands."""
-    _register_stitch_slide(subparsers)
-    _register_demo(subparsers)
-    _register_sheet(subparsers)
-    _register_stain(subparsers)
-    _register_tiles(subparsers)
-    _register_evaluate(subparsers)
-
-
-def _register_stitch_slide(subparsers: argparse._SubParsersAction) -> None:
-    """``stitch-slide``: stitched prediction over a whole-slide image."""
-    p = subparsers.add_parser("stitch-slide", help="stitched prediction over a whole-slide image",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("slide", help="SVS / pyramidal TIFF")
-    p.add_argument("--out", required=True, help="output folder (probabilities.zarr, probabilities.ome.tif, "
-                                                "predictions.geojson)")
-    p.add_argument("--predictor", required=True, help="'identity', a medseg model.pt, or a TorchScript (.pt) / "
-                                                      "torch.export (.pt2) model file")
+    """Add ``stitch-slide`` and the ``slides-*`` subcommands (defaults: the slide plan's,
+    :class:`medseg.plan.resolved.SlideRecipe` and the dataclasses it is built from)."""
     from medseg.plan.resolved import SlideRecipe
 
-    predict = SlideRecipe().predict  # the workflow's slide prediction settings
+    recipe = SlideRecipe()
+    _register_stitch_slide(subparsers, recipe)
+    _register_demo(subparsers)
+    _register_sheet(subparsers, recipe)
+    _register_stain(subparsers, recipe)
+    _register_tiles(subparsers, recipe)
+    _register_evaluate(subparsers, recipe)
+
+
+def _register_stitch_slide(subparsers: argparse._SubParsersAction, recipe) -> None:
+    """``stitch-slide``: stitched prediction over a whole-slide image."""
+    from medseg.cli import add_input, add_output
+
+    p = subparsers.add_parser("stitch-slide", help="stitched prediction over a whole-slide image",
+                              description=__doc__.splitlines()[0])
+    add_input(p, "SVS / pyramidal TIFF", legacy_positional="slide")
+    add_output(p, "output folder (probabilities.zarr, probabilities.ome.tif, predictions.geojson)", "--out")
+    p.add_argument("--predictor", required=True, help="'identity', a medseg model.pt, or a TorchScript (.pt) / "
+                                                      "torch.export (.pt2) model file")
+    predict = recipe.predict  # the workflow's slide prediction settings
     p.add_argument("--tile", type=int, default=predict.tile, help="window side in pixels of the processed level")
     p.add_argument("--overlap", type=float, default=predict.overlap, help="window overlap fraction in [0, 1)")
     p.add_argument("--mode", default=predict.mode, help="blending: gaussian, constant, pyramid, cosine")
     res = p.add_mutually_exclusive_group()
     res.add_argument("--level", type=int, default=None, help="pyramid level to process (default 0)")
     res.add_argument("--mpp", type=float, default=None, help="microns per pixel to process at (nearest level)")
-    p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides without the metadata")
+    p.add_argument("--slide-mpp", type=float, default=recipe.mpp, help="level-0 mpp for slides without the metadata")
     p.add_argument("--batch-size", type=int, default=predict.batch_size, help="windows per predictor call")
     p.add_argument("--activation", default="auto", help="auto (checkpoints: from the task), softmax, sigmoid, none")
     p.add_argument("--stain", default="auto", help="stain target JSON; 'auto': stain.json beside a model.pt if "
                                                     "present; 'none': raw colours")
-    p.add_argument("--classes", nargs="+", default=None, help="class names for predictions.geojson (default: "
-                                                             "the checkpoint's task; none: no GeoJSON)")
+    p.add_argument("--classes", nargs="+", default=None, help="class names for predictions.geojson and the TIFF's "
+                                                             "channels (default: the checkpoint's task; none: no GeoJSON)")
     p.add_argument("--device", default=predict.device,
                    help="torch device: auto (CUDA when present, as the workflow), cpu or cuda")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -61,70 +69,94 @@ def _register_stitch_slide(subparsers: argparse._SubParsersAction) -> None:
 
 def _register_demo(subparsers: argparse._SubParsersAction) -> None:
     """``slides-demo``: the embedded demo slide dataset."""
+    from medseg.cli import add_output
+    from medseg.wsi.demo import DEMO_CMU, DemoConfig
+
+    demo = DemoConfig()
     p = subparsers.add_parser("slides-demo", help="write the embedded demo slide dataset")
-    p.add_argument("-o", "--output", "--out", dest="out", required=True,
-                   help="output folder (slides/, annotations/, masks/, demo.json)")
-    p.add_argument("--cmu", default="auto", help="cmu_small_region.svs, 'auto' (default: data/slides/ as "
-                                                 "scripts/fetch_demo_slide.sh puts it, else scikit-image textures) "
-                                                 "or 'none' (scikit-image textures)")
-    p.add_argument("--n-slides", type=int, default=10, help="number of slides")
-    p.add_argument("--size", type=int, default=2560, help="level-0 side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    add_output(p, "output folder (slides/, annotations/, masks/, demo.json)", "--out")
+    p.add_argument("--cmu", default=DEMO_CMU, help="cmu_small_region.svs, 'auto' (data/slides/ as "
+                                                   "scripts/fetch_demo_slide.sh puts it, else scikit-image textures) "
+                                                   "or 'none' (scikit-image textures)")
+    p.add_argument("--n-slides", type=int, default=demo.n_slides, help="number of slides")
+    p.add_argument("--size", type=int, default=demo.size, help="level-0 side in pixels")
+    p.add_argument("--seed", type=int, default=demo.seed, help="generator seed")
     p.set_defaults(func=run_demo)
 
 
-def _register_sheet(subparsers: argparse._SubParsersAction) -> None:
+def _register_sheet(subparsers: argparse._SubParsersAction, recipe) -> None:
     """``slides-sheet``: the slide case sheet with splits by slide."""
+    from medseg.cli import add_input, add_output
+
     p = subparsers.add_parser("slides-sheet", help="slide case sheet (TSV) with splits by slide")
-    p.add_argument("slides", help="folder of slides")
+    add_input(p, "folder of slides", legacy_positional="slides")
     p.add_argument("--annotations", required=True, help="folder of <slide id>.geojson")
     p.add_argument("--classes", nargs="+", required=True, help="class names of the annotations, in channel order")
-    p.add_argument("-o", "--output", "--out", dest="out", required=True, help="slides.tsv")
-    p.add_argument("--test-fraction", type=float, default=0.3, help="share of slides held out for testing")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of training slides validating")
-    p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides without the metadata")
+    add_output(p, "slides.tsv", "--out")
+    split = recipe.split
+    p.add_argument("--test-fraction", type=float, default=split.test_fraction, help="share of slides held out for testing")
+    p.add_argument("--val-fraction", type=float, default=split.val_fraction, help="share of training slides validating")
+    p.add_argument("--seed", type=int, default=split.seed, help="split seed")
+    p.add_argument("--slide-mpp", type=float, default=recipe.mpp, help="level-0 mpp for slides without the metadata")
     p.set_defaults(func=run_sheet)
 
 
-def _register_stain(subparsers: argparse._SubParsersAction) -> None:
+def _register_stain(subparsers: argparse._SubParsersAction, recipe) -> None:
     """``slides-stain``: the stain target of the sheet's training slides."""
+    from medseg.cli import add_input, add_output
+
     p = subparsers.add_parser("slides-stain", help="fit the stain target on the sheet's training slides")
-    p.add_argument("sheet", help="slides.tsv")
-    p.add_argument("--method", default="macenko", help="macenko or reinhard")
-    p.add_argument("--mpp", type=float, default=1.0, help="microns per pixel the stains are estimated at")
-    p.add_argument("-o", "--output", "--out", dest="out", required=True, help="stain.json")
+    add_input(p, "slides.tsv (from slides-sheet)", legacy_positional="sheet")
+    p.add_argument("--method", default=recipe.stain, help="macenko or reinhard")
+    p.add_argument("--mpp", type=float, default=recipe.tiles.mpp,
+                   help="microns per pixel the stains are estimated at (the tiles')")
+    add_output(p, "stain.json", "--out")
     p.set_defaults(func=run_stain)
 
 
-def _register_tiles(subparsers: argparse._SubParsersAction) -> None:
+def _register_tiles(subparsers: argparse._SubParsersAction, recipe) -> None:
     """``slides-tiles``: class-aware training tiles of one slide."""
+    from medseg.cli import add_input, add_output
+
     p = subparsers.add_parser("slides-tiles", help="class-aware training tiles of one slide")
-    p.add_argument("slide", help="SVS / pyramidal TIFF")
+    add_input(p, "SVS / pyramidal TIFF", legacy_positional="slide")
     p.add_argument("--annotation", required=True, help="QuPath GeoJSON of the slide")
     p.add_argument("--classes", nargs="+", required=True, help="class names, in channel order")
-    p.add_argument("-o", "--output", "--out", dest="out", required=True,
-                   help="output prefix <dir>/<id> (.npy, .json: the trainer's tile format)")
+    add_output(p, "output prefix <dir>/<id> (.npy, .json: the trainer's tile format)", "--out")
+    tiles = recipe.tiles
     p.add_argument("--stain", default=None, help="stain target JSON (none: raw colours)")
-    p.add_argument("--mpp", type=float, default=1.0, help="microns per pixel of the tiles")
-    p.add_argument("--tile", type=int, default=256, help="tile side in pixels")
-    p.add_argument("--per-class", type=int, default=16, help="tiles centred on each class")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--mpp", type=float, default=tiles.mpp, help="microns per pixel of the tiles")
+    p.add_argument("--tile", type=int, default=tiles.tile, help="tile side in pixels")
+    p.add_argument("--per-class", type=int, default=tiles.per_class, help="tiles centred on each class")
+    p.add_argument("--seed", type=int, default=tiles.seed, help="sampling seed")
+    p.add_argument("--slide-mpp", type=float, default=recipe.mpp, help="level-0 mpp for slides without the metadata")
     p.set_defaults(func=run_tiles)
 
 
-def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+def _register_evaluate(subparsers: argparse._SubParsersAction, recipe) -> None:
     """``slides-evaluate``: per-class metrics and outline thumbnail of one slide."""
+    from medseg.cli import add_input, add_output
+
     p = subparsers.add_parser("slides-evaluate", help="per-class metrics and outline thumbnail of one slide")
-    p.add_argument("prediction", help="stitch-slide output folder (probabilities.zarr)")
+    add_input(p, "stitch-slide output folder (probabilities.zarr)", legacy_positional="prediction")
     p.add_argument("--slide", required=True, help="SVS / pyramidal TIFF")
     p.add_argument("--annotation", required=True, help="reference QuPath GeoJSON")
     p.add_argument("--classes", nargs="+", required=True, help="class names, in channel order")
-    p.add_argument("--mpp", type=float, default=None, help="evaluation microns per pixel")
+    ev = recipe.evaluation
+    p.add_argument("--mpp", type=_mpp, default=ev.mpp, help="evaluation microns per pixel (nearest level of the map; "
+                                                            "'none': its finest level, for slides without an mpp)")
+    p.add_argument("--min-object-px", type=int, default=ev.min_object_px, help="smallest object counted (pixels)")
+    p.add_argument("--object-iou", type=float, default=ev.object_iou, help="IoU at which an object is detected")
     p.add_argument("--kind", default="labels", help="labels (softmax) or regions (sigmoid)")
-    p.add_argument("-o", "--output", "--out", dest="out", required=True, help="result JSON")
+    add_output(p, "result JSON", "--out")
     p.add_argument("--png", default=None, help="thumbnail with outlines")
     p.set_defaults(func=run_evaluate)
+
+
+def _mpp(text: str) -> float | None:
+    """``--mpp`` of slides-evaluate: a number, or ``none``."""
+    return None if text.lower() == "none" else float(text)
+
 
 def run_stitch_slide(args: argparse.Namespace) -> int:
     from medseg.wsi.predictors import is_checkpoint, load_checkpoint_predictor, load_predictor, task_classes, task_kind
@@ -151,7 +183,7 @@ def run_stitch_slide(args: argparse.Namespace) -> int:
         stain = load_stain(args.stain)
     if classes == ["none"]:
         classes = None
-    summary = stitch_slide(args.slide, args.out, predictor, config, progress=args.progress, stain=stain,
+    summary = stitch_slide(args.input, args.output, predictor, config, progress=args.progress, stain=stain,
                            classes=classes, kind=kind)
     log.info("stitched %s", json.dumps(summary))
     return 0
@@ -160,7 +192,7 @@ def run_stitch_slide(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from medseg.wsi.demo import DemoConfig, make_demo_dataset, resolve_cmu
 
-    make_demo_dataset(args.out, DemoConfig(n_slides=args.n_slides, size=args.size, seed=args.seed),
+    make_demo_dataset(args.output, DemoConfig(n_slides=args.n_slides, size=args.size, seed=args.seed),
                       resolve_cmu(args.cmu))
     return 0
 
@@ -168,9 +200,9 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_sheet(args: argparse.Namespace) -> int:
     from medseg.wsi.sheet import build_slide_sheet, write_sheet
 
-    rows = build_slide_sheet(args.slides, args.annotations, args.classes, test_fraction=args.test_fraction,
+    rows = build_slide_sheet(args.input, args.annotations, args.classes, test_fraction=args.test_fraction,
                              val_fraction=args.val_fraction, seed=args.seed, mpp_override=args.slide_mpp)
-    write_sheet(rows, args.out)
+    write_sheet(rows, args.output)
     return 0
 
 
@@ -178,8 +210,8 @@ def run_stain(args: argparse.Namespace) -> int:
     from medseg.wsi.sheet import read_sheet, split_of
     from medseg.wsi.tiles import fit_stain_target
 
-    rows = [r for r in read_sheet(args.sheet) if split_of(r) == "train" and not r["problem"]]
-    fit_stain_target([r["slide"] for r in rows], args.method, args.mpp).save(args.out)
+    rows = [r for r in read_sheet(args.input) if split_of(r) == "train" and not r["problem"]]
+    fit_stain_target([r["slide"] for r in rows], args.method, args.mpp).save(args.output)
     return 0
 
 
@@ -189,13 +221,15 @@ def run_tiles(args: argparse.Namespace) -> int:
     from medseg.wsi.tiles import tile_slide
 
     stain = load_stain(args.stain)
-    tile_slide(args.slide, args.annotation, args.classes, args.out,
-               TileConfig(mpp=args.mpp, tile=args.tile, per_class=args.per_class, seed=args.seed), stain)
+    tile_slide(args.input, args.annotation, args.classes, args.output,
+               TileConfig(mpp=args.mpp, tile=args.tile, per_class=args.per_class, seed=args.seed), stain,
+               mpp0=args.slide_mpp)
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from medseg.io import write_json
+    from medseg.wsi.config import SlideEvalConfig
     from medseg.wsi.evaluate import evaluate_slide, plot_outlines
     from medseg.wsi.slide import open_slide
     from medseg.wsi.tissue import read_thumbnail
@@ -204,9 +238,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     with open_slide(slide_path) as slide:
         size = (slide.dimensions[1], slide.dimensions[0])
         thumb = read_thumbnail(slide, 1024)[0] if args.png else None
-    result, ref, pred = evaluate_slide(Path(args.prediction) / "probabilities.zarr", args.annotation, args.classes,
-                                       slide_path.stem, args.mpp, args.kind, slide_size=size)
-    write_json(result, args.out)
+    config = SlideEvalConfig(min_object_px=args.min_object_px, object_iou=args.object_iou)
+    result, ref, pred = evaluate_slide(Path(args.input) / "probabilities.zarr", args.annotation, args.classes,
+                                       slide_path.stem, args.mpp, args.kind, slide_size=size, config=config)
+    write_json(result, args.output)
     if args.png:
         dice = ", ".join(f"{c} {result['labels'][c]['dice']:.2f}" for c in args.classes)
         plot_outlines(thumb, ref, pred, args.classes, args.png, f"{slide_path.stem}: Dice {dice}")

@@ -1,13 +1,46 @@
-"""Slide settings (``datasets.<name>`` of ``kind: slide``: ``tiles``, ``predict``, ``evaluation``):
-typed, frozen, light to import."""
+"""Slide settings (``datasets.<name>`` of ``kind: slide``: ``tiles``, ``predict``, ``evaluation``,
+``split``, ``class_colors``): typed, frozen, light to import."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from medseg.cohort.splits import SplitConfig
 from medseg.stitch.geometry import check_batch_size, check_overlap
 from medseg.stitch.weights import check_mode
 
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")  # slide files a folder lists
 TIFF_TILE = 256  # tile side of the written pyramidal TIFF; zarr chunks are multiples of it
+
+#: ``datasets.<name>.split`` of slide datasets: a larger test share than MRI's (few slides, each one large)
+SLIDE_SPLIT = SplitConfig(test_fraction=0.3)
+
+#: QuPath display colours (RGB, 0-255) of the classes ``class_colors`` does not name, in class order:
+#: Okabe & Ito's colour-blind-safe palette (orange, sky blue, bluish green, yellow, blue, vermillion,
+#: reddish purple, black)
+CLASS_PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+                 (204, 121, 167), (0, 0, 0))
+
+
+def class_colours(classes: Sequence[str], given: Mapping[str, Sequence[int]] | None = None,
+                  key: str = "class_colors") -> dict[str, tuple[int, int, int]]:
+    """Every class's QuPath colour: ``given``'s (class name -> RGB), else :data:`CLASS_PALETTE`'s in class order.
+
+    Raises:
+        ValueError: ``given`` names a class not in ``classes``, or a colour is not three integers in
+            [0, 255] (the message names ``key``).
+    """
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(classes))
+    if unknown:
+        raise ValueError(f"{key} names {unknown}, which are not classes {list(classes)}")
+    out = {}
+    for i, name in enumerate(classes):
+        rgb = given.get(name, CLASS_PALETTE[i % len(CLASS_PALETTE)])
+        if len(rgb) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in rgb):
+            raise ValueError(f"{key}.{name} must be three integers in [0, 255] (RGB), got {list(rgb)}")
+        out[name] = tuple(int(c) for c in rgb)
+    return out
 
 
 @dataclass(frozen=True)

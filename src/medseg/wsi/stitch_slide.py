@@ -7,7 +7,9 @@ a batch of windows and a zarr chunk whatever the slide size. Outputs, in ``out_d
 * ``probabilities.zarr``: group with arrays ``"0"``, ``"1"``, ... (each level 2x smaller), each
   ``(K, H, W)`` float32, with ``multiscales`` metadata and the level's microns per pixel;
 * ``probabilities.ome.tif``: the same map as uint8 (probability x 255), tiled (256) pyramidal
-  BigTIFF with SubIFD levels, one page per channel, openable in QuPath;
+  BigTIFF with SubIFD levels, one page per channel, openable in QuPath; the OME-XML names each
+  channel (``background`` and the class names, :func:`medseg.wsi.outputs.channel_names`) and gives
+  it its class colour;
 * ``predictions.geojson`` (when class names are given): the predicted classes as QuPath
   polygons (see :mod:`medseg.wsi.outputs`).
 
@@ -39,6 +41,7 @@ from medseg.wsi.stain import StainTarget
 from medseg.wsi.tiles import slide_normalizer
 from medseg.wsi.tissue import tissue_mask
 from medseg.wsi.config import SlideStitchConfig, TIFF_TILE
+from medseg.wsi.outputs import GEOJSON_NAME, Classes, channel_colours, channel_names, write_prediction_geojson
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ ZARR_NAME, TIFF_NAME = "probabilities.zarr", "probabilities.ome.tif"
 
 def stitch_slide(slide_path: str | Path, out_dir: str | Path, predictor: Predictor,
                  config: SlideStitchConfig = SlideStitchConfig(), progress: bool = False,
-                 stain: StainTarget | None = None, classes: Sequence[str] | None = None,
+                 stain: StainTarget | None = None, classes: Classes | None = None,
                  kind: str = "labels") -> dict:
     """Predict every tissue window of a slide and write the stitched map to zarr and a pyramidal TIFF.
 
@@ -60,14 +63,16 @@ def stitch_slide(slide_path: str | Path, out_dir: str | Path, predictor: Predict
         config: tiling parameters (``slide_mpp`` overrides the slide's level-0 mpp).
         progress: tqdm progress bar over windows.
         stain: stain normalisation target (from the training slides) applied to every window.
-        classes: class names; when given, also write ``predictions.geojson``.
+        classes: class names, or class name -> RGB colour (default: the Okabe-Ito palette in class
+            order); they name the TIFF's channels and, when given, ``predictions.geojson`` is written.
         kind: ``labels`` (softmax output, channel 0 background) or ``regions`` (sigmoid).
 
     Returns:
         Summary: level index, its shape and mpp, number of windows run, pyramid levels, output paths.
 
     Raises:
-        ValueError: no tissue, tile larger than the level, bad level/mpp.
+        ValueError: no tissue, tile larger than the level, bad level/mpp, ``classes`` not naming
+            every channel the predictor gives.
     """
     slide_path, out_dir = Path(slide_path), Path(out_dir)
     partial = out_dir / f".{ZARR_NAME}.partial"
@@ -76,21 +81,22 @@ def stitch_slide(slide_path: str | Path, out_dir: str | Path, predictor: Predict
         with open_slide(slide_path) as slide:
             level, n_windows = _predict_tissue(slide, slide_path, partial, predictor, config, progress, stain)
         group = zarr.open_group(str(partial), mode="a")
+        k = int(group["0"].shape[0])
+        channels = channel_names(classes, kind, k), channel_colours(classes, kind, k)
         levels = build_pyramid(group, config.chunk)
         group.attrs.update(multiscales_metadata(levels, level), source=str(slide_path), config=asdict(config),
-                           slide_downsample=level.downsample, stain=stain.method if stain else None)
+                           slide_downsample=level.downsample, stain=stain.method if stain else None,
+                           channels=channels[0])
         shutil.rmtree(zarr_path, ignore_errors=True)
         partial.rename(zarr_path)
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # only left on failure
     tiff_path = out_dir / TIFF_NAME
     with atomic_path(tiff_path) as tmp:
-        write_pyramid_tiff(zarr.open_group(str(zarr_path), mode="r"), tmp, levels, level.mpp)
+        write_pyramid_tiff(zarr.open_group(str(zarr_path), mode="r"), tmp, levels, level.mpp, channels)
     summary = {"slide": str(slide_path), "level": level.level, "shape": [level.height, level.width], "mpp": level.mpp,
                "windows": n_windows, "zarr": str(zarr_path), "tiff": str(tiff_path), "levels": levels}
     if classes is not None:
-        from medseg.wsi.outputs import GEOJSON_NAME, write_prediction_geojson
-
         summary["geojson"] = write_prediction_geojson(zarr_path, out_dir / GEOJSON_NAME, classes, kind)
     return summary
 
@@ -176,13 +182,25 @@ def _uint8_tiles(array: zarr.Array) -> Iterator[np.ndarray]:
                 yield strip[:, x:x + TIFF_TILE]
 
 
-def write_pyramid_tiff(group: zarr.Group, path: Path, levels: int, mpp: float | None) -> None:
-    """Write levels ``"0"..levels-1`` of ``group`` as a tiled pyramidal OME BigTIFF (SubIFDs), uint8."""
+def ome_colour(rgb: Sequence[int]) -> int:
+    """An OME-XML ``Channel/@Color``: RGBA packed in a signed 32-bit integer (opaque)."""
+    r, g, b = (int(c) for c in rgb)
+    value = (r << 24) | (g << 16) | (b << 8) | 255
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def write_pyramid_tiff(group: zarr.Group, path: Path, levels: int, mpp: float | None,
+                       channels: tuple[Sequence[str], Sequence[Sequence[int]]] | None = None) -> None:
+    """Write levels ``"0"..levels-1`` of ``group`` as a tiled pyramidal OME BigTIFF (SubIFDs), uint8;
+    ``channels``: the name and RGB colour of each channel, written in the OME-XML."""
     k = group["0"].shape[0]
+    meta: dict = {"axes": "CYX"}
+    if channels is not None:
+        meta["Channel"] = {"Name": list(channels[0]), "Color": [ome_colour(c) for c in channels[1]]}
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for i in range(levels):
             array = group[str(i)]
-            options = {"subifds": levels - 1, "metadata": {"axes": "CYX"}} if i == 0 else {"subfiletype": 1}
+            options = {"subifds": levels - 1, "metadata": dict(meta)} if i == 0 else {"subfiletype": 1}
             if mpp:
                 res = 1e4 / (mpp * 2**i)
                 options.update(resolution=(res, res), resolutionunit="CENTIMETER")
@@ -197,7 +215,7 @@ def write_pyramid_tiff(group: zarr.Group, path: Path, levels: int, mpp: float | 
 def predict_slide(slide: str, model_pt: str, stain_json: str, recipe, out_tiff: str) -> dict:
     """The workflow's slide prediction job: the fold's checkpoint run over the slide with the
     recipe's stitching (``recipe.predict``) and the training slides' stain target; writes the
-    OME-TIFF, zarr, GeoJSON and ``summary.json`` beside ``out_tiff``."""
+    OME-TIFF, zarr, GeoJSON (classes in ``recipe.class_colors``) and ``summary.json`` beside ``out_tiff``."""
     from medseg.io import write_json
     from medseg.wsi.predictors import load_checkpoint_predictor, task_kind
     from medseg.wsi.stain import load_stain
@@ -205,6 +223,6 @@ def predict_slide(slide: str, model_pt: str, stain_json: str, recipe, out_tiff: 
     predictor, meta = load_checkpoint_predictor(model_pt, resolve_device(recipe.predict.device or "auto"))
     out_dir = Path(out_tiff).parent
     summary = stitch_slide(slide, out_dir, predictor, recipe.predict, stain=load_stain(stain_json),
-                           classes=recipe.classes, kind=task_kind(meta))
+                           classes=recipe.class_colors, kind=task_kind(meta))
     write_json(summary, out_dir / "summary.json")
     return summary
