@@ -220,7 +220,7 @@ def test_cli_two_d_image_says_2d_not_corrupt(tmp_path):
     sag = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]])
     pred = tmp_path / "slice.nii.gz"
     nib.save(nib.Nifti1Image(tumour()[4].T.copy(), sag), str(pred))
-    with pytest.raises(InputError, match=r"case 'a', file .*slice\.nii\.gz: expected a 3-D image, got 2-D with size \(20, 16\)"):
+    with pytest.raises(InputError, match=r"^prediction file .*slice\.nii\.gz: expected a 3-D image, got 2-D with size \(20, 16\)"):
         cli(["evaluate", "--pred", str(pred), "--ref", str(ref), "--json", str(tmp_path / "r.json")])
 
 
@@ -231,5 +231,5 @@ def test_truncated_reference_is_not_scored(tmp_path):
     pred = write(tmp_path / "pred.nii.gz", lab)
     ref = write(tmp_path / "ref_seg.nii.gz", lab)
     ref.write_bytes(ref.read_bytes()[: ref.stat().st_size // 2])
-    with pytest.raises(InputError, match=r"case 'c', file .*ref_seg\.nii\.gz: .*truncated gzip data"):
+    with pytest.raises(InputError, match=r"^reference file .*ref_seg\.nii\.gz: .*truncated gzip data"):
         evaluate_case(pred, ref, case_id="c")

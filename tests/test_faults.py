@@ -195,7 +195,7 @@ def test_non_finite_n4_result_fails_the_case(tmp_path, monkeypatch):
         f.CopyInformation(image)
         return sitk.Cast(image / f, sitk.sitkFloat32), f
 
-    monkeypatch.setattr(stages, "atlas_transform", lambda img, spacing: sitk.Transform(3, sitk.sitkIdentity))
+    monkeypatch.setattr(stages, "atlas_transform", lambda img, spacing, initial=None: sitk.Transform(3, sitk.sitkIdentity))
     monkeypatch.setattr(stages, "n4_correct", n4_zero_corner)
     path = tmp_path / "BraTS2021_00014_t1.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((8, 16, 16)).astype(np.float32) + 1), str(path))

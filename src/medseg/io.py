@@ -126,6 +126,28 @@ def _is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(_NIFTI)
 
 
+@contextlib.contextmanager
+def exact_path(path: str | Path) -> Iterator[str]:
+    """A name under which SimpleITK reads exactly the file ``path`` (for ITK readers).
+
+    ITK's NIfTI library, given ``X.nii.gz``, reads the header from it but the voxels from an
+    ``X.nii`` beside it when there is one (a stale uncompressed export then silently wins). For
+    such a file this yields a private link to it in an empty folder; otherwise ``path`` itself.
+    """
+    p = str(path)
+    if not _stale_sibling(p):
+        yield p
+        return
+    with tempfile.TemporaryDirectory(prefix="medseg-read-") as folder:
+        link = os.path.join(folder, "image" + p[-7:])
+        os.symlink(os.path.abspath(p), link)
+        yield link
+
+
+def _stale_sibling(path: str) -> bool:
+    return path.lower().endswith(".nii.gz") and os.path.exists(path[:-3])
+
+
 def check_header(path: str | Path, case: str | None = None) -> Grid:
     """Check a file's header without reading its voxels; return its grid.
 
@@ -149,12 +171,15 @@ def check_header(path: str | Path, case: str | None = None) -> Grid:
                 raise InputError(f"{where}: not gzip-compressed although named {''.join(p.suffixes[-2:])}; rename it to "
                                  f"{p.name[:-3]}")
             raise InputError(f"{where}: cannot be read (corrupt or truncated?): not gzip data although named .gz")
+    if _stale_sibling(str(p)):
+        log.warning("%s: %s beside it is another file; it is not read", where, p.name[:-3])
     if _is_nifti(p):
         _check_nifti_header(p, where)
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
     try:
-        reader.ReadImageInformation()
+        with exact_path(p) as exact:
+            reader.SetFileName(exact)
+            reader.ReadImageInformation()
     except RuntimeError as e:
         raise _read_error(e, where) from e
     grid = Grid.of(reader)
@@ -226,7 +251,8 @@ def _read_checked(path: str | Path, case: str | None, full: bool) -> sitk.Image:
     where = _where(path, case)
     check_header(path, case)
     try:
-        img = sitk.ReadImage(str(path))
+        with exact_path(path) as exact:
+            img = sitk.ReadImage(exact)
     except RuntimeError as e:
         raise _read_error(e, where) from e
     _check_grid(Grid.of(img), where)

@@ -52,7 +52,13 @@ rule write_plan:
     input:
         task=ancient(TASK),
     output:
-        plan=PLAN,
+        plan=report(
+            PLAN,
+            caption="../report/plan.rst",
+            category="4. Plan",
+            subcategory="{dataset}",
+            labels={"file": "plan.json (recipe, every model's run)"},
+        ),
     log:
         f"{LOGS}/write_plan.log",
     conda:

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("case-sheet", help="validate a dataset folder and write its case sheet (TSV) and task (JSON)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_input(p, "dataset folder: BraTS (2021 or 2023+), nnU-Net v2 raw or Decathlon (dataset.json)",
+    add_input(p, "dataset folder: BraTS (2021 or 2023+), nnU-Net v2 raw, Decathlon (dataset.json), PROMISE12 or ACDC",
               legacy_positional="root")
     add_output(p, "case sheet to write (TSV)", "--out")
     p.add_argument("--task", default=None, help="also write the dataset's resolved task (JSON) here")

@@ -2,7 +2,8 @@
 
 Only folder listings and ``dataset.json``, never image reads, so building the DAG of a
 1,000-case dataset is cheap. Labelled cases are split into training (folds) and held-out test
-cases; unlabelled cases (``imagesTs``, BraTS folders without a label map) are predicted only.
+cases, the cases of one patient together (an ACDC patient's ED and ES frames); unlabelled
+cases (``imagesTs``, BraTS folders without a label map) are predicted only.
 Cases that discovery found unusable (missing modality, unsupported file type, empty folder,
 bad id ...) are excluded from the start with their reason, as are ``datasets.<name>.exclude``.
 """
@@ -19,8 +20,8 @@ from medseg.config import build
 from medseg.cohort.demos import demo_discovery
 from medseg.cohort.splits import SplitConfig, assign_splits, fold_cases, held_out_cases
 from medseg.tasks.definition import Task
-from medseg.tasks.layouts.base import CaseFiles, Discovery
-from medseg.tasks.layouts import discover
+from medseg.tasks.layouts.base import GROUP_KEY, CaseFiles, Discovery
+from medseg.tasks.layouts import detect_layout, discover
 from medseg.tasks.presets import BRATS_MODALITIES, brats_task
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,22 @@ class CaseListing:
     def raw_files(self, case: str) -> list[str]:
         return self.files[case].files()
 
+    def native_grid(self, modality: str) -> tuple | None:
+        """``(size, spacing, direction)`` (x, y, z; mm) of the first readable case's ``modality`` scan,
+        from its header: the dataset's grid, approximately (for the plan's window check,
+        :func:`medseg.plan.runs.working_grid`); None when no case can be read yet (a demo not generated)."""
+        from medseg.cohort.sources import header
+        from medseg.io import InputError
+
+        for case in self.cases[:3]:
+            f = self.files[case]
+            try:
+                g = header(f.images[modality], case, f.channels.get(modality))
+            except (InputError, OSError, KeyError, RuntimeError):
+                continue
+            return g.size, g.spacing, g.direction
+        return None
+
 
 def _task(name: str, ds: dict, found: Discovery, defaults: dict) -> tuple[Task, str]:
     """The dataset's task: the config's labels/regions/modalities, else what the folder says."""
@@ -134,7 +151,28 @@ def _task(name: str, ds: dict, found: Discovery, defaults: dict) -> tuple[Task, 
     if not labels:
         raise ValueError(f"datasets.{name}.labels is not set and {found.root} does not declare its labels")
     regions = ds.get("regions") if ds.get("regions") is not None else (found.regions or {})
+    _check_region_labels(name, ds, found, labels, regions)
     return Task(name, mods, dict(labels), {r: tuple(m) for r, m in regions.items()}, None, recipe), ""
+
+
+def _check_region_labels(name: str, ds: dict, found: Discovery, labels: Mapping, regions: Mapping) -> None:
+    """Every region names labels of the task; the error says where each came from (the config key
+    or the folder's ``dataset.json``), so that it blames what the user wrote."""
+    meta = f"{found.root}/dataset.json"
+    for region, members in regions.items():
+        unknown = [m for m in members if m not in labels]
+        if not unknown:
+            continue
+        labels_from = f"datasets.{name}.labels" if ds.get("labels") else f"{meta} 'labels'"
+        close = {u: next((lab for lab in labels if lab.lower() == str(u).lower()), None) for u in unknown}
+        hint = "; ".join(f"did you mean {c!r} for {u!r}?" for u, c in close.items() if c)
+        hint = f" ({hint})" if hint else ""
+        if ds.get("regions") is not None:
+            raise ValueError(f"datasets.{name}.regions.{region} names {', '.join(map(repr, unknown))}, but the labels "
+                             f"come from {labels_from}: {list(labels)}{hint}; spell them as {labels_from} does")
+        raise ValueError(f"region {region!r} of {meta} names {', '.join(map(repr, unknown))}, which "
+                         f"datasets.{name}.labels {list(labels)} spells otherwise{hint}; spell the labels as {meta} "
+                         f"does, or set datasets.{name}.regions too (regions: {{}} trains on the labels)")
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,7 +183,7 @@ def _plan(name: str, ds_json: str, results: str) -> CaseListing:
         found, defaults = demo_discovery(name, ds.get("demo") or {}, results)
     else:
         root = str(Path(source).expanduser())
-        found, defaults = discover(root), {}
+        found, defaults = discover(root, **_layout_options(name, ds, detect_layout(root))), {}
     task, convention = _task(name, ds, found, defaults)
     if found.layout == "brats" and set(task.modalities) - set(BRATS_MODALITIES):
         raise ValueError(f"datasets.{name}.modalities: a BraTS folder holds {list(BRATS_MODALITIES)}, "
@@ -163,14 +201,33 @@ def _plan(name: str, ds_json: str, results: str) -> CaseListing:
                  ", ".join(found.ignored[:20]) + (" ..." if len(found.ignored) > 20 else ""))
     split = build(SplitConfig, ds.get("split"), f"datasets.{name}.split")
     n_folds = split.n_folds
-    labelled = [c for c, f in found.cases.items() if f.seg is not None]
-    splits = assign_splits(labelled, split.test_fraction, n_folds, split.val_fraction, split.seed)
+    labelled = {c: f for c, f in found.cases.items() if f.seg is not None}
+    splits = _group_splits(labelled, split)
     splits.update({c: {"split": PREDICT, "fold": None} for c, f in found.cases.items() if f.seg is None})
     splits = dict(sorted(splits.items()))
     # excluded cases are dropped after splitting: every other case keeps its split and fold
     full = CaseListing(name, source == "demo", found.root, found.layout, task, convention, dict(found.cases), splits,
                        n_folds, dict(found.problems), tuple(found.ignored))
     return full.without({c: f"datasets.{name}.exclude" for c in sorted(exclude)})
+
+
+def _layout_options(name: str, ds: dict, layout: str) -> dict:
+    """Keyword options of the layout's discovery: ``datasets.<name>.cine_frames`` (ACDC only)."""
+    if not ds.get("cine_frames"):
+        return {}
+    if layout != "acdc":
+        raise ValueError(f"datasets.{name}.cine_frames predicts the frames of ACDC 4-D cines, but {ds['source']} is "
+                         f"a {layout} folder; remove the key")
+    return {"cine_frames": True}
+
+
+def _group_splits(labelled: Mapping[str, CaseFiles], split: SplitConfig) -> dict[str, dict]:
+    """Splits drawn per group (:data:`~medseg.tasks.layouts.base.GROUP_KEY`, an ACDC patient's ED and ES
+    frames), each case taking its group's split and fold; cases without a group are their own."""
+    groups = {c: f.meta.get(GROUP_KEY, c) for c, f in labelled.items()}
+    drawn = assign_splits(sorted(set(groups.values())), split.test_fraction, split.n_folds, split.val_fraction,
+                          split.seed)
+    return {c: dict(drawn[g]) for c, g in groups.items()}
 
 
 def list_cases(name: str, ds: dict, results: str = "results") -> CaseListing:

@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from medseg.cohort.sources import header, read_source
+from medseg.cohort.sources import check_case
 from medseg.config import with_options
-from medseg.io import InputError, atomic_path, check_header, grid_differences, read_json, read_labels, write_json
+from medseg.io import InputError, atomic_path, read_json, write_json
 from medseg.io import thread_map
 from medseg.tasks.definition import LabelError, Task
-from medseg.tasks.layouts.base import CaseFiles, check_case_id
+from medseg.tasks.layouts.base import CaseFiles
 from medseg.tasks.presets import brats_task, convention_mismatch, dataset_convention, detect_convention
 
 log = logging.getLogger(__name__)
@@ -40,53 +39,27 @@ log = logging.getLogger(__name__)
 EXCLUDED = "excluded"
 
 
-def columns(modalities: Sequence[str]) -> tuple[str, ...]:
-    return ("case_id", "split", "fold", "labelled", "convention", "problem", *modalities, "seg")
+def columns(modalities: Sequence[str], meta: Sequence[str] = ()) -> tuple[str, ...]:
+    """The sheet's columns; ``meta``: the layout's case metadata (ACDC: patient, phase, group ...)."""
+    return ("case_id", "split", "fold", "labelled", "convention", "problem", *modalities, "seg", *meta)
 
 
 def inspect_case(case: str, files: CaseFiles, modalities: Sequence[str], full: bool = True,
                  same_space: bool = False) -> tuple[dict, np.ndarray | None]:
     """Check one case's files; return its sheet row and its label values (``None``: unlabelled or a problem).
 
+    The checks are :func:`medseg.cohort.sources.check_case`'s, the same ``medseg predict`` makes.
     ``full`` reads every voxel of every scan, as the jobs will: a gzip stream truncated after an
     intact header and NaN/inf voxels are then found here, before any job of the case runs.
     Label maps are always read whole. ``same_space``: the files must also share origin and
     direction (no registration will align them).
     """
     row: dict = {"case_id": case, "problem": "", "labelled": str(files.seg is not None).lower(),
-                 **{m: files.images[m] for m in modalities}, "seg": files.seg or ""}
-    values = None
+                 **{m: files.images[m] for m in modalities}, "seg": files.seg or "", **files.meta}
     try:
-        check_case_id(case)
-        ref_mod = modalities[0]
-        ref = header(files.images[ref_mod], case, files.channels.get(ref_mod))
-        grids = [(m, files.images[m], header(files.images[m], case, files.channels.get(m))) for m in modalities[1:]]
-        if files.seg:
-            grids.append(("seg", files.seg, check_header(files.seg, case)))
-        for key, path, other in grids:
-            diff = grid_differences(other, ref)
-            if any(d.startswith(("size", "spacing")) for d in diff):
-                raise InputError(f"{Path(path).name} has grid {other.size} @ {_r(other.spacing)} mm but "
-                                 f"{Path(files.images[ref_mod]).name} has {ref.size} @ {_r(ref.spacing)} mm; "
-                                 "resample all modalities of a case onto one grid")
-            if (same_space or key == "seg") and diff:
-                why = ("the label map must lie on its images' grid" if key == "seg" else
-                       "with steps.register off the modalities are stacked voxel by voxel, so they must share one "
-                       "space; turn steps.register on, or resample them onto one grid")
-                raise InputError(f"{Path(path).name} has origin {_r(other.origin)} and direction {_r(other.direction)} "
-                                 f"but {Path(files.images[ref_mod]).name} has {_r(ref.origin)} and {_r(ref.direction)}: "
-                                 f"{why}")
-        if full:
-            for m in modalities:
-                read_source(files.images[m], case, files.channels.get(m))
-        if files.seg:
-            seg = read_labels(files.seg, case=case)
-            values = np.unique(sitk.GetArrayViewFromImage(seg))
-            if len(values) <= 1:
-                log.warning("case %s: label map %s is empty (no foreground)", case, Path(files.seg).name)
-    except (InputError, RuntimeError) as e:
-        msg = str(e) if f"case {case!r}" in str(e) else f"case {case}: {e}"  # readers name the case themselves
-        row["problem"] = _one_line(msg)
+        values = check_case(case, files, modalities, full, same_space)
+    except InputError as e:
+        row["problem"] = _one_line(str(e))
         log.error("%s", row["problem"])
         values = None
     return row, values
@@ -94,10 +67,6 @@ def inspect_case(case: str, files: CaseFiles, modalities: Sequence[str], full: b
 
 def _one_line(msg: str) -> str:
     return msg.replace("\t", " ").replace("\n", " ")
-
-
-def _r(values: Sequence[float]) -> list[float]:
-    return [round(v, 3) for v in values]
 
 
 def resolve_task(task: Task, convention: str, rows: Sequence[dict], values: Mapping[str, np.ndarray],
@@ -193,7 +162,8 @@ def build_case_sheet(task: Task, files: Mapping[str, CaseFiles], splits: Mapping
     with atomic_path(out_tsv) as tmp:  # object dtype: ints stay ints; a missing value is an empty cell
         import pandas as pd  # writing only: reading the sheet (every DAG load) stays light
 
-        pd.DataFrame(rows, columns=columns(mods), dtype=object).to_csv(tmp, sep="\t", index=False, na_rep="")
+        meta = list(dict.fromkeys(k for c in splits for k in files[c].meta))
+        pd.DataFrame(rows, columns=columns(mods, meta), dtype=object).to_csv(tmp, sep="\t", index=False, na_rep="")
     if out_task is not None:
         write_json(task.to_dict(), out_task)
     _log_problems(rows, len(excluded or {}), out_tsv, settings.bad_cases)

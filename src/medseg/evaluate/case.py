@@ -25,6 +25,15 @@ from medseg.tasks.presets import brats_task, convention_mismatch
 log = logging.getLogger(__name__)
 
 
+def read_label_map(path: str | Path, role: str) -> sitk.Image:
+    """:func:`medseg.io.read_labels` of the exact file ``path``; an error names its role and the file
+    (``prediction file /p/x.nii.gz: 3 voxels are NaN ...``), not a case id guessed from the other file."""
+    try:
+        return read_labels(path)
+    except InputError as e:
+        raise InputError(f"{role} {e}") from e
+
+
 def check_same_geometry(pred: sitk.Image, ref: sitk.Image, pred_path: str | Path, ref_path: str | Path) -> None:
     """Raise :class:`InputError` naming both files unless the two are on the same voxel grid.
 
@@ -138,8 +147,7 @@ def evaluate_case(pred_path: str | Path, ref_path: str | Path, *, case_id: str, 
     """
     config = with_options(EvalConfig() if config is None else config, options, "evaluate_case")
     task = task_for(task, convention)
-    pred_img = read_labels(pred_path, case=case_id)
-    ref_img = read_labels(ref_path, case=case_id)
+    pred_img, ref_img = read_label_map(pred_path, "prediction"), read_label_map(ref_path, "reference")
     check_same_geometry(pred_img, ref_img, pred_path, ref_path)
     pred, ref = sitk.GetArrayFromImage(pred_img), sitk.GetArrayFromImage(ref_img)
     check_labels(pred, ref, task, pred_path, ref_path)

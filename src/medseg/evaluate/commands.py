@@ -1,9 +1,12 @@
 """``medseg evaluate``: score predicted label maps (files or folders) against references.
 
-Cases are matched by id: the file name without ``.nii.gz``/``.nii`` and without a trailing
-``_seg`` or ``-seg``. Folders are searched recursively, so the BraTS layout
+Cases are matched by id: the file name without ``.nii.gz``/``.nii`` (any letter case) and without
+a trailing ``_seg`` or ``-seg``; two files of one id (``X_seg.nii`` beside ``X_seg.nii.gz``) are an
+error naming both, never a choice. Folders are searched recursively, so the BraTS layout
 ``<case>/<case>_seg.nii.gz`` works; when a folder holds any ``*_seg``/``*-seg`` file, only
-those are label maps (the scans beside them are ignored).
+those are label maps (the scans beside them are ignored). Each file is read by its exact path
+with the case sheet's checks (:func:`medseg.io.read_labels`, :func:`medseg.io.grid_differences`,
+the task's labels).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import re
 from pathlib import Path
 
 from medseg.io import InputError
+from medseg.tasks.layouts.base import hidden, split_ext
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +25,12 @@ _NIFTI = (".nii.gz", ".nii")
 
 
 def _strip_ext(path: str | Path) -> str:
-    name = Path(path).name
-    return next((name[: -len(ext)] for ext in _NIFTI if name.endswith(ext)), name)
+    return split_ext(Path(path).name)[0]
+
+
+def _is_label_map(path: Path) -> bool:
+    """A NIfTI file (any letter case of ``.nii.gz``/``.nii``, as the case sheet reads them)."""
+    return split_ext(path.name)[1] in _NIFTI
 
 
 def case_id_from_path(path: str | Path) -> str:
@@ -41,7 +49,7 @@ def find_label_maps(path: str | Path) -> dict[str, Path]:
         return {case_id_from_path(path): path}
     if not path.is_dir():
         raise InputError(f"{path} does not exist")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_NIFTI))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _is_label_map(p) and not hidden(p.name))
     if segs := [p for p in files if _SEG_SUFFIX.search(_strip_ext(p))]:
         files = segs
     if not files:

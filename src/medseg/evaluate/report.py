@@ -127,11 +127,30 @@ def write_results(req: ResultsRequest, out: ResultsFiles) -> dict:
     return results
 
 
+def evaluate_case_job(case: str, pred: str, seg: str, task_json: str, evaluation: Mapping[str, Any],
+                      out_json: str) -> dict:
+    """The workflow's per-case evaluation job: ``pred`` scored against ``seg`` in the dataset's task
+    (``evaluation``: the config section; lesion-wise scores only for BraTS tasks), written to
+    ``out_json`` and logged on the job's run."""
+    from medseg import tracking
+    from medseg.cohort.sheet import read_task
+    from medseg.evaluate.case import evaluate_case
+
+    task = read_task(task_json)
+    ev = dict(evaluation)
+    ev["lesionwise"] = ev.get("lesionwise", False) and bool(task.preset)  # BraTS lesion-wise scores: BraTS tasks
+    result = evaluate_case(pred, seg, case_id=case, task=task, **ev)
+    write_json(result, out_json)
+    tracking.log_metrics({f"{r}.{m}": v for sec in ("regions", "labels") for r, d in result[sec].items()
+                          for m, v in d.items() if isinstance(v, float)})
+    return result
+
+
 def aggregate_job(req: ResultsRequest, inputs, outputs, rule: str) -> dict:
     """The workflow's aggregation job: ``req`` with the job's files (``inputs``: metrics,
     predictions, unlabelled predictions, models, qc, sheet, task; ``outputs``: json, csv, boxplots,
-    summary, montage), the results written, and the mean test scores logged on the job's run and the
-    invocation's parent run."""
+    summary, montage), the results written, and the mean test scores logged (``test/dice_WT`` ...) on the
+    job's run, the invocation's parent run and the dataset x model's MLflow model."""
     from medseg import tracking
     from medseg.cohort.sheet import read_task
 
@@ -146,8 +165,8 @@ def aggregate_job(req: ResultsRequest, inputs, outputs, rule: str) -> dict:
     scores = mean_scores(res, section, ("dice", "hd95"))
     if section == "regions" and res.get("labels"):
         scores |= mean_scores(res, "labels", ("dice", "hd95"), prefix="label_")
-    tracking.log_metrics({**scores, "n_cases": res["n_cases"]})
-    tracking.log_invocation_metrics({f"{req.model}/{k}": v for k, v in scores.items()})
+    tracking.log_test_scores(req.dataset, req.model, scores, res["n_cases"], results=outputs.json,
+                             structures=list(req.task.structures()) if req.task is not None else ())
     tracking.set_tags({"model.arch": res["model"]["arch"], "model.encoder": res["model"]["encoder"],
                        "model.n_parameters": res["model"]["n_parameters"]})
     for f in (outputs.json, outputs.csv, outputs.summary, outputs.boxplots, outputs.montage):

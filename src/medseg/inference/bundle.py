@@ -90,8 +90,19 @@ def export_bundle(out_dir: str | Path, plan: Plan, model: str, normalizers: str 
     return out
 
 
+def _fix(root: Path, meta: object) -> str:
+    """How to get a good bundle back, with the dataset and model named when the bundle still says them."""
+    model = meta.get("model") if isinstance(meta, dict) and isinstance(meta.get("model"), str) else "<model>"
+    try:
+        dataset = json.loads((root / PLAN_FILE).read_text())["dataset"]
+    except Exception:  # a broken plan.json names no dataset; the fix still says where bundles come from
+        dataset = "<dataset>"
+    return (f"rebuild it: snakemake results/{dataset}/bundles/{model} (the workflow's export_bundle rule), "
+            "or copy the bundle folder again")
+
+
 def load_bundle(bundle_dir: str | Path, verify: bool = True) -> Bundle:
-    """Read a bundle; with ``verify`` check every file against its SHA-256 first.
+    """Read a bundle; with ``verify`` check every file against its SHA-256 first (seconds, before any work).
 
     Raises:
         InputError: one line naming the bundle, the file and the fix (not a bundle, an older
@@ -99,28 +110,36 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> Bundle:
     """
     root = Path(bundle_dir)
     path = root / BUNDLE_FILE
-    fix = (f"rebuild it: snakemake results/<dataset>/bundles/<model> (the workflow's export_bundle rule), "
-           f"or copy the bundle folder again")
     if not path.exists():
         raise InputError(f"{root} is not a medseg model bundle (no {BUNDLE_FILE}); the workflow writes one to "
                          "results/<dataset>/bundles/<model>/")
     try:
         meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"bundle {root}: {BUNDLE_FILE} is not valid JSON ({e}); {fix}") from e
+        raise InputError(f"bundle {root}: {BUNDLE_FILE} is not valid JSON ({e}); {_fix(root, None)}") from e
     if not isinstance(meta, dict) or meta.get("version") != BUNDLE_VERSION:
         version = meta.get("version") if isinstance(meta, dict) else None
         raise InputError(f"bundle {root}: format version {version} is not supported (this medseg reads "
-                         f"{BUNDLE_VERSION}); {fix}")
+                         f"{BUNDLE_VERSION}); {_fix(root, meta)}")
+    digests = meta.get("sha256")
+    try:
+        n_folds = int(meta["n_folds"])
+        model = str(meta["model"])
+        expected = {PLAN_FILE, NORMALIZERS, *(fold_file(k) for k in range(n_folds))}
+        if not isinstance(digests, dict) or not expected <= set(digests):
+            raise ValueError(f"its sha256 table does not list {sorted(expected - set(digests or {}))}")
+    except (KeyError, TypeError, ValueError) as e:
+        why = f"no key {e}" if isinstance(e, KeyError) else str(e)
+        raise InputError(f"bundle {root}: {BUNDLE_FILE} is incomplete ({why}); {_fix(root, meta)}") from e
     if verify:
-        for name, digest in meta.get("sha256", {}).items():
+        for name, digest in digests.items():
             f = root / name
             if not f.is_file():
-                raise InputError(f"bundle {root}: {name} is missing; {fix}")
+                raise InputError(f"bundle {root}: {name} is missing; {_fix(root, meta)}")
             if sha256(f) != digest:
                 raise InputError(f"bundle {root}: {name} does not match its SHA-256 in {BUNDLE_FILE} (truncated "
-                                 f"or altered); {fix}")
-    return Bundle(root, read_plan(root / PLAN_FILE), meta["model"], int(meta["n_folds"]))
+                                 f"or altered); {_fix(root, meta)}")
+    return Bundle(root, read_plan(root / PLAN_FILE), model, n_folds)
 
 
 __all__ = ["BUNDLE_FILE", "Bundle", "export_bundle", "load_bundle"]

@@ -69,7 +69,7 @@ class Workflow:
         for name, ds in datasets_of_kind(config, "mri").items():
             listing = list_cases(name, dict(ds), results)
             self.kinds[name], self.listings[name] = "mri", listing
-            self.plans[name] = resolve_plan(config, name, listing.task)
+            self.plans[name] = resolve_plan(config, name, listing.task, native_grid=listing.native_grid)
         for name, ds in datasets_of_kind(config, "slide").items():
             self.kinds[name], self.listings[name] = "slide", list_slides(name, ds, results)
             self.plans[name] = resolve_slide_plan(config, name)
@@ -116,7 +116,9 @@ class Workflow:
     def experiment(self) -> str:
         """The MLflow experiment of a dataset's jobs: a template, not a function (Snakemake inspects
         every callable param of every job: seconds in a 1,000-case DAG)."""
-        prefix = (self.config.get("tracking") or {}).get("experiment_prefix", "medseg-")
+        from medseg.tracking.config import TrackingConfig
+
+        prefix = TrackingConfig.from_config(self.config).experiment_prefix
         return prefix.replace("{", "{{").replace("}", "}}") + "{dataset}"
 
     # ---- what a job is given ------------------------------------------------------------------

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.config import build, from_mapping
+from medseg.cohort.splits import SplitConfig
+from medseg.config import build, from_mapping, with_options
 from medseg.io import InputError, read_json, write_json
 from medseg.plan.recipe import Recipe, resolve_recipe
-from medseg.plan.runs import ModelRun, resolve_run
+from medseg.plan.runs import ModelRun, fit_runs, resolve_run
 from medseg.tasks.definition import Task
-from medseg.wsi.config import SlideEvalConfig, SlideStitchConfig, TileConfig
+from medseg.wsi.config import SLIDE_SPLIT, SlideEvalConfig, SlideStitchConfig, TileConfig, class_colours
 
 PLAN_VERSION = 1
 PLAN_FILE = "plan.json"
@@ -38,6 +39,10 @@ class SlideRecipe:
         mpp: level-0 microns per pixel of slides without the metadata (None: read from each slide).
         stain: stain normalisation fitted on the training slides: ``macenko``, ``reinhard`` or ``none``.
         tiles: training tiles; predict: the stitched prediction (at ``tiles.mpp``); evaluation: scoring.
+        split: test and validation shares and seed of the split by slide (:data:`~medseg.wsi.config.SLIDE_SPLIT`).
+        class_colors: class name -> RGB (0-255), the QuPath colour of its predicted polygons; the classes
+            it leaves out take the Okabe-Ito palette in class order (:func:`~medseg.wsi.config.class_colours`),
+            so the resolved recipe holds a colour for every class.
     """
 
     classes: tuple[str, ...] = ("skin", "colon")
@@ -47,6 +52,11 @@ class SlideRecipe:
     tiles: TileConfig = field(default_factory=TileConfig)
     predict: SlideStitchConfig = field(default_factory=lambda: SlideStitchConfig(device="auto"))
     evaluation: SlideEvalConfig = field(default_factory=SlideEvalConfig)
+    split: SplitConfig = field(default_factory=lambda: SLIDE_SPLIT)
+    class_colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_colors", class_colours(self.classes, self.class_colors))
 
 
 @dataclass(frozen=True)
@@ -90,11 +100,12 @@ def resolve_runs(config: Mapping[str, Any], dataset_training: Mapping | None = N
     return {key: resolve_run(config, key, dataset_training, context) for key in (config.get("models") or {})}
 
 
-def resolve_plan(config: Mapping[str, Any], name: str, task: Task) -> Plan:
-    """The plan of MRI dataset ``datasets.<name>`` whose task is ``task``."""
+def resolve_plan(config: Mapping[str, Any], name: str, task: Task, native_grid=None) -> Plan:
+    """The plan of MRI dataset ``datasets.<name>`` whose task is ``task``; 3-D windows fitted to its
+    working grid (:func:`medseg.plan.runs.fit_runs`; ``native_grid(modality)``: a case's scan grid)."""
     ds = config["datasets"][name]
     recipe = resolve_recipe(config, ds, task.recipe, task.modalities, f"datasets.{name}")
-    return Plan(name, "mri", task, recipe, resolve_runs(config))
+    return Plan(name, "mri", task, recipe, fit_runs(resolve_runs(config), recipe, task, native_grid, name))
 
 
 def slide_task(name: str, classes: Sequence[str]) -> Task:
@@ -109,9 +120,15 @@ def resolve_slide_plan(config: Mapping[str, Any], name: str) -> Plan:
     tiles = build(TileConfig, ds.get("tiles"), f"{path}.tiles")
     predict = build(SlideStitchConfig, {"device": "auto", **(ds.get("predict") or {}), "mpp": tiles.mpp,
                                         "slide_mpp": ds.get("mpp")}, f"{path}.predict")
+    split = with_options(SLIDE_SPLIT, ds.get("split") or {}, f"{path}.split")
+    try:
+        colours = class_colours(ds["classes"], ds.get("class_colors"), f"{path}.class_colors")
+    except ValueError as e:
+        raise ValueError(f"config {e}") from e
     recipe = SlideRecipe(classes=tuple(ds["classes"]), ignore_classes=tuple(ds.get("ignore_classes") or ()),
-                         mpp=ds.get("mpp"), stain=(ds.get("stain") or {}).get("method", "macenko"), tiles=tiles,
-                         predict=predict, evaluation=build(SlideEvalConfig, ds.get("evaluation"), f"{path}.evaluation"))
+                         mpp=ds.get("mpp"), stain=(ds.get("stain") or {}).get("method", SlideRecipe.stain), tiles=tiles,
+                         predict=predict, evaluation=build(SlideEvalConfig, ds.get("evaluation"), f"{path}.evaluation"),
+                         split=split, class_colors=colours)
     runs = resolve_runs(config, ds.get("training"), context=0)
     return Plan(name, "slide", slide_task(name, recipe.classes), recipe, runs)
 

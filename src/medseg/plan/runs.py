@@ -19,12 +19,21 @@ Resolved here, and nowhere else:
 * context slices: 0 for 3-D networks.
 
 Networks are size-agnostic: the patch is the run's, never the model's.
+
+A 3-D patch or window larger than the dataset's working grid is clipped to it (rounded up to the
+network's total stride) with a warning naming the key: every window would otherwise be mostly
+padding (a 256^3 patch on an 80x80x53 grid: 190 s a training step instead of 5). The working grid
+(:func:`working_grid`) is known for registered datasets (the atlas grid at
+``preprocessing.register.atlas_spacing_mm``, :func:`atlas_grid`); without registration each case
+has its own, so the plan takes the first case's (its extent at ``spacing_mm``, or its own grid):
+an approximation, since cases differ.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,3 +146,75 @@ def resolve_run(config: Mapping[str, Any], key: str, dataset_training: Mapping |
     i["mode"] = i.get("mode") or entry.default_blending
     return ModelRun(key, mapping, dims, from_mapping(TrainConfig, t, f"{path}.training."),
                     from_mapping(InferenceConfig, i, f"{path}.inference."))
+
+
+# ---- the window against the working grid -----------------------------------------------------------
+#: extent (x, y, z, mm) of the ICBM152 brain and the margin around it: the atlas grid that
+#: registration writes (:func:`medseg.preprocess.atlas.atlas_images`, a test keeps them equal)
+ATLAS_BRAIN_MM = (144.0, 181.0, 144.0)
+ATLAS_MARGIN_MM = 10.0
+#: (size, spacing, direction) of a scan, x, y, z order (SimpleITK's), mm
+NativeGrid = tuple[Sequence[int], Sequence[float], Sequence[float]]
+
+
+def atlas_grid(spacing_mm: float) -> tuple[int, int, int]:
+    """``(z, y, x)`` voxels of the atlas grid at ``spacing_mm`` (within one voxel; no image read)."""
+    pad = 2 * math.ceil(ATLAS_MARGIN_MM / spacing_mm)
+    x, y, z = (int(round(e / spacing_mm)) + pad for e in ATLAS_BRAIN_MM)
+    return z, y, x
+
+
+def working_grid(recipe, native: NativeGrid | None) -> tuple[int, int, int] | None:
+    """``(z, y, x)`` voxels of the grid a recipe's networks see: the atlas grid with registration, else
+    ``native`` (a case's scan) reoriented to the working orientation (axes along world x, y, z) and
+    resampled to ``recipe.spacing_mm`` (an axis without one keeps the scan's); None: unknown."""
+    if recipe.steps.register:
+        return atlas_grid(recipe.register.atlas_spacing_mm)
+    if native is None:
+        return None
+    import numpy as np
+
+    size, spacing, direction = (np.asarray(v, float) for v in native)
+    axes = np.abs(np.reshape(direction, (3, 3)))  # column j: index axis j in world coordinates
+    extent, own = axes @ (size * spacing), axes @ spacing
+    target = [t if t else o for t, o in zip(recipe.spacing_mm or (None,) * 3, own)]
+    x, y, z = (max(1, int(round(e / t))) for e, t in zip(extent, target))
+    return z, y, x
+
+
+def _divisor(run: ModelRun, task) -> int:
+    """The network's total stride (imports the architecture: only when a patch must be clipped)."""
+    try:
+        return int(getattr(run.network_config(len(task.modalities), task.n_outputs), "divisor", 1))
+    except Exception:  # a bad network key is reported by the config check; 32 is a multiple of any stride <= 32
+        return 32
+
+
+def fit_to_grid(run: ModelRun, grid: Sequence[int] | None, dataset: str, task) -> ModelRun:
+    """``run`` with its 3-D training patch and inference window clipped to ``grid`` (``(z, y, x)``
+    voxels), each axis rounded up to the network's total stride; a warning names what was clipped."""
+    if grid is None or run.spatial_dims != 3:
+        return run
+    patches = {"training": run.training.patch_size, "inference": run.inference.patch_size}
+    if not any(p and any(a > g for a, g in zip(p, grid)) for p in patches.values()):
+        return run
+    d = _divisor(run, task)
+    fit = {k: tuple(min(a, -(-g // d) * d) for a, g in zip(p, grid)) if p else p for k, p in patches.items()}
+    names = {"training": "training patch", "inference": "inference window"}
+    clipped = [f"{names[k]} {list(p)} -> {list(fit[k])}" for k, p in patches.items() if p != fit[k]]
+    log.warning("models.%s: %s: larger than the working grid %s (z, y, x voxels) of dataset %s, clipped to it (rounded "
+                "up to the network's stride %d): every window would be mostly padding. Set training.patch_size / "
+                "inference.patch_size (or models.%s.patch_size) to at most that to silence this",
+                run.key, "; ".join(clipped), list(grid), dataset, d, run.key)
+    return dataclasses.replace(run, training=dataclasses.replace(run.training, patch_size=fit["training"]),
+                               inference=dataclasses.replace(run.inference, patch_size=fit["inference"]))
+
+
+def fit_runs(runs: Mapping[str, ModelRun], recipe, task, native: Callable[[str], NativeGrid | None] | None,
+             dataset: str) -> dict[str, ModelRun]:
+    """Every run of a dataset fitted to its working grid (:func:`fit_to_grid`); ``native(modality)``:
+    a case's scan grid, asked only for an unregistered dataset with a 3-D model."""
+    if not any(r.spatial_dims == 3 for r in runs.values()):
+        return dict(runs)
+    grid = working_grid(recipe, native(recipe.reference) if native and not recipe.steps.register else None)
+    return {k: fit_to_grid(r, grid, dataset, task) for k, r in runs.items()}

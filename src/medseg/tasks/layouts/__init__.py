@@ -2,7 +2,9 @@
 
 A folder with ``dataset.json`` is nnU-Net v2 raw (``channel_names``) or the original Decathlon
 (``modality``); a folder of case folders with BraTS-named scans is BraTS (2021 or 2023+ per
-case folder). A folder that fits none says what it expected.
+case folder); ``patientNNN`` folders with ``Info.cfg`` are ACDC; MetaImage ``CaseNN.mhd`` files
+(with ``CaseNN_segmentation.mhd``) are PROMISE12. A folder that fits none says what each layout
+expects.
 """
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medseg.io import InputError
-from medseg.tasks.layouts import brats, msd, nnunet
+from medseg.tasks.layouts import acdc, brats, msd, nnunet, promise12
 from medseg.tasks.layouts.base import CaseFiles, Discovery, check_case_id
 
-LAYOUTS: dict[str, Callable[..., Discovery]] = {"brats": brats.discover, "nnunet": nnunet.discover, "msd": msd.discover}
+LAYOUTS: dict[str, Callable[..., Discovery]] = {"brats": brats.discover, "nnunet": nnunet.discover, "msd": msd.discover,
+                                                 "acdc": acdc.discover, "promise12": promise12.discover}
 
 
 def detect_layout(root: str | Path) -> str:
@@ -30,9 +33,14 @@ def detect_layout(root: str | Path) -> str:
                          "(Medical Segmentation Decathlon)")
     if brats.looks_like(root):
         return "brats"
+    if acdc.looks_like(root):
+        return "acdc"
+    if promise12.looks_like(root):
+        return "promise12"
     raise InputError(f"{root} fits no known layout: expected dataset.json with imagesTr/ and labelsTr/ "
                      "(nnU-Net v2 raw or Medical Segmentation Decathlon), or BraTS case folders "
-                     f"<case>/<case>_t1ce.nii.gz (2021) or <case>/<case>-t1c.nii.gz (2023+)")
+                     "<case>/<case>_t1ce.nii.gz (2021) or <case>/<case>-t1c.nii.gz (2023+), "
+                     f"or {acdc.EXPECTED}, or {promise12.EXPECTED}")
 
 
 def discover(root: str | Path, layout: str | None = None, **kwargs) -> Discovery:

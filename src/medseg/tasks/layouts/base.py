@@ -8,7 +8,7 @@ the results JSON's ``excluded_cases``) or ``ignored`` (files that belong to no c
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from medseg.io import InputError
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd")  # matched case-insensitively
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: the :attr:`CaseFiles.meta` key whose cases are split together (one subject, several cases)
+GROUP_KEY = "patient"
 
 
 def check_case_id(case: str) -> str:
@@ -33,6 +35,28 @@ def split_ext(name: str) -> tuple[str, str]:
         if low.endswith(ext):
             return name[: -len(ext)], ext
     return name, ""
+
+
+def twins(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Image file name -> every name of ``names`` (one folder's) that could be the same image.
+
+    Two names could be the same image when they are equal up to letter case and file type
+    (``X_seg.nii`` beside ``X_seg.nii.gz``: an old uncompressed export; ``X.NII.GZ`` beside
+    ``X.nii.gz``: one disk is case-insensitive). Which one is meant is never guessed: the case is
+    a problem (:func:`twin_problem`). Names without a twin are left out.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        stem, ext = split_ext(name)
+        if ext:
+            groups.setdefault(stem.lower(), []).append(name)
+    return {n: tuple(sorted(g)) for g in groups.values() if len(g) > 1 for n in g}
+
+
+def twin_problem(case: str, folder: str | Path, group: Sequence[str]) -> str:
+    """The problem of a case one of whose files has twins (:func:`twins`)."""
+    return (f"case {case}: {' and '.join(group)} in {folder} could be the same image (names equal up to letter case "
+            "and file type): keep one, delete or rename the other")
 
 
 def image_suffix(name: str) -> str:
@@ -54,11 +78,18 @@ class CaseFiles:
         images: modality -> file.
         channels: modality -> channel index inside a 4-D file (MSD); absent: a 3-D file.
         seg: label map, or ``None`` for an unlabelled case (predicted, not scored).
+        meta: what the layout says about the case beyond its files (ACDC: patient, phase,
+            group ...), written as case-sheet columns; cases sharing a :data:`GROUP_KEY` value
+            share a split and a fold (the ED and ES frames of one patient).
+        series: the 4-D files' fourth axis is time (an ACDC cine), not modalities: ``channels``
+            picks one frame, and the frame count is not checked against the modalities.
     """
 
     images: Mapping[str, str]
     channels: Mapping[str, int] = field(default_factory=dict)
     seg: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+    series: bool = False
 
     def files(self) -> list[str]:
         """Every distinct file of the case (a 4-D file once)."""

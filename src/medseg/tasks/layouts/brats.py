@@ -6,14 +6,17 @@
 Modalities are named t1, t1ce, t2, flair inside medseg. Each case folder is read in its own
 layout (a folder may mix them; their label conventions are then checked by the case sheet).
 ``.nii``, ``.mha`` and ``.nrrd`` files and upper-case extensions are read too. A case folder
-without ``seg`` is an unlabelled case (BraTS validation data): predicted, not scored.
+without ``seg`` is an unlabelled case (BraTS validation data): predicted, not scored. A case with
+two files that could be one scan (``X_seg.nii`` beside ``X_seg.nii.gz``, or two letter cases) is
+a problem, never a choice (:func:`~medseg.tasks.layouts.base.twins`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from medseg.io import InputError
-from medseg.tasks.layouts.base import IMAGE_EXTENSIONS, CaseFiles, Discovery, check_case_id, hidden, image_suffix, split_ext
+from medseg.tasks.layouts.base import (IMAGE_EXTENSIONS, CaseFiles, Discovery, check_case_id, hidden, image_suffix,
+                                      split_ext, twin_problem, twins)
 
 SUFFIXES: dict[str, dict[str, str]] = {
     "brats2021": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
@@ -74,6 +77,11 @@ def discover(root: str | Path, modalities: tuple[str, ...] = ("t1", "t1ce", "t2"
             problems[name] = f"case folder {entry} is empty"
             continue
         layout, found, unused = _match(entry, name)
+        same = twins(f.name for f in entry.iterdir() if not hidden(f.name))
+        doubled = next((same[f.name] for f in found.values() if f.name in same), None)
+        if doubled:
+            problems[name] = twin_problem(name, entry, doubled)
+            continue
         wrong_type = [u for u in unused if not split_ext(u)[1] and any(u.startswith(f"{name}{s}") for sx in SUFFIXES.values() for s in sx.values())]
         missing = [m for m in modalities if m not in found]
         if layout is None or missing:
