@@ -147,7 +147,30 @@ def _plan_defaults() -> dict[tuple[str, str], object]:
         ("evaluate", "nsd_tolerance_mm"): ev.nsd_tolerance_mm, ("evaluate", "hd95_method"): ev.hd95_method,
         ("stitch-slide", "tile"): slide.tile, ("stitch-slide", "overlap"): slide.overlap,
         ("stitch-slide", "mode"): slide.mode, ("stitch-slide", "batch_size"): slide.batch_size,
-        ("stitch-slide", "device"): slide.device,
+        ("stitch-slide", "device"): slide.device, **_slide_defaults(),
+    }
+
+
+def _slide_defaults() -> dict[tuple[str, str], object]:
+    """The slide commands' (subcommand, option dest) -> the slide plan's default (SlideRecipe, DemoConfig, schema)."""
+    from medseg.plan.resolved import SlideRecipe
+    from medseg.wsi.demo import DemoConfig
+
+    r, demo = SlideRecipe(), DemoConfig()
+    slide_schema = load_schema()["properties"]["datasets"]["additionalProperties"]["allOf"][0]["then"]
+    return {
+        ("stitch-slide", "slide_mpp"): r.mpp,
+        ("slides-demo", "n_slides"): demo.n_slides, ("slides-demo", "size"): demo.size,
+        ("slides-demo", "seed"): demo.seed,
+        ("slides-demo", "cmu"): slide_schema["properties"]["demo"]["properties"]["cmu"]["default"],
+        ("slides-sheet", "test_fraction"): r.split.test_fraction, ("slides-sheet", "val_fraction"): r.split.val_fraction,
+        ("slides-sheet", "seed"): r.split.seed, ("slides-sheet", "slide_mpp"): r.mpp,
+        ("slides-stain", "method"): r.stain, ("slides-stain", "mpp"): r.tiles.mpp,
+        ("slides-tiles", "mpp"): r.tiles.mpp, ("slides-tiles", "tile"): r.tiles.tile,
+        ("slides-tiles", "per_class"): r.tiles.per_class, ("slides-tiles", "seed"): r.tiles.seed,
+        ("slides-tiles", "slide_mpp"): r.mpp,
+        ("slides-evaluate", "mpp"): r.evaluation.mpp, ("slides-evaluate", "min_object_px"): r.evaluation.min_object_px,
+        ("slides-evaluate", "object_iou"): r.evaluation.object_iou,
     }
 
 
@@ -179,3 +202,14 @@ def test_skullstrip_command_is_deepbet_and_synth_cohort_is_the_workflow_demo():
     synth = _subcommands()["synth-cohort"].parse_args(["-o", "x"])
     assert (synth.anatomy, synth.fov_variety, synth.n_cases, synth.seed) == (
         demo["anatomy"], demo["fov_variety"], demo["n_cases"], demo["seed"])
+
+
+def test_a_partial_steps_block_keeps_the_recipes_other_steps(config):
+    """steps: {n4: false} on a generic dataset must not switch registration and skull stripping on
+    (the schema fills no step defaults: they are the recipe's)."""
+    cfg = copy.deepcopy(config)
+    cfg["datasets"]["tissue"]["steps"] = {"n4": False}
+    fill_defaults(cfg)
+    assert cfg["datasets"]["tissue"]["steps"] == {"n4": False}
+    r = resolve_recipe(cfg, cfg["datasets"]["tissue"], "generic", ("t1",), "datasets.tissue")
+    assert (r.steps.n4, r.steps.register, r.steps.skullstrip) == (False, False, False)

@@ -49,7 +49,9 @@ def _job_counts(out: str) -> dict[str, int]:
     import re
 
     table = out[out.index("job "):]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    counts.pop("total", None)  # Snakemake's table ends with the sum over rules
+    return counts
 
 
 def test_folds_do_not_multiply_per_case_jobs(tmp_path):
@@ -300,7 +302,7 @@ def test_tiny_run_in_mlflow(tiny_run, monkeypatch, tmp_path):
     one parent run named after target and dataset with the config, git commit and test scores; every job's run nested under it; training curves and system
     metrics; the bundle as an MLflow model that loads and predicts a case as the workflow did."""
     import mlflow
-    import SimpleITK as sitk
+    import nibabel as nib
     import yaml
     from mlflow.tracking import MlflowClient
 
@@ -325,21 +327,22 @@ def test_tiny_run_in_mlflow(tiny_run, monkeypatch, tmp_path):
     assert parent.info.run_name == "results/brats_timm.json · brats"
     assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
     for region in ("WT", "TC", "ET"):
-        assert parent.data.metrics[f"timm/dice_{region}"] == pytest.approx(res["regions"][region]["dice"]["mean"])
-        assert parent.data.metrics[f"timm/hd95_{region}"] == pytest.approx(res["regions"][region]["hd95"]["mean"])
+        assert parent.data.metrics[f"test/timm/dice_{region}"] == pytest.approx(res["regions"][region]["dice"]["mean"])
+        assert parent.data.metrics[f"test/timm/hd95_{region}"] == pytest.approx(res["regions"][region]["hd95"]["mean"])
     config = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "config.yaml", str(tmp_path))))
     assert config["training"]["steps"] == 12 and parent.data.params["training.steps"] == "12"
     by_name = {r.info.run_name: r for r in children}
     train = by_name["train_model:brats:timm:0"]
-    assert [m.step for m in client.get_metric_history(train.info.run_id, "dice_mean")] == [6, 12]  # each validation
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "val/dice_mean")] == [6, 12]  # each validation
     assert client.get_metric_history(train.info.run_id, "system/cpu_utilization_percentage")
-    assert by_name["aggregate_results:brats:timm"].data.metrics["dice_WT"] == pytest.approx(res["regions"]["WT"]["dice"]["mean"])
-    model = mlflow.pyfunc.load_model(f"runs:/{by_name['export_bundle:brats:timm'].info.run_id}/model")
+    assert by_name["aggregate_results:brats:timm"].data.metrics["test/dice_WT"] == pytest.approx(res["regions"]["WT"]["dice"]["mean"])
+    model = mlflow.pyfunc.load_model("models:/brats_timm/latest")  # registered as <dataset>_<model>
     case = res["cases"][0]
     scans = {m: str(tiny_run / f"results/brats/demo/images/{case}/{case}_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")}
-    labels = model.predict({"case": case, **scans})
-    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tiny_run / f"results/brats/predictions/timm/{case}.nii.gz")))
-    assert np.array_equal(labels, expected)
+    out = model.predict({"case": case, **scans})  # the label map (NIfTI voxel order) with its affine
+    expected = nib.load(tiny_run / f"results/brats/predictions/timm/{case}.nii.gz")
+    assert np.array_equal(out.loc[0, "labels"], np.asarray(expected.dataobj))
+    assert np.allclose(out.loc[0, "affine"], expected.affine) and out.loc[0, "case"] == case
     assert not list((tiny_run / ".medseg/tracking").glob("run-*.json"))
 
 
@@ -356,11 +359,13 @@ def test_report_describes_the_workflow_and_shows_the_results_table(tiny_run, tmp
     r = smk(tiny_run, "--report", str(out), configs=("tests/configs/tiny.yaml",))
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     page = out.read_text()
-    assert "medical image segmentation from raw scans to scored results" in page
-    assert "1 dataset(s) (brats) with 1 model(s) (timm): brats: timm" in page
+    text = " ".join(page.replace("\\n", " ").split())  # the description sits in a JS string, its line breaks as \n
+    assert "medical image segmentation from raw scans to scored results" in text
+    assert "1 dataset(s) (brats) with 1 model(s) (timm): brats: timm" in text
     cats = json.loads(re.search(r"var categories = (\{.*?\});\n", page).group(1))
-    assert sorted(cats) == ["1. Results", "2. Training", "3. Quality control"]
+    assert sorted(cats) == ["1. Results", "2. Training", "3. Quality control", "4. Plan"]
     assert "results/brats_timm_summary.html" in cats["1. Results"]["brats: timm"]
+    assert "results/brats/plan.json" in cats["4. Plan"]["brats"]
     assert len(cats["3. Quality control"]) == 5  # one group per case: N4, registration, brain mask
     assert all(len(files) == 3 for files in cats["3. Quality control"].values())
     browser = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -38,6 +38,7 @@ SCHEMA_DATACLASSES = {
     ("training", "augment3d"): "medseg.training.config:Augment3DConfig",
     ("inference",): "medseg.inference.config:InferenceConfig",
     ("evaluation",): "medseg.evaluate.config:EvalConfig",
+    ("tracking",): "medseg.tracking.config:TrackingConfig",
 }
 
 

@@ -52,7 +52,8 @@ class Recipe:
         steps: the steps that run.
         reference: modality the others are registered to; predictions return to its native grid.
         orientation: working orientation without registration (:data:`WORKING_ORIENTATION`), else None.
-        spacing_mm: working voxel size without registration (x, y, z; None: the native grid).
+        spacing_mm: working voxel size without registration (x, y, z; None: the native grid; a None
+            axis: each case's own spacing along it, e.g. the slices of thick-slice scans).
         n4, register, normalize: the steps' settings.
         skullstrip: the brain-mask settings (``method: nonzero`` when the step is off: the brain
             is then the voxels nonzero in any modality).
@@ -132,7 +133,7 @@ def resolve_recipe(config: Mapping[str, Any], ds: Mapping[str, Any], recipe: str
     spacing = ds.get("spacing_mm")
     return Recipe(name=recipe, steps=steps, reference=reference,
                   orientation=None if steps.register else WORKING_ORIENTATION,
-                  spacing_mm=tuple(float(s) for s in spacing) if spacing else None,
+                  spacing_mm=tuple(None if s is None else float(s) for s in spacing) if spacing else None,
                   n4=build(N4Config, n4, "preprocessing.n4"),
                   register=build(RegConfig, section(config, ("preprocessing", "register")), "preprocessing.register"),
                   skullstrip=skull,

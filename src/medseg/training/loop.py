@@ -55,7 +55,7 @@ from medseg.training.batches import Prefetcher, TileSet, as_loss_target, make_ba
 from medseg.training.batches3d import PoolPrefetcher, VolumeSet3D, make_batch3d
 from medseg.training.checkpoint import resumable_checkpoint, seeded_device
 from medseg.training.config import FoldJob, TrainConfig
-from medseg.training.curves import plot_curves, write_history
+from medseg.training.curves import kept_score, plot_curves, write_history
 from medseg.training.losses import get_loss
 
 log = logging.getLogger(__name__)
@@ -197,17 +197,21 @@ def _step(f: Fold, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
 
 
 def record(f: Fold, row: dict, net, val_cases, validate_fn, done: int) -> None:
-    """Validate when due (``val_every`` and the last step), keep the best weights, log the row."""
+    """Validate when due (``val_every`` and the last step), keep the weights of the best smoothed
+    validation Dice (:func:`medseg.training.curves.kept_score`), log the row."""
     if val_cases and (done % f.cfg.val_every == 0 or done == f.cfg.steps):
         row.update(validate_fn(net, val_cases))
-        if row["dice_mean"] > f.best["dice_mean"]:
-            f.best = {"dice_mean": row["dice_mean"], "step": done}
+        score = kept_score([*f.history, row])
+        if score > f.best.get("score", f.best["dice_mean"]):
+            f.best = {"dice_mean": row["dice_mean"], "score": score, "step": done}
             save_atomic({"model": net.state_dict()}, f.out / "best_weights.pt")
         log.info("step %d: loss %.4f, val Dice %s", done, row["loss"],
                  " ".join(f"{k[5:]} {v:.3f}" for k, v in row.items() if k.startswith("dice_") and k != "dice_mean"))
     f.history.append(row)
     if f.env.is_main:
-        tracking.log_metrics({k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step=done)
+        # chart sections of the MLflow UI: val/dice_WT ... (validation), train/loss, train/lr ...
+        tracking.log_metrics({f"{'val' if k.startswith('dice_') else 'train'}/{k}": v for k, v in row.items()
+                              if k != "step" and math.isfinite(v)}, step=done)
 
 
 def finish(f: Fold, net, meta: dict, names: Sequence[str]) -> dict:
@@ -218,7 +222,9 @@ def finish(f: Fold, net, meta: dict, names: Sequence[str]) -> dict:
     save_atomic({"state_dict": weights, "meta": meta}, f.out / "model.pt")
     write_history(f.history, f.out / "metrics.csv")
     plot_curves(f.history, f.out / "curves.png", names)
-    summary = {**meta, "data_wait_fraction": f.wait / max(f.wait + f.compute, 1e-9)}
+    steps = max(len(f.history) - (f.history[0]["step"] - 1 if f.history else 0), 1)
+    summary = {**meta, "data_wait_fraction": f.wait / max(f.wait + f.compute, 1e-9),
+               "steps_per_s": steps / max(f.wait + f.compute, 1e-9)}  # the loop's own steps, this run
     write_json(summary, f.out / "summary.json")
     return summary
 
