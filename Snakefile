@@ -25,3 +25,8 @@ rule all:
     default_target: True
     input:
         DEFAULT_TARGETS,
+
+
+record_signatures(
+    workflow.rules
+)  # Snakemake then skips inspect.signature per call (a light DAG)

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg.evaluate import aggregate
 from medseg.evaluate.case import evaluate_case
-from medseg.evaluate.aggregate import write_cases_csv
+from medseg.evaluate.aggregate import aggregate, write_cases_csv
 from medseg.evaluate.plots import overlay_montage, plot_boxplots, select_montage_cases
 from medseg.evaluate.commands import case_id_from_path, match_cases, register
 from medseg.io import InputError

@@ -179,15 +179,14 @@ def test_refine_is_identity_on_a_clean_mask():
 
 
 @pytest.mark.slow
-def test_skullstrip_robex_beside_atlas(demo_case, capsys):
+def test_skullstrip_robex_on_a_head_of_another_subject(demo_case, capsys):
+    """ROBEX on a head made of the ICBM152 anatomy (ROBEX's own reference is the ROBEX subject, so
+    the score is not inflated; the atlas method here would be: it is the head's own source)."""
     truth = own_truth_mask(demo_case, "t1")
-    image = img(demo_case["t1"])
-    d_atlas = dice(skullstrip(image, SkullstripConfig(method="atlas")), truth)
-    d_robex = dice(skullstrip(image, SkullstripConfig(method="robex")), truth)
+    d_robex = dice(skullstrip(img(demo_case["t1"]), SkullstripConfig(method="robex")), truth)
     with capsys.disabled():
-        print(f"\nbrain mask Dice on {demo_case['case']} T1: atlas {d_atlas:.4f}, robex {d_robex:.4f}")
+        print(f"\nbrain mask Dice on {demo_case['case']} T1 (ICBM152 anatomy): robex {d_robex:.4f}")
     assert d_robex >= 0.9
-    assert d_atlas >= d_robex
 
 
 # --- leave one anatomy out: heads made of the ROBEX subject, the ICBM152 atlas (issue 16) ---------------------------

@@ -13,7 +13,7 @@ import yaml
 
 from medseg.plan.check import fill_defaults, load_schema, schema_node, SCHEMA_DATACLASSES, validate_config
 from medseg.plan.recipe import DEFAULT, GENERIC_N4, resolve_recipe
-from medseg.plan.resolved import Plan, read_plan, resolve_plan, resolve_slide_plan, write_plan
+from medseg.plan.resolved import read_plan, resolve_plan, resolve_slide_plan, write_plan
 from medseg.plan.runs import resolve_run
 from medseg.tasks.presets import brats_task
 

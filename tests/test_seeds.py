@@ -230,12 +230,23 @@ def test_a_seed_config_left_at_its_placeholder_names_the_key():
 
 
 # ---- tiny end-to-end runs ----------------------------------------------------------------------------------
-def _run(work: Path, seed: str, tiny: str, target: str) -> subprocess.CompletedProcess:
-    cfg = [str(REPO / "config.yaml"), str(SEEDS / f"{seed}.yaml"), str(REPO / "tests/configs/seeds" / f"{tiny}.yaml")]
+SEED_RUNS = {"promise12_tiramisu3d": "promise12_tiny", "acdc_edpcnn": "acdc_tiny"}
+
+
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
+    """The PROMISE12 and ACDC phantoms run through their seed configs (tiny) in one invocation: one
+    working folder, both targets (the two experiments share no job, so they run side by side)."""
+    work = tmp_path_factory.mktemp("seeds") / "work"
+    write_promise12(work / "data" / "promise12", n_labelled=3, n_unlabelled=1)
+    made = write_acdc(work / "data" / "acdc", n_labelled=3, n_unlabelled=1, n_frames=4)
+    cfg = [str(REPO / "config.yaml")]
+    for seed, tiny in SEED_RUNS.items():
+        cfg += [str(SEEDS / f"{seed}.yaml"), str(REPO / "tests/configs/seeds" / f"{tiny}.yaml")]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", *cfg, "--cores", "2", "--show-failed-logs", target]
+           "--configfile", *cfg, "--cores", "2", "--show-failed-logs", *[f"results/{s}.json" for s in SEED_RUNS]]
     env = {**os.environ, "MEDSEG_TRACKING": "0"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    return work, subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env), made
 
 
 def _same_grid(a: str | Path, b: str | Path) -> bool:
@@ -245,12 +256,10 @@ def _same_grid(a: str | Path, b: str | Path) -> bool:
 
 
 @pytest.mark.slow
-def test_promise12_phantom_end_to_end(tmp_path):
+def test_promise12_phantom_end_to_end(seed_run):
     """The seed config's recipe and 3-D FC-DenseNet (tiny) on a PROMISE12 folder: the held-out case
     scored, the test case without segmentation predicted on its own MetaImage grid."""
-    work = tmp_path / "work"
-    write_promise12(work / "data" / "promise12", n_labelled=3, n_unlabelled=1)
-    r = _run(work, "promise12_tiramisu3d", "promise12_tiny", "results/promise12_tiramisu3d.json")
+    work, r, _ = seed_run
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     res = json.loads((work / "results/promise12_tiramisu3d.json").read_text())
     assert res["task"] == "promise12" and res["n_cases"] == 1 and list(res["labels"]) == ["prostate"]
@@ -260,14 +269,12 @@ def test_promise12_phantom_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_acdc_phantom_end_to_end_edpcnn_on_the_lv(tmp_path):
+def test_acdc_phantom_end_to_end_edpcnn_on_the_lv(seed_run):
     """EDPCNN (tiny) on an ACDC folder with object LV: a held-out patient's ED and ES frames scored,
     the testing patient's frames predicted on their own thick-slice grids, painted with LV's value."""
     import torch
 
-    work = tmp_path / "work"
-    made = write_acdc(work / "data" / "acdc", n_labelled=3, n_unlabelled=1, n_frames=4)
-    r = _run(work, "acdc_edpcnn", "acdc_tiny", "results/acdc_edpcnn.json")
+    work, r, made = seed_run
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     res = json.loads((work / "results/acdc_edpcnn.json").read_text())
     assert res["task"] == "acdc" and res["n_cases"] == 2 and sorted(res["labels"]) == ["LV", "MYO", "RV"]

@@ -15,7 +15,8 @@ from medseg.io import InputError
 from medseg.wsi.annotations import (check_annotations, fill_polygon, mask_to_polygons, polygons_to_geojson, rasterize,
                                     read_mask)
 from medseg.wsi.demo import CLASSES, DemoConfig, apply_stain, make_demo_dataset, remix_as_he
-from medseg.wsi.sheet import build_slide_sheet, read_sheet, slide_mpp, split_of, write_sheet
+from medseg.wsi.config import split_of
+from medseg.wsi.sheet import build_slide_sheet, read_sheet, slide_mpp, write_sheet
 from medseg.wsi.slide import open_slide
 from medseg.wsi.stain import StainNormalizer, StainTarget, fit_target, is_glass
 from medseg.wsi.synthetic import write_synthetic_slide

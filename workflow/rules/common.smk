@@ -8,11 +8,10 @@ sys.path.insert(
     0, os.path.normpath(os.path.join(workflow.current_basedir, "..", "..", "src"))
 )
 
-from medseg.pipeline.job import export_package_path
+
+from medseg.pipeline.dag import Workflow, export_package_path, record_signatures
 
 export_package_path()
-
-from medseg.pipeline.dag import Workflow
 from medseg.plan.check import fill_defaults, start_network_check, validate_config
 
 validate_config(config)  # an unknown or bad key anywhere fails here, named by its path

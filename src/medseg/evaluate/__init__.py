@@ -1,11 +1,7 @@
 """Evaluation people can trust: BraTS metrics per case, lesion-wise scores and cohort summaries.
 
-``evaluate_case`` scores one prediction file against its reference; ``aggregate`` turns the
-per-case dicts into the results JSON described in ``docs/results_schema.md``.
+:func:`medseg.evaluate.case.evaluate_case` scores one prediction file against its reference;
+:func:`medseg.evaluate.aggregate.aggregate` turns the per-case dicts into the results JSON described
+in ``docs/results_schema.md``. The package itself imports nothing: loading the workflow reads
+:mod:`medseg.evaluate.config` without scipy.
 """
-from __future__ import annotations
-
-from medseg.evaluate.aggregate import aggregate, write_cases_csv
-from medseg.evaluate.case import evaluate_case
-
-__all__ = ["aggregate", "evaluate_case", "write_cases_csv"]

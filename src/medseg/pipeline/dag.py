@@ -52,6 +52,15 @@ PATTERNS = {
 }
 
 
+def export_package_path() -> None:
+    """Put this package's source folder on ``PYTHONPATH`` so every job imports the same medseg
+    (also inside conda envs and on cluster nodes, where Snakemake re-reads the workflow)."""
+    src = str(Path(__file__).resolve().parents[2])
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if src not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([src, *parts])
+
+
 def _alternatives(values) -> str:
     import re
 
@@ -324,3 +333,29 @@ class Workflow:
         found = [d for d in self.kinds
                  if any(str(t).startswith((f"{self.results}/{d}_", f"{self.results}/{d}/")) for t in targets)]
         return found or list(self.kinds)
+
+
+def record_signatures(rules) -> int:
+    """Record the parameters of every input and params function of ``rules`` once, where Snakemake looks for
+    them first (``snakemake.common.overwrite_function_params``' attribute). Otherwise Snakemake calls
+    ``inspect.signature`` at every call of a function: about 29,000 calls on a 1,000-case DAG, a tenth of a dry
+    run (``python benchmarks/bench_dag.py --profile``). A bound method (the :class:`Workflow`'s input functions)
+    holds it on its function, with the bound signature: those functions are only ever handed to Snakemake
+    bound. Returns how many functions were recorded."""
+    import inspect
+
+    from snakemake.common import FUNC_OVERWRITE_PARAMS_ATTR
+
+    n = 0
+    for rule in rules:
+        for item in (*rule.input, *rule.params):
+            func = getattr(item, "callable", item)
+            if isinstance(func, str) or not callable(func) or hasattr(func, FUNC_OVERWRITE_PARAMS_ATTR):
+                continue
+            try:
+                params = inspect.signature(func).parameters
+                setattr(getattr(func, "__func__", func), FUNC_OVERWRITE_PARAMS_ATTR, params)
+                n += 1
+            except (TypeError, ValueError, AttributeError):  # a builtin or a callable object: left to Snakemake
+                pass
+    return n

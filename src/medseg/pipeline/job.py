@@ -28,15 +28,6 @@ log = logging.getLogger(__name__)
 SYSTEM_METRICS_RULES = frozenset({"train_model"})  # jobs whose runs get psutil system metrics
 
 
-def export_package_path() -> None:
-    """Put this package's source folder on ``PYTHONPATH`` so every job imports the same medseg
-    (also inside conda envs and on cluster nodes, where Snakemake re-reads the workflow)."""
-    src = str(Path(__file__).resolve().parents[2])
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if src not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([src, *parts])
-
-
 def set_threads(n: int) -> None:
     """Use ``n`` threads in every library a job computes with (the rule's ``threads``), so that
     ``--cores N`` means N when Snakemake runs jobs side by side: SimpleITK and ITK (elastix), torch

@@ -207,7 +207,8 @@ def run_sheet(args: argparse.Namespace) -> int:
 
 
 def run_stain(args: argparse.Namespace) -> int:
-    from medseg.wsi.sheet import read_sheet, split_of
+    from medseg.wsi.config import split_of
+    from medseg.wsi.sheet import read_sheet
     from medseg.wsi.tiles import fit_stain_target
 
     rows = [r for r in read_sheet(args.input) if split_of(r) == "train" and not r["problem"]]

@@ -123,3 +123,10 @@ class SlideEvalConfig:
         if not self.mpp > 0 or self.min_object_px < 1 or not 0 <= self.object_iou <= 1:
             raise ValueError(f"evaluation: mpp must be > 0, min_object_px >= 1 and object_iou in [0, 1], got "
                              f"{self.mpp}, {self.min_object_px}, {self.object_iou}")
+
+
+def split_of(row: dict) -> str:
+    """``train``, ``val`` (fold 0's validation with one fold), ``test`` or ``predict`` (unannotated)."""
+    if row["split"] in ("test", "predict"):
+        return row["split"]
+    return "val" if row.get("fold") not in (None, "") and int(row["fold"]) == 0 else "train"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.cohort.splits import assign_splits
-from medseg.wsi.config import SLIDE_SPLIT, SLIDE_SUFFIXES
+from medseg.wsi.config import SLIDE_SPLIT, SLIDE_SUFFIXES, split_of
 
 
 
@@ -75,8 +75,6 @@ def list_slides(name: str, cfg: Mapping[str, Any], results: str = "results") -> 
     splits = dict.fromkeys(sorted(set(slides) - set(annotated)), "predict")
     if annotated:
         assigned = assign_splits(annotated, split.test_fraction, 1, split.val_fraction, split.seed)
-        from medseg.wsi.sheet import split_of  # the sheet's own reading of a row (imported late: tiffslide, zarr)
-
         splits.update({s: split_of(a) for s, a in assigned.items()})
     return SlideListing(name, str(root / "slides"), str(root / "annotations"), slides, splits, classes,
                      source == "demo")

@@ -110,13 +110,6 @@ def build_slide_sheet(slide_dir: str | Path, annotation_dir: str | Path, classes
     return rows
 
 
-def split_of(row: dict) -> str:
-    """``train``, ``val`` (fold 0's validation with one fold), ``test`` or ``predict`` (unannotated)."""
-    if row["split"] in ("test", "predict"):
-        return row["split"]
-    return "val" if row.get("fold") not in (None, "") and int(row["fold"]) == 0 else "train"
-
-
 def write_sheet(rows: Sequence[dict], path: str | Path) -> None:
     """Write rows as TSV with :data:`COLUMNS`."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
