@@ -213,8 +213,9 @@ def test_crosswise_head_registers_and_skullstrips(robex_cases, fov, tmp_path, mo
     """A head whose anatomy is not the atlas's: the atlas registration passes its gates and the default skull
     stripping reaches Dice >= 0.95 against the true mask, through the workflow's stage functions. ``init: auto``
     runs the coarse pose search only where the centres-of-mass start fails its gate: not for the head with neck and
-    face (it converges from there), but for the head tilted ~24 degrees (the optimiser stops at NMI ~1.07 <
-    min_nmi_at_limit), and keeps a result as good as the search's; the QC JSON says whether the search ran."""
+    face (it converges from there), but for the head tilted ~24 degrees (the optimiser stops at its iteration
+    limit or below min_nmi_at_limit: which of the two varies with the machine's floating-point sums), and keeps a
+    result as good as the search's; the QC JSON says whether the search ran."""
     from medseg.preprocess import register as reg_module
     from medseg.preprocess.atlas import atlas_images
     from medseg.preprocess.config import RegConfig
@@ -238,7 +239,7 @@ def test_crosswise_head_registers_and_skullstrips(robex_cases, fov, tmp_path, mo
     head, t1ce = atlas_images(2.0).head, img(case["t1ce"])
     tfm, info = reg_module.register_with_info(head, t1ce, "affine", RegConfig(init="auto"))
     assert info.search_ran is (fov == "tilted") and len(searches) == (fov == "tilted"), (info, searches)
-    assert (info.start_nmi < 1.10) is (fov == "tilted") and not info.hit_limit, info
+    assert not info.hit_limit and (info.start_nmi >= 1.10 or fov == "tilted"), info
     assert reg_module.mutual_information(head, t1ce, tfm, spacing_mm=2.0) == pytest.approx(reg["atlas_nmi"], abs=0.01)
 
 
