@@ -99,27 +99,39 @@ def make_batch(tiles: TileSet, step: int, seed: int, batch_size: int, context: i
 
 
 def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Flips, rotation/zoom (nearest for targets), intensity shift/scale, bias gradient, noise."""
-    from scipy import ndimage as ndi
+    """Flips, rotation/zoom about the patch centre (bilinear with border values for images, nearest for targets),
+    intensity shift/scale, a linear bias gradient, noise: drawn per sample from ``rng``, applied to the whole batch
+    at once (torch ``affine_grid`` + ``grid_sample``; about 10x cheaper than resampling each channel with scipy,
+    which matters because batches are built beside the training step, on the same cores)."""
+    import torch
+    import torch.nn.functional as F
 
     b, c, h, w = x.shape
-    for i in range(b):
-        if rng.random() < aug.flip:
-            x[i], y[i] = x[i, :, :, ::-1], y[i, :, :, ::-1]
-        if aug.rotate_deg > 0 or aug.scale > 0:
-            ang = np.deg2rad(rng.uniform(-aug.rotate_deg, aug.rotate_deg))
-            zoom = 1 + rng.uniform(-aug.scale, aug.scale)
-            mat = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / zoom
-            ctr = np.array([h, w]) / 2 - 0.5
-            off = ctr - mat @ ctr
-            x[i] = np.stack([ndi.affine_transform(ch, mat, off, order=1, mode="nearest") for ch in x[i]])
-            y[i] = np.stack([ndi.affine_transform(ch, mat, off, order=0, mode="constant") for ch in y[i]])
-        scale = 1 + rng.uniform(-aug.intensity_scale, aug.intensity_scale, (c, 1, 1))
-        shift = rng.uniform(-aug.intensity_shift, aug.intensity_shift, (c, 1, 1))
-        gy, gx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-        bias = 1 + aug.bias * (rng.uniform(-1, 1) * gy + rng.uniform(-1, 1) * gx) / 2
-        x[i] = x[i] * scale * bias + shift + rng.standard_normal((c, h, w)) * rng.uniform(0, aug.noise_std)
-    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
+    flip = rng.random(b) < aug.flip
+    ang = np.deg2rad(rng.uniform(-aug.rotate_deg, aug.rotate_deg, b))
+    zoom = 1 + rng.uniform(-aug.scale, aug.scale, b)
+    scale = 1 + rng.uniform(-aug.intensity_scale, aug.intensity_scale, (b, c, 1, 1))
+    shift = rng.uniform(-aug.intensity_shift, aug.intensity_shift, (b, c, 1, 1))
+    tilt = rng.uniform(-1, 1, (b, 2, 1, 1))
+    noise_std = rng.uniform(0, aug.noise_std, (b, 1, 1, 1))
+    noise = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(int(rng.integers(2 ** 62))))
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.ascontiguousarray(y, np.float32))
+    flipped = torch.from_numpy(flip)
+    xt[flipped], yt[flipped] = xt[flipped].flip(-1), yt[flipped].flip(-1)
+    if aug.rotate_deg > 0 or aug.scale > 0:
+        # output (row, col) -> input: R(ang) / zoom about the centre, in grid_sample's normalised (x, y) = (col, row)
+        cos, sin = np.cos(ang) / zoom, np.sin(ang) / zoom
+        theta = np.zeros((b, 2, 3), np.float32)
+        theta[:, 0, 0], theta[:, 0, 1] = cos, sin * h / w
+        theta[:, 1, 0], theta[:, 1, 1] = -sin * w / h, cos
+        grid = F.affine_grid(torch.from_numpy(theta), [b, c, h, w], align_corners=False)
+        xt = F.grid_sample(xt, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        yt = F.grid_sample(yt, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    gy, gx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    gain = scale * (1 + aug.bias * (tilt[:, :1] * gy + tilt[:, 1:] * gx) / 2)
+    xt = xt * torch.from_numpy(gain.astype(np.float32)) + torch.from_numpy(shift.astype(np.float32)) \
+        + noise * torch.from_numpy(noise_std.astype(np.float32))
+    return np.ascontiguousarray(xt.numpy(), dtype=np.float32), np.ascontiguousarray(yt.numpy(), dtype=np.float32)
 
 
 def as_loss_target(y: np.ndarray, target_kind: str) -> np.ndarray:

