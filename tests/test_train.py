@@ -241,3 +241,44 @@ def test_stat_signature_changes_when_a_source_file_is_fixed_added_or_removed(tmp
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert stat_signature([a, b]) != fixed  # same size, newer
     assert stat_signature([a]) != stat_signature([a, b]) != stat_signature([a, b, tmp_path / "gone.nii.gz"])
+
+
+def test_augment_warps_as_the_scipy_resampling_it_replaced():
+    """The batch's rotation/zoom about the patch centre in torch (grid_sample) gives scipy's ``affine_transform``
+    of the same draw: bilinear with border values for images, nearest with zeros for targets (a non-square patch,
+    so a swapped axis or aspect would show)."""
+    from scipy import ndimage as ndi
+
+    from medseg.training.batches import augment
+
+    h, w = 64, 48
+    img = np.zeros((1, 1, h, w), np.float32)
+    img[0, 0, 10:30, 5:20], img[0, 0, 40:50, 30:44] = 1, 2
+    geometry = AugmentConfig(flip=0, rotate_deg=10, scale=0.1, intensity_shift=0, intensity_scale=0, noise_std=0, bias=0)
+    x, y = augment(img.copy(), img.copy(), np.random.default_rng(0), geometry)
+    r = np.random.default_rng(0)
+    r.random(1)  # augment's flip draw
+    ang, zoom = np.deg2rad(r.uniform(-10, 10, 1))[0], 1 + r.uniform(-0.1, 0.1, 1)[0]
+    mat = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / zoom
+    ctr = np.array([h, w]) / 2 - 0.5
+    assert np.abs(ndi.affine_transform(img[0, 0], mat, ctr - mat @ ctr, order=1, mode="nearest") - x[0, 0]).max() < 1e-4
+    assert np.array_equal(ndi.affine_transform(img[0, 0], mat, ctr - mat @ ctr, order=0, mode="constant"), y[0, 0])
+    flipped, _ = augment(img.copy(), img.copy(), np.random.default_rng(0),
+                         dataclasses.replace(geometry, flip=1.0, rotate_deg=0, scale=0))
+    assert np.array_equal(flipped[0, 0], img[0, 0, :, ::-1])
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_2d_training_steps_take_the_configured_memory_layout(tmp_path, monkeypatch, channels_last):
+    """``training.channels_last`` (default true): the 2-D network's weights and each batch in NHWC layout."""
+    from medseg.training import loop
+
+    seen = []
+    step = loop._step
+    monkeypatch.setattr(loop, "_step", lambda f, x, y, s: seen.append(
+        (x.is_contiguous(memory_format=torch.channels_last), next(p for p in f.parts["model"].parameters() if p.ndim == 4)
+         .is_contiguous(memory_format=torch.channels_last))) or step(f, x, y, s))
+    npys, _ = make_tiles(tmp_path)
+    run = run_of(cfg=dataclasses.replace(CFG, steps=2, channels_last=channels_last))
+    train(FoldJob(tuple(npys[:2]), (), str(tmp_path / "fold"), TASK), run)
+    assert seen == [(channels_last, channels_last)] * 2
