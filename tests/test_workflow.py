@@ -520,3 +520,49 @@ def test_workflow_is_a_module_of_another_workflow(tmp_path):
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "medseg_train_model" in r.stdout and "medseg_n4_correct" in r.stdout
+
+
+def test_loading_the_workflow_imports_nothing_heavy(tmp_path):
+    """What common.smk runs at load (validate, fill defaults, every dataset's listing and plan) imports no
+    torch, timm, scipy, pandas or matplotlib: the 1,000-case dry run stays light (benchmarks/bench_dag.py);
+    the network check that needs torch runs in a second process. (SimpleITK may load: an unregistered
+    dataset's plan reads one scan header to fit 3-D windows to its grid.)"""
+    code = (
+        "import sys, yaml\n"
+        "from medseg.pipeline.dag import Workflow\n"
+        "from medseg.plan.check import fill_defaults, validate_config\n"
+        f"config = yaml.safe_load(open({str(REPO / 'config.yaml')!r}))\n"
+        "validate_config(config); fill_defaults(config); Workflow(config, 'results')\n"
+        "heavy = {'torch', 'timm', 'scipy', 'pandas', 'matplotlib'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_input_functions_carry_their_parameters_for_snakemake():
+    """record_signatures: Snakemake finds every input/params function's parameters on the function (its
+    overwrite_function_params attribute) instead of calling inspect.signature at every call; a bound method
+    gets its bound signature (no ``self``), a string input is left alone."""
+    from snakemake.common import FUNC_OVERWRITE_PARAMS_ATTR, get_function_params
+
+    from medseg.pipeline.dag import record_signatures
+
+    class Inputs:
+        def case_files(self, wildcards):
+            return []
+
+    def stats(wildcards, input):
+        return []
+
+    class Rule:
+        input = ["results/{dataset}/cases.tsv", Inputs().case_files]
+        params = [stats]
+
+    assert record_signatures([Rule]) == 2
+    for func in (Rule.input[1], stats):
+        assert hasattr(func, FUNC_OVERWRITE_PARAMS_ATTR)
+    assert list(get_function_params(Rule.input[1])) == ["wildcards"]
+    assert list(get_function_params(stats)) == ["wildcards", "input"]
+    assert record_signatures([Rule]) == 0  # already recorded

@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,8 @@ def check_header(path: str | Path, case: str | None = None) -> Grid:
     Raises:
         InputError: naming the case, the file and the failed check.
     """
+    import SimpleITK as sitk
+
     where = _where(path, case)
     p = Path(path)
     if not p.is_file():
@@ -248,6 +252,8 @@ def _read_error(e: RuntimeError, where: str) -> InputError:
 def _read_checked(path: str | Path, case: str | None, full: bool) -> sitk.Image:
     """:func:`check_header`, then read the voxels in their own pixel type; with ``full`` also check
     that a gzip stream is whole and (NIfTI) the voxels on disk are finite (see :func:`read_image`)."""
+    import SimpleITK as sitk
+
     where = _where(path, case)
     check_header(path, case)
     try:
@@ -270,14 +276,14 @@ def _read_checked(path: str | Path, case: str | None, full: bool) -> sitk.Image:
     return img
 
 
-def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = sitk.sitkFloat32,
+def read_image(path: str | Path, *, case: str | None = None, pixel_type: int | None = None,
                source: bool = False) -> sitk.Image:
     """Read a 3-D image, failing with a message that names the case, the file and the check.
 
     Args:
         path: image file (NIfTI, NRRD, MHA ...).
         case: case id for the error message.
-        pixel_type: SimpleITK pixel type to cast to.
+        pixel_type: SimpleITK pixel type to cast to (default ``sitk.sitkFloat32``).
         source: the file comes from outside the workflow (a scan as delivered): also check that
             a gzip stream is whole, the voxels *on disk* for NaN/inf, and that the scan is not
             blank (every voxel the same value). SimpleITK's NIfTI reader (niftilib) silently
@@ -289,8 +295,11 @@ def read_image(path: str | Path, *, case: str | None = None, pixel_type: int = s
         InputError: see :func:`check_header`; unreadable, truncated or not gzip-compressed file,
             non-finite voxels, and (``source``) a blank or constant scan.
     """
+    import SimpleITK as sitk
+
     img = _read_checked(path, case, full=source)
     was_float64 = img.GetPixelID() == sitk.sitkFloat64
+    pixel_type = sitk.sitkFloat32 if pixel_type is None else pixel_type
     img = sitk.Cast(img, pixel_type) if img.GetPixelID() != pixel_type else img
     if was_float64 and pixel_type == sitk.sitkFloat32:
         n_bad = int((~np.isfinite(sitk.GetArrayViewFromImage(img))).sum())  # beyond float32's range
@@ -345,6 +354,8 @@ def read_labels(path: str | Path, *, case: str | None = None) -> sitk.Image:
         InputError: see :func:`check_header` and :func:`read_image`; non-integer, negative or
             > 255 values (with examples).
     """
+    import SimpleITK as sitk
+
     where = _where(path, case)
     img = _read_checked(path, case, full=True)
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -375,6 +386,8 @@ def write_image(img: sitk.Image, path: str | Path, compress: bool = True, level:
         OSError: the file came out incomplete (disk full, quota): SimpleITK does not report
             failed writes itself, so what it wrote is checked before it is used.
     """
+    import SimpleITK as sitk
+
     payload = _payload(img)
     with atomic_path(path) as tmp:
         gz = compress and tmp.name.endswith(".gz")
@@ -418,6 +431,8 @@ def _check_complete(tmp: Path, payload: int, path: str | Path) -> None:
 
 def array_to_image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """Wrap a ``(z, y, x)`` array in an image with ``reference``'s geometry."""
+    import SimpleITK as sitk
+
     img = sitk.GetImageFromArray(arr)
     img.CopyInformation(reference)
     return img

@@ -28,6 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from medseg.cohort.demo_config import ANATOMIES
+
 log = logging.getLogger(__name__)
 
 
@@ -115,7 +117,6 @@ def _icbm_brain() -> np.ndarray:
     return ndi.binary_fill_holes(ndi.binary_closing(a, iterations=2))
 
 
-ANATOMIES = ("icbm", "robex")
 
 
 @functools.lru_cache(maxsize=4)

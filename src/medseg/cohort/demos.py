@@ -16,7 +16,7 @@ def demo_discovery(name: str, demo: dict, results: str) -> tuple[Discovery, dict
     kind = demo.get("kind", "brats")
     root = Path(results) / name / "demo"
     if kind == "brats":
-        from medseg.cohort.synth import SynthConfig
+        from medseg.cohort.demo_config import SynthConfig
 
         cfg = SynthConfig.from_dict({k: v for k, v in demo.items() if k not in ("kind", "n_unlabelled")})
         images = root / "images"
@@ -24,7 +24,7 @@ def demo_discovery(name: str, demo: dict, results: str) -> tuple[Discovery, dict
                               seg=str(images / c / f"{c}_seg.nii.gz")) for c in cfg.case_ids()}
         return Discovery("brats", str(images), files, convention_hint="2021"), {}
     if kind == "tissue":
-        from medseg.cohort.synth_tissue import TissueSynthConfig
+        from medseg.cohort.demo_config import TissueSynthConfig
 
         cfg = TissueSynthConfig.from_dict({k: v for k, v in demo.items() if k != "kind"})
         return cfg.discovery(root), {"recipe": "generic"}

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.cohort.sources import check_case
 from medseg.config import with_options
 from medseg.io import InputError, atomic_path, read_json, write_json
 from medseg.io import thread_map
@@ -54,6 +53,8 @@ def inspect_case(case: str, files: CaseFiles, modalities: Sequence[str], full: b
     Label maps are always read whole. ``same_space``: the files must also share origin and
     direction (no registration will align them).
     """
+    from medseg.cohort.sources import check_case  # SimpleITK: not when the workflow loads (sheet_problems)
+
     row: dict = {"case_id": case, "problem": "", "labelled": str(files.seg is not None).lower(),
                  **{m: files.images[m] for m in modalities}, "seg": files.seg or "", **files.meta}
     try:

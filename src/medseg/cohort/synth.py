@@ -12,14 +12,15 @@ from __future__ import annotations
 import functools
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from medseg.cohort.anatomy import ANATOMIES, HeadModel, load_head_model
+from medseg.cohort.anatomy import HeadModel, load_head_model
+from medseg.cohort.demo_config import FOV_KINDS, ORIENTATION_CODES, SynthConfig, check_scan_geometry  # noqa: F401
 from medseg.cohort.tumour import LABELS, TumourSite, insert_tumour
 from medseg.io import array_to_image, read_json, write_image, write_json
 
@@ -38,72 +39,10 @@ CONTRAST = {
 }
 ORIENTATIONS = {  # DICOM orientation code -> direction matrix (ITK/LPS world)
     code: np.array(sitk.DICOMOrientImageFilter_GetDirectionCosinesFromOrientation(code)).reshape(3, 3)
-    for code in ("LPS", "RAS", "LSA")
+    for code in ORIENTATION_CODES
 }
 
 
-FOV_KINDS = ("standard", "neck", "vertex_cropped", "tilted")  # with fov_variety: case index % 4 picks one
-
-
-def check_scan_geometry(orientations: tuple[str, ...], spacing_mm: tuple[float, ...]) -> None:
-    """The orientations and voxel size a demo writes its cases in (both demos' ``demo`` settings)."""
-    bad = set(orientations) - set(ORIENTATIONS)
-    if bad:
-        raise ValueError(f"demo.orientations: unknown {sorted(bad)}; valid: {sorted(ORIENTATIONS)}")
-    if min(spacing_mm) <= 0:
-        raise ValueError(f"demo.spacing_mm must be positive, got {spacing_mm}")
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Demo cohort parameters (config key ``datasets.<name>.demo``); the defaults are the workflow
-    demo's (``medseg synth-cohort`` builds the same cohort as ``snakemake results/brats_timm.json``).
-
-    Attributes (beyond the self-explanatory ones):
-        anatomy: head the cases are built from (:data:`medseg.cohort.anatomy.ANATOMIES`): ``icbm``
-            (the atlas's own anatomy: truth maps native space to the atlas, so registration error
-            can be scored, but atlas-based scores are inflated) or ``robex`` (one real subject that
-            the atlas is not made from: scores predict real scans).
-        fov_variety: clinical fields of view, by case index modulo 4 (:data:`FOV_KINDS`): standard,
-            head with face and neck, cropped at the vertex (3-12 mm into the brain), or tilted by
-            15-25 degrees (pitch, either way). Off: every case is a standard FOV.
-    """
-
-    n_cases: int = 16
-    seed: int = 42
-    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
-    fov_mm: tuple[float, float, float] = (240.0, 240.0, 160.0)
-    orientations: tuple[str, ...] = ("LPS", "RAS", "LSA")
-    max_rotation_deg: float = 10.0
-    max_translation_mm: float = 8.0
-    elastic_mm: float = 2.5
-    bias_strength: float = 0.25
-    noise: tuple[float, float] = (0.015, 0.035)
-    tumour_volume_ml: tuple[float, float] = (15.0, 100.0)
-    prefix: str = "BraTS2021_"
-    anatomy: str = "robex"
-    fov_variety: bool = True
-
-    def __post_init__(self) -> None:
-        if self.anatomy not in ANATOMIES:
-            raise ValueError(f"demo.anatomy must be one of {ANATOMIES}, got {self.anatomy!r}")
-        if self.n_cases < 1:
-            raise ValueError(f"demo.n_cases must be >= 1, got {self.n_cases}")
-        check_scan_geometry(self.orientations, self.spacing_mm)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SynthConfig:
-        d = dict(d)
-        if d.pop("full_geometry", False):  # BraTS geometry: 240x240x155 at 1 mm
-            d.update(spacing_mm=(1.0, 1.0, 1.0), fov_mm=(240.0, 240.0, 155.0))
-        for k in ("spacing_mm", "fov_mm", "noise", "tumour_volume_ml", "orientations"):
-            if k in d:
-                v = d[k]
-                d[k] = tuple(v) if isinstance(v, list | tuple) else (float(v),) * 3 if k == "spacing_mm" else v
-        return cls(**d)
-
-    def case_ids(self) -> list[str]:
-        return [f"{self.prefix}{i:05d}" for i in range(self.n_cases)]
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:

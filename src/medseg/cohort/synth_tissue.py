@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,66 +21,13 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from medseg.cohort.anatomy import load_head_model
-from medseg.cohort.synth import _affine, check_scan_geometry, _elastic, _native_grid, _rotation, _single_threaded, _smooth_field
+from medseg.cohort.demo_config import TISSUE_LABELS as LABELS, TissueSynthConfig  # noqa: F401
+from medseg.cohort.synth import _affine, _elastic, _native_grid, _rotation, _single_threaded, _smooth_field
 from medseg.io import array_to_image, write_image, write_json
-from medseg.tasks.layouts.base import CaseFiles, Discovery
 
 log = logging.getLogger(__name__)
 
-LABELS = {"CSF": 1, "GM": 2, "WM": 3}
 T1_CONTRAST = {"wm": 1.0, "gm": 0.72, "csf": 0.28, "head": 0.9}
-
-
-@dataclass(frozen=True)
-class TissueSynthConfig:
-    """Tissue demo parameters (config key ``datasets.<name>.demo`` with ``kind: tissue``)."""
-
-    n_cases: int = 12
-    n_unlabelled: int = 2
-    seed: int = 11
-    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 3.0)
-    fov_mm: tuple[float, float, float] = (200.0, 230.0, 190.0)
-    orientations: tuple[str, ...] = ("LPS", "RAS", "LSA")
-    max_rotation_deg: float = 10.0
-    max_translation_mm: float = 8.0
-    elastic_mm: float = 3.0
-    bias_strength: float = 0.3
-    contrast_jitter: float = 0.08
-    noise: tuple[float, float] = (0.01, 0.03)
-    prefix: str = "tissue_"
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.n_unlabelled < self.n_cases:
-            raise ValueError(f"demo.n_unlabelled must be in [0, n_cases), got {self.n_unlabelled} of {self.n_cases}")
-        check_scan_geometry(self.orientations, self.spacing_mm)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TissueSynthConfig:
-        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k != "full_geometry"}
-        if "spacing_mm" in d and not isinstance(d["spacing_mm"], tuple):
-            d["spacing_mm"] = (float(d["spacing_mm"]),) * 3
-        return cls(**d)
-
-    def case_ids(self) -> list[str]:
-        return [f"{self.prefix}{i:03d}" for i in range(self.n_cases)]
-
-    def labelled(self, case: str) -> bool:
-        return self.case_ids().index(case) < self.n_cases - self.n_unlabelled
-
-    def files(self, root: str | Path) -> dict[str, CaseFiles]:
-        root = Path(root)
-        out = {}
-        for c in self.case_ids():
-            if self.labelled(c):
-                out[c] = CaseFiles({"t1": str(root / "imagesTr" / f"{c}.nii.gz")}, {"t1": 0},
-                                   str(root / "labelsTr" / f"{c}.nii.gz"))
-            else:
-                out[c] = CaseFiles({"t1": str(root / "imagesTs" / f"{c}.nii.gz")}, {"t1": 0})
-        return out
-
-    def discovery(self, root: str | Path) -> Discovery:
-        """What the Decathlon reader finds once the cohort is written (known before: deterministic)."""
-        return Discovery("msd", str(root), self.files(root), modalities=("t1",), labels=dict(LABELS))
 
 
 def tissue_labels(wm: np.ndarray, gm: np.ndarray, csf: np.ndarray, brain: np.ndarray) -> np.ndarray:
