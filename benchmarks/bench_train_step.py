@@ -4,8 +4,9 @@ Plain PyTorch (the peer): the plan's network for config.yaml's ``timm`` key (res
 input channels = 4 modalities x 3 slices, 3 outputs), AdamW, the run's loss, random batches of the
 run's shape ``(batch_size, 12, 64, 64)`` already in memory: forward, backward, step.
 medseg: :func:`medseg.training.loop.train` on tiles of a generated demo cohort (4 cases at 2 mm,
-tiled as the workflow does), the same run with ``steps`` steps and no validation: batches built
-by the prefetch thread, checkpoints, tracking as in a workflow job; its steps/s is the loop's own
+tiled as the workflow does), the same run with ``steps`` steps and no validation: batches built and
+augmented between steps (on a GPU: ahead, by a thread), AdamW's fused kernel, checkpoints, tracking
+as in a workflow job; its steps/s is the loop's own
 (each step's wait for its batch and its compute, as ``summary.json`` reports it: set-up and the
 files written at the end are not steps).
 

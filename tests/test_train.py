@@ -74,6 +74,8 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
 def test_interrupted_run_writes_no_model(tmp_path):
     out = _run(tmp_path, "killed", stop_after=2)
     assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["optimizer"]["param_groups"][0]["fused"] is True  # AdamW's fused kernel on the CPU too
 
 
 def test_batches_are_pure_and_oversample_foreground(tmp_path):
@@ -282,3 +284,23 @@ def test_2d_training_steps_take_the_configured_memory_layout(tmp_path, monkeypat
     run = run_of(cfg=dataclasses.replace(CFG, steps=2, channels_last=channels_last))
     train(FoldJob(tuple(npys[:2]), (), str(tmp_path / "fold"), TASK), run)
     assert seen == [(channels_last, channels_last)] * 2
+
+
+def test_batches_are_built_between_steps_on_the_cpu_and_ahead_on_a_gpu():
+    """On the CPU a builder thread beside the step's OpenMP threads oversubscribes the job's cores, so
+    batches are built in the training thread; on a GPU a Prefetcher thread builds them ahead. Both give
+    the same batches for the same steps."""
+    import threading
+
+    from medseg.training.batches import batch_stream
+
+    def make(step: int):
+        return np.full(2, step), threading.current_thread().name
+
+    main = threading.current_thread().name
+    cpu = list(batch_stream(make, 3, 7, "cpu"))
+    gpu = list(batch_stream(make, 3, 7, "cuda"))
+    assert [s for s, _ in cpu] == [s for s, _ in gpu] == [3, 4, 5, 6]
+    assert all(np.array_equal(a[0], b[0]) for (_, a), (_, b) in zip(cpu, gpu))
+    assert {name for _, (_, name) in cpu} == {main}
+    assert main not in {name for _, (_, name) in gpu}

@@ -48,7 +48,7 @@ from medseg.models.checkpoint import save_atomic
 from medseg.models.edpcnn import EDPCNN, EDPCNNModelConfig
 from medseg.plan.runs import ModelRun
 from medseg.tasks.definition import Task
-from medseg.training.batches import Prefetcher, TileSet, make_batch
+from medseg.training.batches import TileSet, batch_stream, make_batch
 from medseg.training.config import FoldJob
 from medseg.training.edpcnn_step import make_optimizers, train_step
 from medseg.training.loop import check_channels, finish, model_meta, record, resume, start_fold, validation_cases
@@ -110,7 +110,7 @@ def train_edpcnn(job: FoldJob, run: ModelRun, stop_after: int | None = None) -> 
     model.train()
     t_last = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=f.start, desc="train edpcnn", unit="step", mininterval=5)
-    for step, (xb, mb) in Prefetcher(make, f.start, end):
+    for step, (xb, mb) in batch_stream(make, f.start, end, f.device.type):
         t0 = time.perf_counter()
         f.wait += t0 - t_last
         losses = train_step(model, torch.from_numpy(xb).to(f.device), torch.from_numpy(mb).to(f.device), opt_u, opt_sg,

@@ -51,7 +51,7 @@ from medseg.models.checkpoint import plain, save_atomic
 from medseg.plan.runs import ModelRun
 from medseg.tasks.definition import Task
 from medseg.training import ddp
-from medseg.training.batches import Prefetcher, TileSet, as_loss_target, make_batch
+from medseg.training.batches import TileSet, as_loss_target, batch_stream, make_batch
 from medseg.training.batches3d import PoolPrefetcher, VolumeSet3D, make_batch3d
 from medseg.training.checkpoint import resumable_checkpoint, seeded_device
 from medseg.training.config import FoldJob, TrainConfig
@@ -141,7 +141,7 @@ def start_fold(job: FoldJob, run: ModelRun) -> Fold:
 
 
 def _batch_maker(f: Fold, run: ModelRun):
-    """(make(step) -> (x, y), prefetcher class, image channels) for 2-D slices or 3-D patches."""
+    """(make(step) -> (x, y), image channels, 3-D?) for 2-D slices or 3-D patches."""
     cfg, task, env = f.cfg, f.job.task, f.env
     mine = ddp.shard(cfg.batch_size, env)
     if run.spatial_dims == 3:
@@ -294,7 +294,10 @@ def fit(job: FoldJob, run: ModelRun, stop_after: int | None = None) -> dict:
         net = net.to(memory_format=torch.channels_last)
     log.info("model %s (%d parameters), loss %s%s", mcfg.arch, sum(p.numel() for p in net.parameters()), cfg.loss,
              ", channels-last layout" if f.channels_last else "")
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the fused kernel: one pass over all parameters (CPU: 5 ms a step for the demo's 12.5 M, against 20-40 ms
+    # for the default per-tensor loop; python benchmarks/bench_train_step.py)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=f.device.type in ("cpu", "cuda"))
     f.parts = {"opt": opt, "sched": torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg)),
                "scaler": torch.amp.GradScaler(f.device.type, enabled=cfg.amp and f.device.type == "cuda"),
                "loss": get_loss(cfg.loss)}
@@ -305,7 +308,7 @@ def fit(job: FoldJob, run: ModelRun, stop_after: int | None = None) -> dict:
     end = cfg.steps if stop_after is None else min(cfg.steps, f.start + stop_after)
     f.parts["model"].train()
     batches = (PoolPrefetcher(make, f.start, end, workers=cfg.data_workers, depth=2 * cfg.data_workers)
-               if three_d else Prefetcher(make, f.start, end))
+               if three_d else batch_stream(make, f.start, end, f.device.type))
     _loop(f, batches, net, val_cases, fp, end)
     if end < cfg.steps:
         return {"stopped_at": end}
