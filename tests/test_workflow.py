@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, dry runs, and the tiny config end to end (results, MLflow nesting)."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -247,11 +248,14 @@ def test_bad_training_case_is_left_out_and_the_rest_finishes(tiny_run, tmp_path)
     assert [p.stat().st_mtime_ns for p in kept] == stamps  # nothing else reran: no retraining, no N4
     shutil.copy(tiny_run / f"results/brats/demo/images/{bad}/{bad}_t1.nii.gz", t1)
     dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
-    assert _job_counts(dry.stdout).get("case_sheet") == 1, dry.stdout  # ... which brings the case back
-    r = smk(work, "--cores", "2", "results/brats_timm.json", configs=configs)
+    assert _job_counts(dry.stdout).get("case_sheet") == 1, dry.stdout  # ... which brings the case back:
+    r = smk(work, "--cores", "2", "results/brats/cases.tsv", configs=configs)  # the sheet finds it whole,
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
-    res = json.loads((work / "results/brats_timm.json").read_text())
-    assert res["excluded_cases"] == {} and (work / f"results/brats/tiles/{bad}.npy").exists()
+    rows = {row["case_id"]: row for row in csv.DictReader((work / "results/brats/cases.tsv").open(), delimiter="\t")}
+    assert rows[bad]["problem"] == "" and rows[bad]["split"] == "train"
+    dry = smk(work, "-n", "results/brats_timm.json", "--quiet", "rules", configs=configs)
+    counts = _job_counts(dry.stdout)  # and its jobs join the DAG: its N4 and tiles, a new normaliser and training
+    assert counts["n4_correct"] == 1 and counts["tile_case"] >= 1 and counts["train_model"] == 1, dry.stdout
 
 
 @pytest.mark.slow
