@@ -51,10 +51,11 @@ class TileSet:
         return self.arrays[i][self.n_folds * self.n_image:]
 
 
-def _crop_or_pad(x: np.ndarray, size: tuple[int, int], centre: tuple[int, int] | None, rng: np.random.Generator) -> np.ndarray:
-    out = np.zeros((x.shape[0], *size), x.dtype)
+def _crop_starts(plane: tuple[int, ...], size: tuple[int, int], centre: tuple[int, int] | None,
+                 rng: np.random.Generator) -> tuple[int, int]:
+    """The crop's corner in a ``plane``-sized slice: random, or about ``centre`` (+- a quarter of the crop)."""
     starts = []
-    for ax, (n, p) in enumerate(zip(x.shape[1:], size)):
+    for ax, (n, p) in enumerate(zip(plane, size)):
         if n <= p:
             starts.append(0)
             continue
@@ -62,6 +63,12 @@ def _crop_or_pad(x: np.ndarray, size: tuple[int, int], centre: tuple[int, int] |
             starts.append(int(rng.integers(0, n - p + 1)))
         else:
             starts.append(int(np.clip(centre[ax] - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, n - p)))
+    return starts[0], starts[1]
+
+
+def _crop_or_pad(x: np.ndarray, size: tuple[int, int], starts: tuple[int, int]) -> np.ndarray:
+    """``x`` ``(C, h, w)`` cropped at ``starts`` to ``size`` (zero-padded where smaller), as float32."""
+    out = np.zeros((x.shape[0], *size), np.float32)
     src = x[:, starts[0]: starts[0] + size[0], starts[1]: starts[1] + size[1]]
     out[:, : src.shape[1], : src.shape[2]] = src
     return out
@@ -89,9 +96,9 @@ def make_batch(tiles: TileSet, step: int, seed: int, batch_size: int, context: i
         if use_fg and patch is not None:
             pts = np.argwhere(tgt.any(axis=0))
             centre = tuple(pts[rng.integers(len(pts))])
-        both = _crop_or_pad(np.concatenate([img, tgt]).astype(np.float32), size, centre, rng)
-        xs.append(both[: img.shape[0]])
-        ys.append(both[img.shape[0]:])
+        starts = _crop_starts(img.shape[1:], size, centre, rng)  # crop first: the slices' float32 copies are small
+        xs.append(_crop_or_pad(img, size, starts))
+        ys.append(_crop_or_pad(tgt, size, starts))
     x, y = np.stack(xs), np.stack(ys)
     if aug is not None:
         x, y = augment(x, y, rng, aug)
