@@ -428,3 +428,33 @@ def test_pyfunc_returns_each_cases_label_map_with_its_affine(tmp_path, monkeypat
     assert out.loc[1, "path"] == str(tmp_path / "preds" / "b.nii.gz") and nib.load(out.loc[1, "path"]).shape == (4, 5, 6)
     single = model.predict(None, pd.DataFrame([{"flair": "case_0_flair.nii.gz", "t1": "case_0_t1.nii.gz"}]))
     assert single.loc[0, "case"] == "case_0" and single.loc[0, "path"] is None  # no output_dir: nothing kept
+
+
+def test_background_sync_keeps_its_client_until_a_sync_fails(tmp_path, monkeypatch):
+    """The Snakemake process's syncer opens one MLflow client for its syncs (not one every 10 s) and opens a
+    new one after a sync that failed (the store may have gone away)."""
+    from medseg.tracking import sync as sync_mod
+
+    (tmp_path / "run-a.json").write_text("{}")
+    opened, used = [], []
+    outcomes = iter([0, 0, 1, 0])  # the third sync fails
+
+    def fake_open():
+        opened.append(object())
+        return opened[-1]
+
+    def fake_sync(spool, *, quiet, client):
+        used.append(client)
+        failed = next(outcomes, None)
+        if failed is None:
+            bg._stop.set()
+            failed = 0
+        return {"runs": 0, "failed": failed}
+
+    monkeypatch.setattr(sync_mod, "open_client", fake_open)
+    monkeypatch.setattr(sync_mod, "sync", fake_sync)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    bg = sync_mod.BackgroundSync(0.001, tmp_path)
+    bg._loop()
+    assert len(opened) == 2
+    assert used[:3] == [opened[0]] * 3 and all(c is opened[1] for c in used[3:])
