@@ -117,8 +117,6 @@ def _icbm_brain() -> np.ndarray:
     return ndi.binary_fill_holes(ndi.binary_closing(a, iterations=2))
 
 
-
-
 @functools.lru_cache(maxsize=4)
 def load_head_model(spacing: float = 1.0, anatomy: str = "icbm") -> HeadModel:
     """The canonical head of ``anatomy`` (``ANATOMIES``) at ``spacing`` mm, cached per process and on
